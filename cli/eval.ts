@@ -1,0 +1,214 @@
+import { writeFile } from "node:fs/promises";
+import { performance } from "node:perf_hooks";
+import { z } from "zod";
+import { readIdx } from "../core/dataset/idx.js";
+import { type AccuracyReport, accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
+import { exitPolicyFor, type FullResult, Pipeline } from "../core/pipeline.js";
+import { parseFlags, parseThresholds, UsageError } from "./args.js";
+import { shipped } from "./paths.js";
+import { percent, renderTable } from "./table.js";
+
+export const evalHelp = `ddnn eval: the accuracy table of a bundle (the reference paper's Table II accuracy columns)
+
+Usage: ddnn eval [--bundle DIR|FILE.tar.gz] [--images IDX] [--labels IDX] [options]
+
+  --bundle PATH         bundle directory or .tar.gz (default: the shipped models/fashion-deep)
+  --images PATH         idx images, gzipped or not, one sample per item in the bundle's input
+                        shape (default: the shipped 2,000-image Fashion-MNIST sample)
+  --labels PATH         idx labels matching --images
+  --limit N             evaluate the first N samples only
+  --threshold S=V       override stage S's exit threshold (0..1); repeatable
+  --sweep               table for first-exit thresholds 0.05..0.95 instead of one run
+  --json                print one JSON object (with --sweep: one JSON array)
+  --predictions FILE    write per-sample exit stage, label, and every stage's label and entropy
+  --batch-size N        samples per onnxruntime run (default 256)
+  --threads N           onnxruntime intra-op threads (default: onnxruntime's choice)
+`;
+
+const flags = {
+  bundle: { type: "string" },
+  images: { type: "string" },
+  labels: { type: "string" },
+  limit: { type: "string" },
+  threshold: { type: "string", multiple: true },
+  sweep: { type: "boolean" },
+  json: { type: "boolean" },
+  predictions: { type: "string" },
+  "batch-size": { type: "string" },
+  threads: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const positiveInt = z.coerce.number().int("must be a whole number").positive("must be at least 1");
+
+const evalConfig = z.object({
+  bundle: z.string().optional(),
+  images: z.string().optional(),
+  labels: z.string().optional(),
+  limit: positiveInt.optional(),
+  threshold: z.array(z.string()).default([]),
+  sweep: z.boolean().default(false),
+  json: z.boolean().default(false),
+  predictions: z.string().optional(),
+  "batch-size": positiveInt.max(65536).default(256),
+  threads: positiveInt.max(256).optional(),
+  help: z.boolean().default(false),
+});
+
+export interface EvalOutcome {
+  readonly report: AccuracyReport;
+  readonly result: FullResult;
+  readonly wallMs: number;
+}
+
+export async function runEval(
+  argv: readonly string[],
+  out: (text: string) => void,
+): Promise<number> {
+  const cfg = parseFlags(argv, flags, evalConfig);
+  if (cfg.help) {
+    out(evalHelp);
+    return 0;
+  }
+  const defaults = shipped();
+  if ((cfg.images === undefined) !== (cfg.labels === undefined)) {
+    throw new UsageError("--images and --labels go together");
+  }
+  const thresholds = parseThresholds(cfg.threshold);
+  const pipeline = await Pipeline.load(cfg.bundle ?? defaults.bundle, {
+    thresholds,
+    ...(cfg.threads === undefined ? {} : { intraOpThreads: cfg.threads }),
+  });
+  try {
+    const images = await readIdx(cfg.images ?? defaults.images);
+    const labels = await readIdx(cfg.labels ?? defaults.labels);
+    const sampleShape = images.shape.slice(1);
+    const perSample = sampleShape.reduce((a, b) => a * b, 1);
+    if (perSample !== pipeline.samplePixels) {
+      throw new UsageError(
+        `--images: items have shape [${sampleShape.join(", ")}], the bundle's input.shape is [${pipeline.manifest.input.shape.join(", ")}]`,
+      );
+    }
+    if (labels.shape.length !== 1 || labels.shape[0] !== images.shape[0]) {
+      throw new UsageError(
+        `--labels: shape [${labels.shape.join(", ")}] does not match ${images.shape[0]} images`,
+      );
+    }
+    const count = Math.min(cfg.limit ?? Number.POSITIVE_INFINITY, images.shape[0] ?? 0);
+    const classes = pipeline.classes;
+    const bad = labels.data.subarray(0, count).findIndex((y) => y >= classes);
+    if (bad !== -1)
+      throw new UsageError(
+        `--labels: label ${labels.data[bad]} at item ${bad} is outside the bundle's ${classes} labels`,
+      );
+
+    const started = performance.now();
+    const result = await pipeline.evaluateAll(
+      images.data.subarray(0, count * perSample),
+      count,
+      cfg["batch-size"],
+    );
+    const wallMs = performance.now() - started;
+    const names = pipeline.manifest.stages.map((s) => s.name);
+    const truth = labels.data.subarray(0, count);
+
+    if (cfg.predictions !== undefined) {
+      const { exitStage, label } = adaptiveDecisions(result, pipeline.policy);
+      await writeFile(cfg.predictions, JSON.stringify(predictionsJson(result, exitStage, label)));
+    }
+    if (cfg.sweep) {
+      const rows = sweepThresholds().map((t) => {
+        const policy = exitPolicyFor(pipeline.manifest, {
+          ...thresholds,
+          ...(names.length > 1 ? { [names[0]!]: t } : {}),
+        });
+        return { threshold: t, ...accuracyReport(result, policy, truth, names) };
+      });
+      out(cfg.json ? JSON.stringify(rows) : renderSweep(rows, names));
+      return 0;
+    }
+    const report = accuracyReport(result, pipeline.policy, truth, names);
+    if (cfg.json) {
+      out(JSON.stringify(report));
+    } else {
+      out(renderReport(pipeline, report, result, wallMs));
+    }
+    return 0;
+  } finally {
+    await pipeline.release();
+  }
+}
+
+function sweepThresholds(): number[] {
+  return Array.from({ length: 19 }, (_, i) => Math.round((0.05 + 0.05 * i) * 100) / 100);
+}
+
+function predictionsJson(result: FullResult, exitStage: Int32Array, label: Int32Array) {
+  const k = result.labels.length;
+  const row = <T>(f: (s: number) => T) => Array.from({ length: k }, (_, s) => f(s));
+  return {
+    exitStage: Array.from(exitStage),
+    label: Array.from(label),
+    stageLabels: Array.from({ length: result.samples }, (_, i) =>
+      row((s) => (result.labels[s] as Int32Array)[i]),
+    ),
+    stageEntropy: Array.from({ length: result.samples }, (_, i) =>
+      row((s) => (result.entropy[s] as Float64Array)[i]),
+    ),
+  };
+}
+
+function renderReport(
+  pipeline: Pipeline,
+  report: AccuracyReport,
+  result: FullResult,
+  wallMs: number,
+): string {
+  const m = pipeline.manifest;
+  const thresholds = m.stages
+    .map((s, i) => {
+      const t = pipeline.policy.thresholds[i];
+      return t === undefined ? `${s.name}: always` : `${s.name} < ${t}`;
+    })
+    .join(", ");
+  const rows = report.stages.map((s, i) => [
+    s.name,
+    percent(s.exitRate),
+    percent(s.accuracyAll),
+    percent(s.accuracyExited),
+    (((result.stageMs[i] ?? 0) / Math.max(1, report.samples)) * 1000).toFixed(1),
+  ]);
+  const first = report.stages[0];
+  const last = report.stages[report.stages.length - 1];
+  return [
+    `${m.name} ${m.version}  digest ${pipeline.bundle.digest.slice(0, 12)}  samples ${report.samples}`,
+    `exit when normalized entropy < threshold: ${thresholds}`,
+    "",
+    renderTable(["stage", "exit rate", "accuracy (all)", "accuracy (exited)", "us/sample"], rows),
+    "",
+    `Overall ${percent(report.overall)}   Ideal ${percent(report.ideal)}`,
+    `paper's columns: Local ${percent(first?.accuracyAll ?? 0)} (first exit, all samples)   ` +
+      `Server ${percent(last?.accuracyExited ?? null)} (last stage, samples that reached it)`,
+    `${report.samples} samples, all stages, in ${(wallMs / 1000).toFixed(2)} s (${Math.round((report.samples / wallMs) * 1000)} samples/s)`,
+  ].join("\n");
+}
+
+function renderSweep(
+  rows: readonly (AccuracyReport & { threshold: number })[],
+  names: readonly string[],
+): string {
+  const header = ["threshold", ...names.map((n) => `exit ${n}`), "Overall", "Ideal"];
+  return [
+    `sweep of the ${names[0]} exit's threshold (other exits as configured)`,
+    "",
+    renderTable(
+      header,
+      rows.map((r) => [
+        r.threshold.toFixed(2),
+        ...r.stages.map((s) => percent(s.exitRate)),
+        percent(r.overall),
+        percent(r.ideal),
+      ]),
+    ),
+  ].join("\n");
+}
