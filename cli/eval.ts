@@ -1,8 +1,10 @@
 import { writeFile } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import { z } from "zod";
+import { openStages, readBundle } from "../core/bundle/load.js";
 import { readIdx } from "../core/dataset/idx.js";
 import { type AccuracyReport, accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
+import type { ExitPolicy } from "../core/exit.js";
 import { exitPolicyFor, type FullResult, Pipeline } from "../core/pipeline.js";
 import { parseFlags, parseThresholds, UsageError } from "./args.js";
 import { shipped } from "./paths.js";
@@ -75,10 +77,18 @@ export async function runEval(
     throw new UsageError("--images and --labels go together");
   }
   const thresholds = parseThresholds(cfg.threshold);
-  const pipeline = await Pipeline.load(cfg.bundle ?? defaults.bundle, {
-    thresholds,
-    ...(cfg.threads === undefined ? {} : { intraOpThreads: cfg.threads }),
-  });
+  const bundle = await readBundle(cfg.bundle ?? defaults.bundle);
+  let policy: ExitPolicy;
+  try {
+    policy = exitPolicyFor(bundle.manifest, thresholds);
+  } catch (err) {
+    throw new UsageError(`--threshold: ${(err as Error).message}`);
+  }
+  const stages = await openStages(
+    bundle,
+    cfg.threads === undefined ? {} : { intraOpThreads: cfg.threads },
+  );
+  const pipeline = new Pipeline(bundle, stages, policy);
   try {
     const images = await readIdx(cfg.images ?? defaults.images);
     const labels = await readIdx(cfg.labels ?? defaults.labels);

@@ -50,8 +50,7 @@ export function exitPolicyFor(
   const names = manifest.stages.map((s) => s.name);
   for (const name of Object.keys(overrides)) {
     const i = names.indexOf(name);
-    if (i === -1)
-      throw new RangeError(`threshold for unknown stage "${name}" (stages: ${names.join(", ")})`);
+    if (i === -1) throw new RangeError(`unknown stage "${name}" (stages: ${names.join(", ")})`);
     if (i === names.length - 1)
       throw new RangeError(
         `stage "${name}" is the last stage; it always answers and has no threshold`,
