@@ -1,7 +1,8 @@
 import { writeFile } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import { z } from "zod";
-import { openStages, readBundle } from "../core/bundle/load.js";
+import { readBundle } from "../core/bundle/read.js";
+import { openStages } from "../core/bundle/stages.js";
 import { readIdx } from "../core/dataset/idx.js";
 import { type AccuracyReport, accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import type { ExitPolicy } from "../core/exit.js";

@@ -1,7 +1,8 @@
 import { performance } from "node:perf_hooks";
 import * as ort from "onnxruntime-node";
-import { loadBundle, type Stage, type StageOptions, type VerifiedBundle } from "./bundle/load.js";
 import type { Manifest } from "./bundle/manifest.js";
+import type { VerifiedBundle } from "./bundle/read.js";
+import { loadBundle, type Stage, type StageOptions } from "./bundle/stages.js";
 import { argmax, ExitPolicy, normalizedEntropy } from "./exit.js";
 import { preprocess } from "./preprocess.js";
 

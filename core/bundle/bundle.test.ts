@@ -8,7 +8,8 @@ import {
   smallStages,
   writeBundle,
 } from "../../test/support/bundle-fixture.js";
-import { loadBundle, readBundle } from "./load.js";
+import { readBundle } from "./read.js";
+import { loadBundle } from "./stages.js";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
