@@ -1,0 +1,43 @@
+/** Contract 3: MQTT topic names. */
+
+/** `ns/name` as written in frame headers and configuration. */
+export interface ModelRef {
+  readonly namespace: string;
+  readonly name: string;
+}
+
+const level = /^[^/+#\u0000]+$/;
+
+export function parseModelRef(ref: string): ModelRef {
+  const [namespace, name, ...rest] = ref.split("/");
+  if (!namespace || !name || rest.length > 0 || !level.test(namespace) || !level.test(name)) {
+    throw new RangeError(`model "${ref}" must be <namespace>/<name> without MQTT wildcards`);
+  }
+  return { namespace, name };
+}
+
+export function modelKey(model: ModelRef): string {
+  return `${model.namespace}/${model.name}`;
+}
+
+/** Requests for a stage: `ddnn/<namespace>/<model>/<stage>/req`. */
+export function requestTopic(model: ModelRef, stage: string): string {
+  return `ddnn/${model.namespace}/${model.name}/${stage}/req`;
+}
+
+/** The shared-subscription filter that spreads a stage's requests over its workers. */
+export function sharedRequestFilter(model: ModelRef, stage: string): string {
+  return `$share/${model.name}-${stage}/${requestTopic(model, stage)}`;
+}
+
+/** Default reply topic of a device: `ddnn/<namespace>/<model>/reply/<device id>`. */
+export function replyTopic(model: ModelRef, deviceId: string): string {
+  if (!level.test(deviceId))
+    throw new RangeError(`device id "${deviceId}" must not contain / + # or NUL`);
+  return `ddnn/${model.namespace}/${model.name}/reply/${deviceId}`;
+}
+
+/** Alarms and events: `ddnn/<namespace>/<model>/events`. */
+export function eventsTopic(model: ModelRef): string {
+  return `ddnn/${model.namespace}/${model.name}/events`;
+}

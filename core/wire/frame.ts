@@ -1,0 +1,185 @@
+/**
+ * Contract 2, the DDN1 wire frame, the same for requests and replies:
+ *   bytes 0..3 "DDN1" | 4..7 uint32 LE header length H | 8..8+H UTF-8 JSON header | tensor body.
+ */
+import { z } from "zod";
+
+export const FRAME_MAGIC = "DDN1";
+const MAGIC = new TextEncoder().encode(FRAME_MAGIC);
+const PREFIX = 8;
+/** A JSON header this large is a mistake or an attack; refuse before parsing it. */
+export const MAX_HEADER_BYTES = 64 * 1024;
+
+export const errorCodes = [
+  "bad_frame",
+  "unknown_model",
+  "digest_mismatch",
+  "deadline_exceeded",
+  "overloaded",
+  "internal",
+] as const;
+export type ErrorCode = (typeof errorCodes)[number];
+
+export const dtypes = ["f32", "f16", "u8q"] as const;
+export type WireDtype = (typeof dtypes)[number];
+export const compressions = ["none", "deflate"] as const;
+export type Compression = (typeof compressions)[number];
+
+const dim = z.number().int().nonnegative();
+
+/** Fields that describe the tensor body; shared by requests and (optionally) replies. */
+export const tensorHeaderSchema = z.object({
+  dtype: z.enum(dtypes),
+  shape: z.array(dim).min(1).max(8),
+  scale: z.number().positive().finite().optional(),
+  zero: z.number().int().min(0).max(255).optional(),
+  compression: z.enum(compressions).default("none"),
+});
+
+export const requestHeaderSchema = z.looseObject({
+  kind: z.literal("infer"),
+  id: z.string().min(1).max(256),
+  model: z.string().regex(/^[^/]+\/[^/]+$/, "must be <namespace>/<name>"),
+  digest: z.string().regex(/^[0-9a-f]{64}$/, "must be the bundle's sha256 (64 lowercase hex)"),
+  stage: z.number().int().nonnegative(),
+  replyTo: z
+    .string()
+    .min(1)
+    .max(1024)
+    .refine((t) => !/[+#]/.test(t), "must be a topic name without wildcards"),
+  deadline: z.number().finite().optional(),
+  sentAt: z.number().finite().optional(),
+  ...tensorHeaderSchema.shape,
+});
+export type RequestHeader = z.infer<typeof requestHeaderSchema>;
+
+export interface ResultOk {
+  kind: "result";
+  id: string;
+  status: "ok";
+  stage: number;
+  label: number;
+  entropy: number;
+  timings: Record<string, number>;
+  [extra: string]: unknown;
+}
+
+export interface ResultError {
+  kind: "result";
+  id: string;
+  status: "error";
+  error: { code: ErrorCode; message: string };
+  [extra: string]: unknown;
+}
+
+export type ResultHeader = ResultOk | ResultError;
+
+export const resultHeaderSchema = z.discriminatedUnion("status", [
+  z.looseObject({
+    kind: z.literal("result"),
+    id: z.string(),
+    status: z.literal("ok"),
+    stage: z.number().int().nonnegative(),
+    label: z.number().int().nonnegative(),
+    entropy: z.number(),
+    timings: z.record(z.string(), z.number()).default({}),
+  }),
+  z.looseObject({
+    kind: z.literal("result"),
+    id: z.string(),
+    status: z.literal("error"),
+    error: z.object({ code: z.enum(errorCodes), message: z.string() }),
+  }),
+]);
+
+/** A frame that cannot be used. `id`/`replyTo` are set when they could still be read. */
+export class FrameError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly id?: string,
+    readonly replyTo?: string,
+  ) {
+    super(message);
+    this.name = "FrameError";
+  }
+}
+
+export function encodeFrame(header: object, body: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const out = new Uint8Array(PREFIX + json.length + body.length);
+  out.set(MAGIC, 0);
+  new DataView(out.buffer).setUint32(4, json.length, true);
+  out.set(json, PREFIX);
+  out.set(body, PREFIX + json.length);
+  return out;
+}
+
+/** Splits a frame into its parsed JSON header and its body. Throws FrameError("bad_frame"). */
+export function decodeFrame(frame: Uint8Array): {
+  header: Record<string, unknown>;
+  body: Uint8Array;
+} {
+  if (frame.length < PREFIX)
+    throw new FrameError(
+      "bad_frame",
+      `frame is ${frame.length} bytes, shorter than the 8-byte prefix`,
+    );
+  for (let i = 0; i < 4; i++) {
+    if (frame[i] !== MAGIC[i])
+      throw new FrameError("bad_frame", `frame does not start with "${FRAME_MAGIC}"`);
+  }
+  const length = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(4, true);
+  if (length > MAX_HEADER_BYTES)
+    throw new FrameError("bad_frame", `header length ${length} exceeds ${MAX_HEADER_BYTES} bytes`);
+  if (PREFIX + length > frame.length) {
+    throw new FrameError(
+      "bad_frame",
+      `header length ${length} runs past the end of the ${frame.length}-byte frame`,
+    );
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(
+      new TextDecoder("utf-8", { fatal: true }).decode(frame.subarray(PREFIX, PREFIX + length)),
+    );
+  } catch (err) {
+    throw new FrameError("bad_frame", `header is not UTF-8 JSON (${(err as Error).message})`);
+  }
+  if (header === null || typeof header !== "object" || Array.isArray(header)) {
+    throw new FrameError("bad_frame", "header is not a JSON object");
+  }
+  return { header: header as Record<string, unknown>, body: frame.subarray(PREFIX + length) };
+}
+
+/** Decodes and validates a request frame; errors keep `id` and `replyTo` when they were readable. */
+export function decodeRequest(frame: Uint8Array): { header: RequestHeader; body: Uint8Array } {
+  const { header, body } = decodeFrame(frame);
+  const parsed = requestHeaderSchema.safeParse(header);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const where = issue.path.map(String).join(".") || "header";
+    const id = typeof header.id === "string" && header.id.length > 0 ? header.id : undefined;
+    const replyTo =
+      typeof header.replyTo === "string" &&
+      header.replyTo.length > 0 &&
+      !/[+#]/.test(header.replyTo)
+        ? header.replyTo
+        : undefined;
+    throw new FrameError("bad_frame", `header field ${where}: ${issue.message}`, id, replyTo);
+  }
+  return { header: parsed.data, body };
+}
+
+export function decodeResult(frame: Uint8Array): { header: ResultHeader; body: Uint8Array } {
+  const { header, body } = decodeFrame(frame);
+  const parsed = resultHeaderSchema.safeParse(header);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new FrameError(
+      "bad_frame",
+      `result header field ${issue.path.map(String).join(".") || "header"}: ${issue.message}`,
+    );
+  }
+  return { header: parsed.data as ResultHeader, body };
+}

@@ -1,0 +1,129 @@
+/** Tensor bodies of DDN1 frames: f32, f16 or u8q, optionally deflated (zlib format, RFC 1950). */
+import { deflateSync, inflateSync } from "node:zlib";
+import { type Compression, FrameError, type WireDtype } from "./frame.js";
+import { fromHalf, toHalf } from "./half.js";
+
+export interface TensorEncoding {
+  readonly dtype: WireDtype;
+  readonly compression: Compression;
+}
+
+/** The header fields that describe an encoded tensor. */
+export interface TensorFields {
+  dtype: WireDtype;
+  shape: number[];
+  compression: Compression;
+  scale?: number;
+  zero?: number;
+}
+
+const BYTES: Record<WireDtype, number> = { f32: 4, f16: 2, u8q: 1 };
+
+/** Encodes float32 data of the given shape; returns the header fields and the body bytes. */
+export function encodeTensor(
+  data: Float32Array,
+  shape: readonly number[],
+  encoding: TensorEncoding,
+): { fields: TensorFields; body: Uint8Array } {
+  const fields: TensorFields = {
+    dtype: encoding.dtype,
+    shape: [...shape],
+    compression: encoding.compression,
+  };
+  let raw: Uint8Array;
+  switch (encoding.dtype) {
+    case "f32": {
+      raw = new Uint8Array(data.length * 4);
+      const view = new DataView(raw.buffer);
+      for (let i = 0; i < data.length; i++) view.setFloat32(i * 4, data[i] as number, true);
+      break;
+    }
+    case "f16": {
+      raw = new Uint8Array(data.length * 2);
+      const view = new DataView(raw.buffer);
+      for (let i = 0; i < data.length; i++) view.setUint16(i * 2, toHalf(data[i] as number), true);
+      break;
+    }
+    case "u8q": {
+      // Asymmetric per-tensor quantization over a range that includes 0, so ReLU features
+      // (all >= 0) get zero = 0 and exact zeros stay exact.
+      let lo = 0;
+      let hi = 0;
+      for (const v of data) {
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      const scale = hi > lo ? (hi - lo) / 255 : 1;
+      const zero = Math.min(255, Math.max(0, Math.round(-lo / scale)));
+      raw = new Uint8Array(data.length);
+      for (let i = 0; i < data.length; i++) {
+        raw[i] = Math.min(255, Math.max(0, Math.round((data[i] as number) / scale) + zero));
+      }
+      fields.scale = scale;
+      fields.zero = zero;
+      break;
+    }
+  }
+  const body =
+    encoding.compression === "deflate" ? new Uint8Array(deflateSync(raw, { level: 6 })) : raw;
+  return { fields, body };
+}
+
+/**
+ * Decodes a tensor body to float32. `maxElements` bounds the work a frame can ask for
+ * (a deflate bomb or a lying shape is refused before allocating).
+ */
+export function decodeTensor(
+  fields: TensorFields,
+  body: Uint8Array,
+  maxElements: number,
+): Float32Array {
+  const count = fields.shape.reduce((a, b) => a * b, 1);
+  if (count > maxElements) {
+    throw new FrameError(
+      "bad_frame",
+      `tensor shape [${fields.shape.join(", ")}] has ${count} elements, over the limit of ${maxElements}`,
+    );
+  }
+  const expected = count * BYTES[fields.dtype];
+  let raw = body;
+  if (fields.compression === "deflate") {
+    try {
+      raw = new Uint8Array(inflateSync(body, { maxOutputLength: Math.max(expected, 1) }));
+    } catch (err) {
+      throw new FrameError(
+        "bad_frame",
+        `deflate body does not inflate to ${expected} bytes (${(err as Error).message})`,
+      );
+    }
+  }
+  if (raw.length !== expected) {
+    throw new FrameError(
+      "bad_frame",
+      `body holds ${raw.length} bytes; ${fields.dtype} shape [${fields.shape.join(", ")}] needs ${expected}`,
+    );
+  }
+  const out = new Float32Array(count);
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  switch (fields.dtype) {
+    case "f32":
+      for (let i = 0; i < count; i++) out[i] = view.getFloat32(i * 4, true);
+      break;
+    case "f16":
+      for (let i = 0; i < count; i++) out[i] = fromHalf(view.getUint16(i * 2, true));
+      break;
+    case "u8q": {
+      if (fields.scale === undefined || fields.zero === undefined) {
+        throw new FrameError("bad_frame", "u8q tensors need header fields scale and zero");
+      }
+      const { scale, zero } = fields;
+      for (let i = 0; i < count; i++) out[i] = scale * ((raw[i] as number) - zero);
+      break;
+    }
+  }
+  for (let i = 0; i < count; i++) {
+    if (!Number.isFinite(out[i] as number))
+      throw new FrameError("bad_frame", `tensor element ${i} is not finite`);
+  }
+  return out;
+}

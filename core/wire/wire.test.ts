@@ -1,0 +1,181 @@
+import { deflateSync } from "node:zlib";
+import { describe, expect, it } from "vitest";
+import { decodeFrame, decodeRequest, decodeResult, encodeFrame, FrameError } from "./frame.js";
+import { fromHalf, toHalf } from "./half.js";
+import { decodeTensor, encodeTensor } from "./tensor.js";
+
+const digest = "a".repeat(64);
+const request = (extra: Record<string, unknown> = {}) => ({
+  kind: "infer",
+  id: "r1",
+  model: "fog/fashion",
+  digest,
+  stage: 1,
+  replyTo: "ddnn/fog/fashion/reply/cam-1",
+  deadline: 1,
+  dtype: "f32",
+  shape: [1, 2],
+  compression: "none",
+  sentAt: 0,
+  ...extra,
+});
+
+describe("DDN1 frames", () => {
+  it("round-trips header and body, byte layout as in the contract", () => {
+    const body = Uint8Array.of(1, 2, 3);
+    const frame = encodeFrame({ kind: "infer", x: "é" }, body);
+    expect(new TextDecoder().decode(frame.subarray(0, 4))).toBe("DDN1");
+    const h = new DataView(frame.buffer).getUint32(4, true);
+    expect(JSON.parse(new TextDecoder().decode(frame.subarray(8, 8 + h)))).toEqual({
+      kind: "infer",
+      x: "é",
+    });
+    const back = decodeFrame(frame);
+    expect(back.header).toEqual({ kind: "infer", x: "é" });
+    expect(Array.from(back.body)).toEqual([1, 2, 3]);
+  });
+
+  it("refuses malformed frames with bad_frame", () => {
+    const good = encodeFrame(request());
+    const cases: [Uint8Array, RegExp][] = [
+      [Uint8Array.of(1, 2, 3), /shorter than the 8-byte prefix/],
+      [
+        Uint8Array.from([...good.subarray(0, 3), 0x32, ...good.subarray(4)]),
+        /does not start with "DDN1"/,
+      ],
+      [good.subarray(0, 20), /runs past the end/],
+      [encodeFrame([1, 2] as unknown as object), /not a JSON object/],
+      [Uint8Array.from([...good.subarray(0, 8), 0xff, ...good.subarray(9)]), /not UTF-8 JSON/],
+    ];
+    for (const [frame, message] of cases) {
+      expect(() => decodeFrame(frame)).toThrow(message);
+    }
+    const huge = new Uint8Array(16);
+    huge.set(new TextEncoder().encode("DDN1"));
+    new DataView(huge.buffer).setUint32(4, 1 << 30, true);
+    expect(() => decodeFrame(huge)).toThrow(/exceeds/);
+  });
+
+  it("validates request headers and keeps id and replyTo for the error reply", () => {
+    expect(decodeRequest(encodeFrame(request({ extra: 1 }))).header.extra).toBe(1);
+    try {
+      decodeRequest(encodeFrame(request({ dtype: "f64" })));
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(FrameError);
+      const e = err as FrameError;
+      expect(e.code).toBe("bad_frame");
+      expect(e.message).toMatch(/header field dtype/);
+      expect(e.id).toBe("r1");
+      expect(e.replyTo).toBe("ddnn/fog/fashion/reply/cam-1");
+    }
+    expect(() => decodeRequest(encodeFrame(request({ digest: "x" })))).toThrow(/digest/);
+    expect(() => decodeRequest(encodeFrame(request({ replyTo: "a/+/b" })))).toThrow(/wildcards/);
+  });
+
+  it("parses ok and error results", () => {
+    const ok = decodeResult(
+      encodeFrame({
+        kind: "result",
+        id: "1",
+        status: "ok",
+        stage: 1,
+        label: 3,
+        entropy: 0.2,
+        timings: { server: 1 },
+      }),
+    );
+    expect(ok.header.status).toBe("ok");
+    const err = decodeResult(
+      encodeFrame({
+        kind: "result",
+        id: "1",
+        status: "error",
+        error: { code: "overloaded", message: "queue full" },
+      }),
+    );
+    expect(err.header.status === "error" && err.header.error.code).toBe("overloaded");
+    expect(() =>
+      decodeResult(
+        encodeFrame({
+          kind: "result",
+          id: "1",
+          status: "error",
+          error: { code: "nope", message: "" },
+        }),
+      ),
+    ).toThrow(FrameError);
+  });
+});
+
+describe("tensor bodies", () => {
+  const data = Float32Array.from({ length: 1000 }, (_, i) => Math.max(0, Math.sin(i) * 3));
+  const shape = [1, 10, 10, 10];
+
+  it("f32 is exact and f16 is within half precision", () => {
+    for (const compression of ["none", "deflate"] as const) {
+      const f = encodeTensor(data, shape, { dtype: "f32", compression });
+      expect(decodeTensor(f.fields, f.body, 1e6)).toEqual(data);
+      const h = encodeTensor(data, shape, { dtype: "f16", compression });
+      decodeTensor(h.fields, h.body, 1e6).forEach((v, i) => {
+        expect(Math.abs(v - (data[i] as number))).toBeLessThanOrEqual(
+          Math.abs(data[i] as number) * 2 ** -11 + 1e-7,
+        );
+      });
+    }
+    expect(encodeTensor(data, shape, { dtype: "f32", compression: "none" }).body.length).toBe(4000);
+    expect(encodeTensor(data, shape, { dtype: "f16", compression: "none" }).body.length).toBe(2000);
+  });
+
+  it("u8q keeps values within half a step and zeros exact", () => {
+    const q = encodeTensor(data, shape, { dtype: "u8q", compression: "deflate" });
+    expect(q.fields.zero).toBe(0);
+    const back = decodeTensor(q.fields, q.body, 1e6);
+    back.forEach((v, i) => {
+      expect(Math.abs(v - (data[i] as number))).toBeLessThanOrEqual(
+        (q.fields.scale as number) / 2 + 1e-6,
+      );
+      if (data[i] === 0) expect(v).toBe(0);
+    });
+    const neg = Float32Array.of(-2, -1, 0, 1);
+    const nq = encodeTensor(neg, [4], { dtype: "u8q", compression: "none" });
+    expect(
+      Array.from(decodeTensor(nq.fields, nq.body, 10)).map((v) => Math.round(v * 100) / 100),
+    ).toEqual([-2, -1, 0, 1]);
+  });
+
+  it("refuses bodies that do not match the shape, bombs and missing quantization fields", () => {
+    expect(() =>
+      decodeTensor({ dtype: "f32", shape: [1, 3], compression: "none" }, new Uint8Array(8), 100),
+    ).toThrow(/holds 8 bytes; f32 shape \[1, 3\] needs 12/);
+    expect(() =>
+      decodeTensor(
+        { dtype: "f32", shape: [1000, 1000], compression: "none" },
+        new Uint8Array(8),
+        100,
+      ),
+    ).toThrow(/over the limit/);
+    const bomb = new Uint8Array(deflateSync(new Uint8Array(10_000_000)));
+    expect(() =>
+      decodeTensor({ dtype: "f32", shape: [1, 4], compression: "deflate" }, bomb, 100),
+    ).toThrow(/does not inflate/);
+    expect(() =>
+      decodeTensor({ dtype: "u8q", shape: [2], compression: "none" }, new Uint8Array(2), 100),
+    ).toThrow(/scale and zero/);
+    const nan = encodeTensor(Float32Array.of(Number.NaN), [1], {
+      dtype: "f32",
+      compression: "none",
+    });
+    expect(() => decodeTensor(nan.fields, nan.body, 10)).toThrow(/not finite/);
+  });
+});
+
+describe("half precision", () => {
+  it("converts exactly representable values and rounds to nearest even", () => {
+    for (const v of [0, 1, -2, 0.5, 65504, 2 ** -24, -(2 ** -14)])
+      expect(fromHalf(toHalf(v))).toBe(v);
+    expect(toHalf(1 + 2 ** -11)).toBe(toHalf(1));
+    expect(fromHalf(toHalf(1e6))).toBe(Number.POSITIVE_INFINITY);
+    expect(fromHalf(toHalf(Number.NaN))).toBeNaN();
+  });
+});
