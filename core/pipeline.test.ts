@@ -3,7 +3,7 @@ import { type FixtureStage, smallStages, writeBundle } from "../test/support/bun
 import { forward } from "../test/support/onnx-model.js";
 import { accuracyReport, adaptiveDecisions } from "./evaluation.js";
 import { argmax, ExitPolicy, normalizedEntropy } from "./exit.js";
-import { Pipeline } from "./pipeline.js";
+import { isForward, Pipeline } from "./pipeline.js";
 import { preprocess } from "./preprocess.js";
 
 function pixels(n: number, perSample: number, seed = 3): Uint8Array {
@@ -124,6 +124,46 @@ describe("Pipeline", () => {
     );
     await expect(Pipeline.load(f.dir, { thresholds: { server: 0.3 } })).rejects.toThrow(
       /last stage/,
+    );
+  });
+
+  it("gives the same answers on the WebAssembly backend as on the native one", async () => {
+    const f = writeBundle(fourStages(), {
+      input: { shape: [3, 2, 2], mean: [0.1, 0.5, 0.9], std: [0.2, 0.3, 0.4] },
+    });
+    const native = await Pipeline.load(f.dir, { backend: "native" });
+    const wasm = await Pipeline.load(f.dir, { backend: "wasm" });
+    expect(native.stages[0]?.runtime.backend).toBe("native");
+    expect(wasm.stages[0]?.runtime.backend).toBe("wasm");
+    const px = pixels(300, 12, 5);
+    const a = await native.infer(px, 300);
+    const b = await wasm.infer(px, 300);
+    expect(b.map((r) => [r.stage, r.label])).toEqual(a.map((r) => [r.stage, r.label]));
+    b.forEach((r, i) => {
+      expect(r.entropy).toBeCloseTo(a[i]!.entropy, 5);
+    });
+  });
+
+  it("runs a stage range and hands unanswered samples on with their features", async () => {
+    const f = writeBundle(fourStages(), { input: { shape: [3, 2, 2] } });
+    const full = await Pipeline.load(f.dir);
+    const device = await Pipeline.load(f.dir, { only: [0] });
+    const rest = await Pipeline.load(f.dir, { only: [1, 2, 3] });
+    expect(() => device.stage(1)).toThrow(/stage 1 is not loaded here/);
+    const n = 200;
+    const px = pixels(n, 12, 21);
+    const expected = await full.infer(px, n);
+    const first = await device.runRange(0, 0, device.inputTensor(px, n));
+    const answers = await Promise.all(
+      first.map(async (r) => {
+        if (!isForward(r)) return r;
+        expect(r.forward.dims).toEqual([1, 5]);
+        const [next] = await rest.runRange(1, 3, rest.tensor(r.forward.features, r.forward.dims));
+        return next!;
+      }),
+    );
+    expect(answers.map((r) => !isForward(r) && [r.stage, r.label])).toEqual(
+      expected.map((r) => [r.stage, r.label]),
     );
   });
 

@@ -1,5 +1,6 @@
 import { performance } from "node:perf_hooks";
-import * as ort from "onnxruntime-node";
+import type * as ort from "onnxruntime-node";
+import type { Ort } from "./bundle/backend.js";
 import type { Manifest } from "./bundle/manifest.js";
 import type { VerifiedBundle } from "./bundle/read.js";
 import { loadBundle, type Stage, type StageOptions } from "./bundle/stages.js";
@@ -25,6 +26,20 @@ export interface SampleResult {
   readonly entropy: number;
   /** Milliseconds spent per stage on this sample (batch time divided by batch size); 0 where not run. */
   readonly stageMs: readonly number[];
+}
+
+/** A sample answered in a stage range, or handed on to the next stage with its features. */
+export type RangeResult =
+  | SampleResult
+  | {
+      /** The last stage run here. */
+      readonly stage: number;
+      readonly forward: { readonly features: Float32Array; readonly dims: readonly number[] };
+      readonly stageMs: readonly number[];
+    };
+
+export function isForward(r: RangeResult): r is Extract<RangeResult, { forward: unknown }> {
+  return "forward" in r;
 }
 
 /** Every stage run on every sample: what an evaluation needs (Local accuracy, Ideal accuracy). */
@@ -68,6 +83,8 @@ export function exitPolicyFor(
 export class Pipeline {
   readonly classes: number;
   readonly samplePixels: number;
+  /** The onnxruntime module the stages were opened with (native or wasm). */
+  readonly ort: Ort;
 
   constructor(
     readonly bundle: VerifiedBundle,
@@ -76,6 +93,9 @@ export class Pipeline {
   ) {
     this.classes = bundle.manifest.labels.length;
     this.samplePixels = bundle.manifest.input.shape.reduce((a, b) => a * b, 1);
+    const first = stages[0];
+    if (!first) throw new RangeError("a pipeline needs at least one loaded stage");
+    this.ort = first.runtime.ort;
   }
 
   static async load(path: string, options: PipelineOptions = {}): Promise<Pipeline> {
@@ -89,16 +109,27 @@ export class Pipeline {
 
   /** Stage 0's input tensor for `count` samples of raw u8 pixels. */
   inputTensor(pixels: Uint8Array, count: number): ort.Tensor {
-    return new ort.Tensor("float32", preprocess(this.manifest.input, pixels, count), [
+    return this.tensor(preprocess(this.manifest.input, pixels, count), [
       count,
       ...this.manifest.input.shape,
     ]);
   }
 
+  /** A float32 tensor made by the onnxruntime build that runs the stages. */
+  tensor(data: Float32Array, dims: readonly number[]): ort.Tensor {
+    return new this.ort.Tensor("float32", data, dims);
+  }
+
+  /** The loaded stage with this index; throws when this process did not open it. */
+  stage(index: number): Stage {
+    const stage = this.stages.find((s) => s.index === index);
+    if (!stage) throw new RangeError(`stage ${index} is not loaded here`);
+    return stage;
+  }
+
   /** Runs one stage on a batch. */
   async runStage(index: number, input: ort.Tensor): Promise<StageOutput> {
-    const stage = this.stages[index];
-    if (!stage) throw new RangeError(`no stage ${index}`);
+    const stage = this.stage(index);
     const started = performance.now();
     const out = await stage.session.run({ [stage.spec.input]: input });
     const ms = performance.now() - started;
@@ -121,39 +152,65 @@ export class Pipeline {
     return { logits: logitsTensor.data as Float32Array, ...(features ? { features } : {}), ms };
   }
 
-  /** Adaptive inference: each sample goes only as far as its exits require. */
+  /** Adaptive inference from raw pixels through every stage. */
   async infer(pixels: Uint8Array, count: number): Promise<SampleResult[]> {
-    const results: (SampleResult | undefined)[] = new Array(count);
+    const results = await this.runRange(
+      0,
+      this.manifest.stages.length - 1,
+      this.inputTensor(pixels, count),
+    );
+    return results as SampleResult[];
+  }
+
+  /**
+   * Adaptive inference over stages `from..to` (a tier's share of the model): each sample goes only
+   * as far as its exits require. Samples still unanswered after `to` (not the last stage) come back
+   * with the features to send to stage `to + 1`.
+   */
+  async runRange(from: number, to: number, input: ort.Tensor): Promise<RangeResult[]> {
+    const count = input.dims[0] ?? 0;
+    const results: (RangeResult | undefined)[] = new Array(count);
     const stageMs = Array.from({ length: count }, () =>
-      new Array<number>(this.stages.length).fill(0),
+      new Array<number>(this.manifest.stages.length).fill(0),
     );
     let rows = Array.from({ length: count }, (_, i) => i);
-    let input = this.inputTensor(pixels, count);
-    for (const stage of this.stages) {
-      const out = await this.runStage(stage.index, input);
+    let current = input;
+    for (let index = from; index <= to && rows.length > 0; index++) {
+      const out = await this.runStage(index, current);
       const perSample = out.ms / rows.length;
       const remaining: number[] = [];
       const keep: number[] = [];
       rows.forEach((sample, r) => {
-        (stageMs[sample] as number[])[stage.index] = perSample;
+        (stageMs[sample] as number[])[index] = perSample;
         const entropy = normalizedEntropy(out.logits, r * this.classes, this.classes);
-        if (this.policy.exits(stage.index, entropy)) {
-          results[sample] = {
-            stage: stage.index,
-            label: argmax(out.logits, r * this.classes, this.classes),
-            entropy,
-            stageMs: stageMs[sample] as number[],
-          };
+        if (this.policy.exits(index, entropy)) {
+          const label = argmax(out.logits, r * this.classes, this.classes);
+          results[sample] = { stage: index, label, entropy, stageMs: stageMs[sample] as number[] };
         } else {
           remaining.push(sample);
           keep.push(r);
         }
       });
-      if (remaining.length === 0 || !out.features) break;
-      input = selectRows(out.features, keep);
+      if (remaining.length > 0 && out.features) {
+        current = selectRows(this.ort, out.features, keep);
+        if (index === to) {
+          const width = (current.data as Float32Array).length / remaining.length;
+          const data = current.data as Float32Array;
+          remaining.forEach((sample, r) => {
+            results[sample] = {
+              stage: index,
+              forward: {
+                features: data.slice(r * width, (r + 1) * width),
+                dims: [1, ...current.dims.slice(1)],
+              },
+              stageMs: stageMs[sample] as number[],
+            };
+          });
+        }
+      }
       rows = remaining;
     }
-    return results as SampleResult[];
+    return results as RangeResult[];
   }
 
   /** Runs every stage on every sample, in batches of `batchSize`. */
@@ -189,7 +246,7 @@ export class Pipeline {
 }
 
 /** Copies the given rows of a float32 tensor into a new, smaller batch. */
-export function selectRows(tensor: ort.Tensor, rows: readonly number[]): ort.Tensor {
+export function selectRows(runtime: Ort, tensor: ort.Tensor, rows: readonly number[]): ort.Tensor {
   const [n, ...rest] = tensor.dims;
   const data = tensor.data as Float32Array;
   const width = n ? data.length / n : 0;
@@ -198,5 +255,5 @@ export function selectRows(tensor: ort.Tensor, rows: readonly number[]): ort.Ten
   rows.forEach((row, i) => {
     out.set(data.subarray(row * width, (row + 1) * width), i * width);
   });
-  return new ort.Tensor("float32", out, [rows.length, ...rest]);
+  return new runtime.Tensor("float32", out, [rows.length, ...rest]);
 }

@@ -1,9 +1,12 @@
-import * as ort from "onnxruntime-node";
+import type * as ort from "onnxruntime-node";
+import { type BackendChoice, loadRuntime, type Runtime } from "./backend.js";
 import { BundleError, MANIFEST_FILE, type StageSpec } from "./manifest.js";
 import { bundleFileLabel, readBundle, type VerifiedBundle } from "./read.js";
 
 /** One stage ready to run: its manifest entry and an onnxruntime session. */
 export interface Stage {
+  /** The onnxruntime build that runs it (native or wasm); tensors must come from runtime.ort. */
+  readonly runtime: Runtime;
   readonly index: number;
   readonly spec: StageSpec;
   readonly session: ort.InferenceSession;
@@ -13,6 +16,10 @@ export interface Stage {
 }
 
 export interface StageOptions {
+  /** onnxruntime build: native, WebAssembly, or native with a WebAssembly fallback (default). */
+  readonly backend?: BackendChoice;
+  /** Open only these stage indices (a tier runs part of the model). Default: all. */
+  readonly only?: readonly number[];
   /** Threads per session for one operator (onnxruntime intra-op). Default: onnxruntime's choice. */
   readonly intraOpThreads?: number;
 }
@@ -25,9 +32,11 @@ export async function openStages(
   options: StageOptions = {},
 ): Promise<Stage[]> {
   const { manifest } = bundle;
+  const runtime = await loadRuntime(options.backend);
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: "all",
     executionMode: "sequential",
+    ...(runtime.backend === "wasm" ? { executionProviders: ["wasm"] } : {}),
     ...(options.intraOpThreads === undefined
       ? {}
       : { intraOpNumThreads: options.intraOpThreads, interOpNumThreads: 1 }),
@@ -35,10 +44,15 @@ export async function openStages(
   const stages: Stage[] = [];
   let previousFeatures: readonly Dim[] = ["batch", ...manifest.input.shape];
   for (const [i, spec] of manifest.stages.entries()) {
+    if (options.only && !options.only.includes(i)) {
+      // Not opened here, so its output shape is unknown: the next stage's input is checked on its own.
+      previousFeatures = [];
+      continue;
+    }
     const file = bundleFileLabel(bundle, spec.file);
     let session: ort.InferenceSession;
     try {
-      session = await ort.InferenceSession.create(bundle.stageBytes[i]!, sessionOptions);
+      session = await runtime.ort.InferenceSession.create(bundle.stageBytes[i]!, sessionOptions);
     } catch (err) {
       throw new BundleError(
         file,
@@ -94,6 +108,7 @@ export async function openStages(
     const sampleShape = (inputShape.length > 0 ? inputShape : previousFeatures).slice(1);
     if (!last) previousFeatures = tensorMeta(session.outputMetadata, spec.features!)?.shape ?? [];
     stages.push({
+      runtime,
       index: i,
       spec,
       session,
