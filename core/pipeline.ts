@@ -35,6 +35,9 @@ export type RangeResult =
       /** The last stage run here. */
       readonly stage: number;
       readonly forward: { readonly features: Float32Array; readonly dims: readonly number[] };
+      /** The best answer so far (the exit of stage `stage`), for a device that must answer alone. */
+      readonly label: number;
+      readonly entropy: number;
       readonly stageMs: readonly number[];
     };
 
@@ -180,15 +183,17 @@ export class Pipeline {
       const perSample = out.ms / rows.length;
       const remaining: number[] = [];
       const keep: number[] = [];
+      const guesses: { label: number; entropy: number }[] = [];
       rows.forEach((sample, r) => {
         (stageMs[sample] as number[])[index] = perSample;
         const entropy = normalizedEntropy(out.logits, r * this.classes, this.classes);
+        const label = argmax(out.logits, r * this.classes, this.classes);
         if (this.policy.exits(index, entropy)) {
-          const label = argmax(out.logits, r * this.classes, this.classes);
           results[sample] = { stage: index, label, entropy, stageMs: stageMs[sample] as number[] };
         } else {
           remaining.push(sample);
           keep.push(r);
+          guesses.push({ label, entropy });
         }
       });
       if (remaining.length > 0 && out.features) {
@@ -203,6 +208,7 @@ export class Pipeline {
                 features: data.slice(r * width, (r + 1) * width),
                 dims: [1, ...current.dims.slice(1)],
               },
+              ...(guesses[r] as { label: number; entropy: number }),
               stageMs: stageMs[sample] as number[],
             };
           });

@@ -1,0 +1,117 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { type FixtureStage, writeBundle } from "../../test/support/bundle-fixture.js";
+import { readBundle } from "../bundle/read.js";
+import { isForward, Pipeline } from "../pipeline.js";
+import { type PoolError, WorkerPool } from "./worker-pool.js";
+
+const stages: FixtureStage[] = [
+  {
+    name: "device",
+    inputName: "image",
+    inShape: [1, 4, 4],
+    featuresName: "features",
+    featureSize: 32,
+    logitsName: "logits",
+    classes: 3,
+    seed: 7,
+    threshold: 0.5,
+  },
+  {
+    name: "server",
+    inputName: "features",
+    inShape: [32],
+    logitsName: "logits",
+    classes: 3,
+    seed: 11,
+  },
+];
+
+function features(n: number): Float32Array[] {
+  let s = 1;
+  return Array.from({ length: n }, () =>
+    Float32Array.from({ length: 32 }, () => {
+      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+      return (s >>> 16) / 65536;
+    }),
+  );
+}
+
+let pool: WorkerPool | undefined;
+afterEach(async () => {
+  await pool?.close(1000);
+  pool = undefined;
+});
+
+async function start(options: Partial<Parameters<typeof WorkerPool.start>[0]> = {}) {
+  const dir = writeBundle(stages).dir;
+  const bundle = await readBundle(dir);
+  const reference = await Pipeline.load(dir, { only: [1] });
+  const batches: number[] = [];
+  pool = await WorkerPool.start({
+    bundle,
+    only: [1],
+    thresholds: [0.5, undefined],
+    workers: 2,
+    maxBatch: 8,
+    maxDelayMs: 2,
+    maxQueue: 1000,
+    onBatch: (b) => batches.push(b.size),
+    ...options,
+  });
+  return { pool, reference, batches };
+}
+
+describe("WorkerPool", () => {
+  it("answers like the in-process pipeline and batches a burst", async () => {
+    const { pool, reference, batches } = await start();
+    const inputs = features(64);
+    const answers = await Promise.all(
+      inputs.map((data) => pool.submit({ from: 1, to: 1, data, dims: [1, 32] })),
+    );
+    for (const [i, a] of answers.entries()) {
+      const [expected] = await reference.runRange(1, 1, reference.tensor(inputs[i]!, [1, 32]));
+      expect(isForward(a.result)).toBe(false);
+      expect([a.result.stage, !isForward(a.result) && a.result.label]).toEqual([
+        expected!.stage,
+        !isForward(expected!) && expected!.label,
+      ]);
+    }
+    expect(Math.max(...batches)).toBeGreaterThan(1);
+    expect(batches.reduce((a, b) => a + b, 0)).toBe(64);
+  });
+
+  it("refuses work beyond the queue bound as overloaded and expired work as deadline_exceeded", async () => {
+    const { pool } = await start({ workers: 1, maxQueue: 4, maxBatch: 1, maxDelayMs: 0 });
+    const inputs = features(40);
+    const settled = await Promise.allSettled(
+      inputs.map((data) => pool.submit({ from: 1, to: 1, data, dims: [1, 32] })),
+    );
+    const overloaded = settled.filter(
+      (s) => s.status === "rejected" && (s.reason as PoolError).code === "overloaded",
+    );
+    expect(overloaded.length).toBeGreaterThan(0);
+    expect(settled.filter((s) => s.status === "fulfilled").length + overloaded.length).toBe(40);
+    await expect(
+      pool.submit({ from: 1, to: 1, data: inputs[0]!, dims: [1, 32], deadline: Date.now() - 1 }),
+    ).rejects.toMatchObject({
+      code: "deadline_exceeded",
+    });
+  });
+
+  it("replaces a worker that dies and still answers the requests it held", async () => {
+    const exits: number[] = [];
+    const { pool } = await start({ workers: 2, maxBatch: 4, maxDelayMs: 1, onWorkerExit: (e) => exits.push(e.code) });
+    const inputs = features(200);
+    const pending = inputs.map((data) => pool.submit({ from: 1, to: 1, data, dims: [1, 32] }));
+    pool.crashOne(3);
+    const settled = await Promise.allSettled(pending);
+    expect(settled.every((s) => s.status === "fulfilled")).toBe(true);
+    // The replacement comes up and serves.
+    for (let i = 0; i < 100 && pool.readyWorkers < 2; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(pool.readyWorkers).toBe(2);
+    expect(exits).toEqual([3]);
+    const again = await pool.submit({ from: 1, to: 1, data: inputs[0]!, dims: [1, 32] });
+    expect(again.result.stage).toBe(1);
+  });
+});

@@ -1,0 +1,334 @@
+/**
+ * A pool of inference worker threads with micro-batching. Requests for the same stage range queue
+ * together; an idle worker takes up to `maxBatch` of them once the batch is full or the oldest has
+ * waited `maxDelayMs`. The queue is bounded (overloaded beyond it), requests past their deadline
+ * are answered without computing, and a worker that dies is replaced while the requests in its
+ * hands are retried once.
+ */
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import type { BackendChoice } from "../bundle/backend.js";
+import type { VerifiedBundle } from "../bundle/read.js";
+import type { RangeResult } from "../pipeline.js";
+import type { StageWorkerData } from "./stage-worker.js";
+
+export type WorkerRequest =
+  | { type: "run"; batch: number; from: number; to: number; data: Float32Array; dims: number[] }
+  | { type: "crash"; code: number };
+
+export type WorkerReply =
+  | { type: "ready"; backend: string | undefined }
+  | { type: "done"; batch: number; results: RangeResult[] }
+  | { type: "failed"; batch: number; message: string }
+  | { type: "fatal"; message: string };
+
+export type PoolErrorCode = "overloaded" | "deadline_exceeded" | "internal";
+
+export class PoolError extends Error {
+  constructor(
+    readonly code: PoolErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = "PoolError";
+  }
+}
+
+export interface PoolOptions {
+  readonly bundle: VerifiedBundle;
+  /** Stage indices the workers open. */
+  readonly only: readonly number[];
+  readonly thresholds: readonly (number | undefined)[];
+  readonly workers: number;
+  readonly maxBatch: number;
+  readonly maxDelayMs: number;
+  /** Requests waiting beyond this are refused as overloaded. */
+  readonly maxQueue: number;
+  readonly backend?: BackendChoice;
+  /** Called after every batch (for metrics). */
+  readonly onBatch?: (info: { size: number; ms: number; from: number }) => void;
+  /** Called when a worker dies (for metrics and logs). */
+  readonly onWorkerExit?: (info: { worker: number; code: number; inFlight: number }) => void;
+}
+
+export interface Job {
+  readonly from: number;
+  readonly to: number;
+  /** One sample, flattened; `dims` has batch 1. */
+  readonly data: Float32Array;
+  readonly dims: readonly number[];
+  /** Unix ms after which the answer is useless. */
+  readonly deadline?: number;
+}
+
+export interface JobResult {
+  readonly result: RangeResult;
+  /** Milliseconds between submit and dispatch to a worker. */
+  readonly queueMs: number;
+  readonly batchSize: number;
+}
+
+interface Pending {
+  readonly job: Job;
+  readonly enqueued: number;
+  retried: boolean;
+  resolve(r: JobResult): void;
+  reject(e: Error): void;
+}
+
+interface Slot {
+  readonly id: number;
+  worker: Worker;
+  ready: boolean;
+  busy?: { batch: number; jobs: Pending[]; started: number; from: number };
+}
+
+/** The compiled worker next to this file, or dist/ when this file runs from TypeScript sources. */
+function workerFile(): string {
+  const here = fileURLToPath(import.meta.url);
+  const beside = join(dirname(here), "stage-worker.js");
+  if (here.endsWith(".js") && existsSync(beside)) return beside;
+  let dir = dirname(here);
+  while (!existsSync(join(dir, "package.json"))) dir = dirname(dir);
+  const built = join(dir, "dist", "core", "runtime", "stage-worker.js");
+  if (!existsSync(built))
+    throw new Error(`stage worker not built: ${built} is missing (run npm run build)`);
+  return built;
+}
+
+export class WorkerPool {
+  private readonly slots: Slot[] = [];
+  private readonly queue: Pending[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private nextBatch = 1;
+  private closing = false;
+  private restarts = 0;
+  backend: string | undefined;
+
+  private constructor(private readonly options: PoolOptions) {}
+
+  static async start(options: PoolOptions): Promise<WorkerPool> {
+    if (options.workers < 1 || options.maxBatch < 1)
+      throw new RangeError("a pool needs at least one worker and maxBatch >= 1");
+    const pool = new WorkerPool(options);
+    await Promise.all(Array.from({ length: options.workers }, (_, i) => pool.spawn(i)));
+    return pool;
+  }
+
+  /** Requests waiting for a worker. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** Requests being computed right now. */
+  get inFlight(): number {
+    return this.slots.reduce((n, s) => n + (s.busy?.jobs.length ?? 0), 0);
+  }
+
+  get readyWorkers(): number {
+    return this.slots.filter((s) => s.ready).length;
+  }
+
+  submit(job: Job): Promise<JobResult> {
+    if (this.closing) return Promise.reject(new PoolError("overloaded", "shutting down"));
+    if (job.deadline !== undefined && job.deadline <= Date.now()) {
+      return Promise.reject(
+        new PoolError("deadline_exceeded", "deadline passed before the request was queued"),
+      );
+    }
+    if (this.queue.length >= this.options.maxQueue) {
+      return Promise.reject(
+        new PoolError("overloaded", `queue is full (${this.options.maxQueue} requests waiting)`),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ job, enqueued: performance.now(), retried: false, resolve, reject });
+      this.pump();
+    });
+  }
+
+  /** Test hook and fault drill: makes one busy (or any) worker exit with `code`. */
+  crashOne(code = 1): boolean {
+    const slot = this.slots.find((s) => s.busy) ?? this.slots.find((s) => s.ready);
+    if (!slot) return false;
+    slot.worker.postMessage({ type: "crash", code } satisfies WorkerRequest);
+    return true;
+  }
+
+  /** Stops taking work, finishes what is queued and in flight (up to `timeoutMs`), then stops the workers. */
+  async close(timeoutMs = 10_000): Promise<void> {
+    this.closing = true;
+    const until = Date.now() + timeoutMs;
+    while ((this.queue.length > 0 || this.inFlight > 0) && Date.now() < until) {
+      this.pump();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    clearTimeout(this.timer);
+    for (const p of this.queue.splice(0))
+      p.reject(new PoolError("internal", "pool closed before the request ran"));
+    await Promise.all(
+      this.slots.map(async (s) => {
+        for (const p of s.busy?.jobs ?? [])
+          p.reject(new PoolError("internal", "pool closed while the request ran"));
+        s.busy = undefined;
+        s.ready = false;
+        await s.worker.terminate();
+      }),
+    );
+  }
+
+  private spawn(id: number): Promise<void> {
+    const data: StageWorkerData = {
+      bundle: this.options.bundle,
+      only: [...this.options.only],
+      thresholds: [...this.options.thresholds],
+      backend: this.options.backend ?? "auto",
+    };
+    const worker = new Worker(workerFile(), { workerData: data });
+    const slot: Slot = { id, worker, ready: false };
+    this.slots[id] = slot;
+    return new Promise((resolve, reject) => {
+      worker.on("message", (msg: WorkerReply) => {
+        switch (msg.type) {
+          case "ready":
+            slot.ready = true;
+            this.backend = msg.backend;
+            this.restarts = 0;
+            resolve();
+            this.pump();
+            break;
+          case "fatal":
+            reject(new Error(`inference worker could not start: ${msg.message}`));
+            break;
+          case "done":
+            this.finish(slot, msg.batch, (p, i) => {
+              const result = msg.results[i];
+              if (result) p.resolve({ result, queueMs: 0, batchSize: 0 });
+              else
+                p.reject(new PoolError("internal", "worker returned no result for this request"));
+            });
+            break;
+          case "failed":
+            this.finish(slot, msg.batch, (p) => p.reject(new PoolError("internal", msg.message)));
+            break;
+        }
+      });
+      worker.on("error", (err) => {
+        if (!slot.ready) reject(err);
+      });
+      worker.on("exit", (code) => this.onExit(slot, code));
+    });
+  }
+
+  private finish(slot: Slot, batch: number, settle: (p: Pending, i: number) => void): void {
+    const busy = slot.busy;
+    if (!busy || busy.batch !== batch) return;
+    slot.busy = undefined;
+    const ms = performance.now() - busy.started;
+    this.options.onBatch?.({ size: busy.jobs.length, ms, from: busy.from });
+    busy.jobs.forEach((p, i) => {
+      const queueMs = busy.started - p.enqueued;
+      settle(
+        {
+          ...p,
+          resolve: (r) => p.resolve({ ...r, queueMs, batchSize: busy.jobs.length }),
+        },
+        i,
+      );
+    });
+    this.pump();
+  }
+
+  private onExit(slot: Slot, code: number): void {
+    const jobs = slot.busy?.jobs ?? [];
+    slot.busy = undefined;
+    slot.ready = false;
+    if (this.closing) return;
+    this.options.onWorkerExit?.({ worker: slot.id, code, inFlight: jobs.length });
+    // Requests in a dead worker's hands run again once; a request that kills two workers fails.
+    for (const p of jobs.reverse()) {
+      if (p.retried)
+        p.reject(
+          new PoolError(
+            "internal",
+            `inference worker exited (code ${code}) twice while running this request`,
+          ),
+        );
+      else {
+        p.retried = true;
+        this.queue.unshift(p);
+      }
+    }
+    const delay = Math.min(5_000, 50 * 2 ** this.restarts++);
+    setTimeout(() => {
+      if (this.closing) return;
+      this.spawn(slot.id).catch(() => this.onExit(this.slots[slot.id]!, -1));
+    }, delay).unref();
+  }
+
+  private pump(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    for (;;) {
+      this.dropExpired();
+      const head = this.queue[0];
+      if (!head) return;
+      const idle = this.slots.find((s) => s.ready && !s.busy);
+      if (!idle) return;
+      const same = this.queue.filter(
+        (p) => p.job.from === head.job.from && p.job.to === head.job.to,
+      );
+      const waited = performance.now() - head.enqueued;
+      if (
+        same.length < this.options.maxBatch &&
+        waited < this.options.maxDelayMs &&
+        !this.closing
+      ) {
+        this.timer = setTimeout(() => this.pump(), Math.max(0, this.options.maxDelayMs - waited));
+        return;
+      }
+      const jobs = same.slice(0, this.options.maxBatch);
+      for (const p of jobs) this.queue.splice(this.queue.indexOf(p), 1);
+      this.dispatch(idle, jobs);
+    }
+  }
+
+  private dropExpired(): void {
+    const now = Date.now();
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      const p = this.queue[i]!;
+      if (p.job.deadline !== undefined && p.job.deadline <= now) {
+        this.queue.splice(i, 1);
+        p.reject(
+          new PoolError(
+            "deadline_exceeded",
+            "deadline passed while the request waited in the queue",
+          ),
+        );
+      }
+    }
+  }
+
+  private dispatch(slot: Slot, jobs: Pending[]): void {
+    const first = jobs[0]!.job;
+    const width = first.data.length;
+    const data = new Float32Array(width * jobs.length);
+    jobs.forEach((p, i) => {
+      data.set(p.job.data, i * width);
+    });
+    const batch = this.nextBatch++;
+    slot.busy = { batch, jobs, started: performance.now(), from: first.from };
+    const msg: WorkerRequest = {
+      type: "run",
+      batch,
+      from: first.from,
+      to: first.to,
+      data,
+      dims: [jobs.length, ...first.dims.slice(1)],
+    };
+    slot.worker.postMessage(msg, [data.buffer as ArrayBuffer]);
+  }
+}
