@@ -100,7 +100,12 @@ describe("WorkerPool", () => {
 
   it("replaces a worker that dies and still answers the requests it held", async () => {
     const exits: number[] = [];
-    const { pool } = await start({ workers: 2, maxBatch: 4, maxDelayMs: 1, onWorkerExit: (e) => exits.push(e.code) });
+    const { pool } = await start({
+      workers: 2,
+      maxBatch: 4,
+      maxDelayMs: 1,
+      onWorkerExit: (e) => exits.push(e.code),
+    });
     const inputs = features(200);
     const pending = inputs.map((data) => pool.submit({ from: 1, to: 1, data, dims: [1, 32] }));
     pool.crashOne(3);

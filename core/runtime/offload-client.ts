@@ -1,0 +1,171 @@
+/**
+ * The device side of the protocol: sends a stage's features upstream as a DDN1 request (QoS 1)
+ * and waits for the reply with the same id on the device's reply topic, until the deadline.
+ */
+import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import type { MqttClient } from "mqtt";
+import { type ModelRef, modelKey, requestTopic } from "../topics.js";
+import { decodeResult, encodeFrame, type ResultHeader } from "../wire/frame.js";
+import { encodeTensor, type TensorEncoding } from "../wire/tensor.js";
+
+export type OffloadFailure = "deadline" | "broker_unreachable" | "upstream_error";
+
+export class OffloadError extends Error {
+  constructor(
+    readonly reason: OffloadFailure,
+    message: string,
+    readonly upstreamCode?: string,
+  ) {
+    super(message);
+    this.name = "OffloadError";
+  }
+}
+
+export interface OffloadReply {
+  readonly header: Extract<ResultHeader, { status: "ok" }>;
+  /** Bytes of the request frame sent. */
+  readonly bytesSent: number;
+  /** Publish to reply, milliseconds. */
+  readonly roundTripMs: number;
+}
+
+export interface OffloadClientOptions {
+  readonly client: MqttClient;
+  readonly model: ModelRef;
+  readonly digest: string;
+  readonly replyTo: string;
+  readonly encoding: TensorEncoding;
+  /** Prefix of request ids (the device id); a random suffix makes them unique across restarts. */
+  readonly idPrefix: string;
+}
+
+interface Waiting {
+  resolve(r: OffloadReply): void;
+  reject(e: OffloadError): void;
+  timer: NodeJS.Timeout;
+  sent: number;
+  bytes: number;
+}
+
+export class OffloadClient {
+  private readonly waiting = new Map<string, Waiting>();
+  private readonly session = randomBytes(4).toString("hex");
+  private counter = 0;
+  /** Replies that arrived for no waiting request (late after a deadline, or duplicates). */
+  lateReplies = 0;
+
+  constructor(private readonly o: OffloadClientOptions) {
+    o.client.on("message", (topic, payload) => {
+      if (topic === o.replyTo) this.onReply(payload);
+    });
+  }
+
+  async start(): Promise<void> {
+    await this.o.client.subscribeAsync(this.o.replyTo, { qos: 1 });
+  }
+
+  get pending(): number {
+    return this.waiting.size;
+  }
+
+  /** Sends features for stage `stage` (by index and name) and resolves with the upstream answer. */
+  offload(
+    stage: { index: number; name: string },
+    features: Float32Array,
+    dims: readonly number[],
+    deadline: number,
+  ): Promise<OffloadReply> {
+    if (!this.o.client.connected) {
+      return Promise.reject(
+        new OffloadError("broker_unreachable", "not connected to the MQTT broker"),
+      );
+    }
+    const id = `${this.o.idPrefix}-${this.session}-${++this.counter}`;
+    const { fields, body } = encodeTensor(features, dims, this.o.encoding);
+    const sentAt = Date.now();
+    const frame = encodeFrame(
+      {
+        kind: "infer",
+        id,
+        model: modelKey(this.o.model),
+        digest: this.o.digest,
+        stage: stage.index,
+        replyTo: this.o.replyTo,
+        deadline,
+        sentAt,
+        ...fields,
+      },
+      body,
+    );
+    return new Promise<OffloadReply>((resolve, reject) => {
+      const timer = setTimeout(
+        () => {
+          this.waiting.delete(id);
+          reject(
+            new OffloadError("deadline", `no answer within the deadline (${deadline - sentAt} ms)`),
+          );
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      this.waiting.set(id, {
+        resolve,
+        reject,
+        timer,
+        sent: performance.now(),
+        bytes: frame.length,
+      });
+      this.o.client.publish(
+        requestTopic(this.o.model, stage.name),
+        Buffer.from(frame),
+        { qos: 1 },
+        (err) => {
+          if (err && this.waiting.has(id)) {
+            clearTimeout(timer);
+            this.waiting.delete(id);
+            reject(new OffloadError("broker_unreachable", `publish failed: ${err.message}`));
+          }
+        },
+      );
+    });
+  }
+
+  /** Fails every waiting request now (the broker went away and the deadline would only add delay). */
+  failAll(reason: OffloadFailure, message: string): void {
+    for (const [id, w] of this.waiting) {
+      clearTimeout(w.timer);
+      this.waiting.delete(id);
+      w.reject(new OffloadError(reason, message));
+    }
+  }
+
+  private onReply(payload: Buffer): void {
+    let header: ResultHeader;
+    try {
+      header = decodeResult(
+        new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength),
+      ).header;
+    } catch {
+      this.lateReplies++;
+      return;
+    }
+    const w = this.waiting.get(header.id);
+    if (!w) {
+      this.lateReplies++;
+      return;
+    }
+    clearTimeout(w.timer);
+    this.waiting.delete(header.id);
+    if (header.status === "error") {
+      w.reject(
+        new OffloadError(
+          "upstream_error",
+          `${header.error.code}: ${header.error.message}`,
+          header.error.code,
+        ),
+      );
+    } else {
+      w.resolve({ header, bytesSent: w.bytes, roundTripMs: performance.now() - w.sent });
+    }
+  }
+}

@@ -1,0 +1,258 @@
+/**
+ * The upstream side of the protocol (server and gateway tiers): takes DDN1 requests for the first
+ * stage of its range from MQTT, runs them on the worker pool, and either answers the request's
+ * replyTo or forwards the features to the next stage's topic, keeping id, replyTo and deadline so
+ * the final answer goes straight to the device. Handlers never throw: every readable request gets
+ * a reply, unreadable frames are dropped and counted.
+ */
+import { performance } from "node:perf_hooks";
+import type { MqttClient } from "mqtt";
+import type { Logger } from "pino";
+import type { VerifiedBundle } from "../bundle/read.js";
+import type { TierMetrics } from "../metrics.js";
+import { isForward } from "../pipeline.js";
+import { type ModelRef, modelKey, requestTopic, sharedRequestFilter } from "../topics.js";
+import {
+  decodeRequest,
+  type ErrorCode,
+  encodeFrame,
+  FrameError,
+  type RequestHeader,
+} from "../wire/frame.js";
+import { decodeTensor, encodeTensor, type TensorEncoding } from "../wire/tensor.js";
+import { PoolError, type WorkerPool } from "./worker-pool.js";
+
+export interface StageServiceOptions {
+  readonly client: MqttClient;
+  readonly bundle: VerifiedBundle;
+  readonly model: ModelRef;
+  readonly pool: WorkerPool;
+  /** First and last stage index this tier runs. */
+  readonly from: number;
+  readonly to: number;
+  /** Per-sample input shape of stage `from` (no batch dimension); -1 where the model leaves it open. */
+  readonly sampleShape: readonly number[];
+  /** Tier name written into reply timings ("server", "edge"). */
+  readonly tier: string;
+  /** Encoding of features forwarded to stage `to + 1`. */
+  readonly forward: TensorEncoding;
+  readonly sharedSubscription: boolean;
+  /** Refuse frames larger than this many bytes. */
+  readonly maxFrameBytes: number;
+  readonly metrics: TierMetrics;
+  readonly log: Logger;
+}
+
+export class StageService {
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly topic: string;
+  private readonly filter: string;
+  private readonly stageName: string;
+  private readonly maxElements: number;
+  private stopped = false;
+
+  constructor(private readonly o: StageServiceOptions) {
+    const stage = o.bundle.manifest.stages[o.from];
+    if (!stage) throw new RangeError(`bundle has no stage ${o.from}`);
+    this.stageName = stage.name;
+    this.topic = requestTopic(o.model, stage.name);
+    this.filter = o.sharedSubscription ? sharedRequestFilter(o.model, stage.name) : this.topic;
+    const known = o.sampleShape.every((d) => d > 0)
+      ? o.sampleShape.reduce((a, b) => a * b, 1)
+      : Number.POSITIVE_INFINITY;
+    this.maxElements = Math.min(known, o.maxFrameBytes);
+  }
+
+  /** The subscription filter this service listens on. */
+  get subscription(): string {
+    return this.filter;
+  }
+
+  async start(): Promise<void> {
+    this.o.client.on("message", (topic, payload) => {
+      if (topic !== this.topic || this.stopped) return;
+      const task = this.handle(payload).finally(() => this.inFlight.delete(task));
+      this.inFlight.add(task);
+    });
+    await this.o.client.subscribeAsync(this.filter, { qos: 1 });
+    this.o.log.info({ subscription: this.filter }, "listening for requests");
+  }
+
+  /** Stops taking requests and waits until every accepted one is answered. */
+  async drain(): Promise<void> {
+    this.stopped = true;
+    await this.o.client.unsubscribeAsync(this.filter).catch(() => {});
+    await Promise.allSettled([...this.inFlight]);
+  }
+
+  get pending(): number {
+    return this.inFlight.size;
+  }
+
+  private async handle(payload: Buffer): Promise<void> {
+    const started = performance.now();
+    const { metrics } = this.o;
+    let header: RequestHeader | undefined;
+    try {
+      if (payload.length > this.o.maxFrameBytes) {
+        throw new FrameError(
+          "bad_frame",
+          `frame of ${payload.length} bytes exceeds the limit of ${this.o.maxFrameBytes}`,
+          ...readableIds(payload),
+        );
+      }
+      const frame = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+      const decoded = decodeRequest(frame);
+      header = decoded.header;
+      this.check(header);
+      const data = decodeTensor(header, decoded.body, this.maxElements);
+      const { result, queueMs, batchSize } = await this.o.pool.submit({
+        from: this.o.from,
+        to: this.o.to,
+        data,
+        dims: header.shape,
+        ...(header.deadline !== undefined ? { deadline: header.deadline } : {}),
+      });
+      metrics.batchSize.observe(batchSize);
+      let compute = 0;
+      for (let s = this.o.from; s <= result.stage; s++) {
+        const ms = result.stageMs[s] ?? 0;
+        compute += ms;
+        metrics.stageSeconds.observe(
+          { stage: this.o.bundle.manifest.stages[s]?.name ?? String(s) },
+          ms / 1000,
+        );
+      }
+      const timings = {
+        ...(isRecord(header.timings) ? header.timings : {}),
+        [this.o.tier]: round(compute),
+        [`${this.o.tier}Queue`]: round(queueMs),
+      };
+      const stageName = this.o.bundle.manifest.stages[result.stage]?.name ?? String(result.stage);
+      if (isForward(result)) {
+        const next = this.o.bundle.manifest.stages[this.o.to + 1];
+        if (!next) throw new PoolError("internal", "a sample was handed on past the last stage");
+        const { fields, body } = encodeTensor(
+          result.forward.features,
+          result.forward.dims,
+          this.o.forward,
+        );
+        const { scale: _s, zero: _z, ...rest } = header;
+        await this.o.client.publishAsync(
+          requestTopic(this.o.model, next.name),
+          Buffer.from(encodeFrame({ ...rest, ...fields, stage: this.o.to + 1, timings }, body)),
+          { qos: 1 },
+        );
+        metrics.requests.inc({ stage: stageName, outcome: "forwarded" });
+      } else {
+        await this.reply(header.replyTo, {
+          kind: "result",
+          id: header.id,
+          status: "ok",
+          stage: result.stage,
+          label: result.label,
+          entropy: result.entropy,
+          timings,
+        });
+        metrics.exits.inc({ stage: stageName });
+        metrics.requests.inc({ stage: stageName, outcome: "ok" });
+      }
+      metrics.requestSeconds.observe((performance.now() - started) / 1000);
+    } catch (err) {
+      await this.fail(err, header);
+    } finally {
+      metrics.queueDepth.set(this.o.pool.queued);
+    }
+  }
+
+  private check(h: RequestHeader): void {
+    const fail = (code: ErrorCode, message: string) => {
+      throw new FrameError(code, message, h.id, h.replyTo);
+    };
+    if (h.model !== modelKey(this.o.model))
+      fail("unknown_model", `this worker serves model ${modelKey(this.o.model)}, not ${h.model}`);
+    if (h.digest !== this.o.bundle.digest) {
+      fail(
+        "digest_mismatch",
+        `request was made for bundle ${h.digest.slice(0, 12)}, this worker runs ${this.o.bundle.digest.slice(0, 12)}`,
+      );
+    }
+    if (h.stage !== this.o.from)
+      fail(
+        "bad_frame",
+        `this topic takes stage ${this.o.from} (${this.stageName}), the header says stage ${h.stage}`,
+      );
+    const [batch, ...rest] = h.shape;
+    const want = this.o.sampleShape;
+    const fits =
+      batch === 1 &&
+      rest.length === want.length &&
+      rest.every((d, i) => want[i]! < 0 || d === want[i]);
+    if (!fits)
+      fail(
+        "bad_frame",
+        `shape [${h.shape.join(", ")}] does not fit stage ${this.stageName}'s input [1, ${want.join(", ")}]`,
+      );
+    if (h.deadline !== undefined && h.deadline <= Date.now())
+      fail("deadline_exceeded", "deadline passed before the request arrived");
+  }
+
+  private async fail(err: unknown, header: RequestHeader | undefined): Promise<void> {
+    const { metrics, log } = this.o;
+    let code: ErrorCode = "internal";
+    let message = err instanceof Error ? err.message : String(err);
+    let id = header?.id;
+    let replyTo = header?.replyTo;
+    if (err instanceof FrameError) {
+      code = err.code;
+      id ??= err.id;
+      replyTo ??= err.replyTo;
+    } else if (err instanceof PoolError) {
+      code = err.code;
+    } else {
+      log.error({ err }, "request failed");
+      message = `internal error: ${message}`;
+    }
+    metrics.requests.inc({ stage: this.stageName, outcome: code });
+    if (id === undefined || replyTo === undefined) {
+      metrics.framesDropped.inc({ reason: code });
+      log.warn({ code, message }, "dropped a frame without id or replyTo");
+      return;
+    }
+    await this.reply(replyTo, {
+      kind: "result",
+      id,
+      status: "error",
+      error: { code, message },
+    }).catch((e: unknown) => log.warn({ err: e }, "could not publish an error reply"));
+  }
+
+  private async reply(topic: string, header: object): Promise<void> {
+    await this.o.client.publishAsync(topic, Buffer.from(encodeFrame(header)), { qos: 1 });
+  }
+}
+
+/** Best effort: id and replyTo from a frame too large to process, so the sender still hears back. */
+function readableIds(payload: Buffer): [string?, string?] {
+  try {
+    if (payload.length < 8 || payload.toString("ascii", 0, 4) !== "DDN1") return [];
+    const h = payload.readUInt32LE(4);
+    if (h > 65536 || 8 + h > payload.length) return [];
+    const header = JSON.parse(payload.toString("utf8", 8, 8 + h)) as Record<string, unknown>;
+    return typeof header.id === "string" &&
+      typeof header.replyTo === "string" &&
+      !/[+#]/.test(header.replyTo)
+      ? [header.id, header.replyTo]
+      : [];
+  } catch {
+    return [];
+  }
+}
+
+function isRecord(v: unknown): v is Record<string, number> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
