@@ -1,15 +1,24 @@
 #!/usr/bin/env node
 import { BundleError } from "../core/bundle/manifest.js";
+import { ConfigError } from "../core/config.js";
 import { UsageError } from "./args.js";
 import { evalHelp, runEval } from "./eval.js";
+import { runOperator } from "./operator.js";
+import { isTier, runTier } from "./tiers.js";
+import { runUp } from "./up.js";
 
 const usage = `ddnn: run early-exit distributed DNNs across devices, edge gateways and servers
 
 Usage: ddnn <command> [flags]
 
 Commands:
+  up        the whole fog on one machine (embedded broker, server, gateway, device agents
+            replaying the shipped sample), ending with the paper's Table II for the run
   eval      accuracy table of a bundle on an idx data set (per-stage exit rate and accuracy,
             Overall, Ideal), a threshold sweep, per-sample predictions
+  server    the server tier (MQTT worker pool, HTTP inference)
+  gateway   the edge tier (middle stages)
+  agent     the device tier (first stage, offload, local fallback)
 
 Run "ddnn <command> --help" for a command's flags.
 `;
@@ -17,14 +26,19 @@ Run "ddnn <command> --help" for a command's flags.
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
   const out = (text: string) => process.stdout.write(`${text}\n`);
+  if (isTier(command)) return runTier(command, rest, out);
   switch (command) {
     case "eval":
       return runEval(rest, out);
+    case "up":
+      return runUp(rest, out);
+    case "operator":
+      return runOperator(rest);
     case undefined:
     case "help":
     case "--help":
     case "-h":
-      out(`${usage}\n${command === undefined ? "" : evalHelp}`);
+      out(usage);
       return command === undefined ? 2 : 0;
     default:
       throw new UsageError(`unknown command "${command}" (try: ddnn --help)`);
@@ -36,10 +50,14 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const known = err instanceof UsageError || err instanceof BundleError;
+    const known =
+      err instanceof UsageError ||
+      err instanceof BundleError ||
+      err instanceof ConfigError ||
+      err instanceof RangeError;
     process.stderr.write(
       `ddnn: ${known ? (err as Error).message : String((err as Error)?.stack ?? err)}\n`,
     );
-    process.exitCode = err instanceof UsageError ? 2 : 1;
+    process.exitCode = err instanceof UsageError || err instanceof ConfigError ? 2 : 1;
   },
 );

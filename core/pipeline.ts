@@ -170,7 +170,12 @@ export class Pipeline {
    * as far as its exits require. Samples still unanswered after `to` (not the last stage) come back
    * with the features to send to stage `to + 1`.
    */
-  async runRange(from: number, to: number, input: ort.Tensor): Promise<RangeResult[]> {
+  async runRange(
+    from: number,
+    to: number,
+    input: ort.Tensor,
+    policy: ExitPolicy = this.policy,
+  ): Promise<RangeResult[]> {
     const count = input.dims[0] ?? 0;
     const results: (RangeResult | undefined)[] = new Array(count);
     const stageMs = Array.from({ length: count }, () =>
@@ -188,7 +193,7 @@ export class Pipeline {
         (stageMs[sample] as number[])[index] = perSample;
         const entropy = normalizedEntropy(out.logits, r * this.classes, this.classes);
         const label = argmax(out.logits, r * this.classes, this.classes);
-        if (this.policy.exits(index, entropy)) {
+        if (policy.exits(index, entropy)) {
           results[sample] = { stage: index, label, entropy, stageMs: stageMs[sample] as number[] };
         } else {
           remaining.push(sample);

@@ -152,6 +152,7 @@ export class StageService {
           stage: result.stage,
           label: result.label,
           entropy: result.entropy,
+          tier: this.o.tier,
           timings,
         });
         metrics.exits.inc({ stage: stageName });

@@ -28,16 +28,28 @@ async function main(): Promise<void> {
     backend: data.backend,
   });
   const pipeline = new Pipeline(data.bundle, stages, new ExitPolicy(data.thresholds));
+  // "Server Only": every stage runs and the last exit answers (threshold 0 never exits early).
+  const noEarlyExit = new ExitPolicy(data.thresholds.map((t) => (t === undefined ? undefined : 0)));
   port!.on("message", (msg: WorkerRequest) => {
-    void run(pipeline, msg);
+    void run(pipeline, msg, noEarlyExit);
   });
-  port!.postMessage({ type: "ready", backend: stages[0]?.runtime.backend } satisfies WorkerReply);
+  port!.postMessage({
+    type: "ready",
+    backend: stages[0]?.runtime.backend,
+    shapes: Object.fromEntries(stages.map((s) => [s.index, [...s.sampleShape]])),
+  } satisfies WorkerReply);
 }
 
-async function run(pipeline: Pipeline, msg: WorkerRequest): Promise<void> {
+async function run(pipeline: Pipeline, msg: WorkerRequest, noEarlyExit: ExitPolicy): Promise<void> {
   if (msg.type === "crash") process.exit(msg.code);
   try {
-    const results = await pipeline.runRange(msg.from, msg.to, pipeline.tensor(msg.data, msg.dims));
+    const input = pipeline.tensor(msg.data, msg.dims);
+    const results = await pipeline.runRange(
+      msg.from,
+      msg.to,
+      input,
+      msg.ignoreExits ? noEarlyExit : pipeline.policy,
+    );
     const transfer = results.flatMap((r) =>
       "forward" in r ? [r.forward.features.buffer as ArrayBuffer] : [],
     );

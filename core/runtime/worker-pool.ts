@@ -16,11 +16,19 @@ import type { RangeResult } from "../pipeline.js";
 import type { StageWorkerData } from "./stage-worker.js";
 
 export type WorkerRequest =
-  | { type: "run"; batch: number; from: number; to: number; data: Float32Array; dims: number[] }
+  | {
+      type: "run";
+      batch: number;
+      from: number;
+      to: number;
+      ignoreExits: boolean;
+      data: Float32Array;
+      dims: number[];
+    }
   | { type: "crash"; code: number };
 
 export type WorkerReply =
-  | { type: "ready"; backend: string | undefined }
+  | { type: "ready"; backend: string | undefined; shapes: Record<number, number[]> }
   | { type: "done"; batch: number; results: RangeResult[] }
   | { type: "failed"; batch: number; message: string }
   | { type: "fatal"; message: string };
@@ -62,6 +70,8 @@ export interface Job {
   readonly dims: readonly number[];
   /** Unix ms after which the answer is useless. */
   readonly deadline?: number;
+  /** Run to the last stage of the range and answer there (the Server Only configuration). */
+  readonly ignoreExits?: boolean;
 }
 
 export interface JobResult {
@@ -107,6 +117,7 @@ export class WorkerPool {
   private closing = false;
   private restarts = 0;
   backend: string | undefined;
+  private shapes: Record<number, number[]> = {};
 
   private constructor(private readonly options: PoolOptions) {}
 
@@ -116,6 +127,13 @@ export class WorkerPool {
     const pool = new WorkerPool(options);
     await Promise.all(Array.from({ length: options.workers }, (_, i) => pool.spawn(i)));
     return pool;
+  }
+
+  /** Per-sample input shape of a stage the workers opened (-1 where the model leaves a dimension open). */
+  sampleShape(index: number): number[] {
+    const shape = this.shapes[index];
+    if (!shape) throw new RangeError(`the workers did not open stage ${index}`);
+    return shape;
   }
 
   /** Requests waiting for a worker. */
@@ -196,6 +214,7 @@ export class WorkerPool {
           case "ready":
             slot.ready = true;
             this.backend = msg.backend;
+            this.shapes = msg.shapes;
             this.restarts = 0;
             resolve();
             this.pump();
@@ -326,6 +345,7 @@ export class WorkerPool {
       batch,
       from: first.from,
       to: first.to,
+      ignoreExits: first.ignoreExits ?? false,
       data,
       dims: [jobs.length, ...first.dims.slice(1)],
     };

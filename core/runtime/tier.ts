@@ -1,0 +1,126 @@
+/** What the server, gateway and device agent programs share: common configuration and start-up. */
+import { hostname } from "node:os";
+import { type Logger, pino } from "pino";
+import { z } from "zod";
+import type { Manifest } from "../bundle/manifest.js";
+import {
+  boolField,
+  brokerUrlField,
+  type FieldTable,
+  intField,
+  thresholdsField,
+} from "../config.js";
+import { type ModelRef, parseModelRef } from "../topics.js";
+import { compressions, dtypes } from "../wire/frame.js";
+
+export const commonFields = {
+  bundle: {
+    type: "string",
+    help: "bundle directory, .tar.gz, or http(s) URL of a .tar.gz (required)",
+  },
+  bundleDigest: {
+    type: "string",
+    help: "expected sha256 of the bundle's ddnn.json; refuse any other",
+  },
+  model: {
+    type: "string",
+    help: "model as <namespace>/<name> for topics (default: default/<bundle name>)",
+  },
+  broker: { type: "string", help: "MQTT broker URL (default mqtt://127.0.0.1:1883)" },
+  brokerUsername: { type: "string", secret: true, help: "MQTT user name" },
+  brokerPassword: { type: "string", secret: true, help: "MQTT password" },
+  stages: {
+    type: "string",
+    multiple: true,
+    help: "stage names this tier runs, in order (repeat or comma-separate)",
+  },
+  threshold: {
+    type: "string",
+    multiple: true,
+    help: "exit threshold override stage=value (repeatable)",
+  },
+  httpPort: {
+    type: "string",
+    help: "port for /healthz, /readyz, /metrics and the tier's API (default 8080; 0: any free port)",
+  },
+  httpHost: { type: "string", help: "address to listen on (default 0.0.0.0)" },
+  backend: {
+    type: "string",
+    help: "onnxruntime build: auto (native, else wasm), native, wasm (default auto)",
+  },
+  logLevel: { type: "string", help: "fatal, error, warn, info, debug (default info)" },
+} satisfies FieldTable;
+
+export const commonSchema = {
+  bundle: z.string({ message: "is required" }).min(1, "is required"),
+  bundleDigest: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex characters")
+    .optional(),
+  model: z.string().optional(),
+  broker: brokerUrlField.default("mqtt://127.0.0.1:1883"),
+  brokerUsername: z.string().optional(),
+  brokerPassword: z.string().optional(),
+  stages: z.array(z.string().min(1)).optional(),
+  threshold: thresholdsField.default({}),
+  httpPort: intField(0, 65535).default(8080),
+  httpHost: z.string().min(1).default("0.0.0.0"),
+  backend: z.enum(["auto", "native", "wasm"]).default("auto"),
+  logLevel: z.enum(["fatal", "error", "warn", "info", "debug"]).default("info"),
+};
+
+export const encodingFields = {
+  dtype: {
+    type: "string",
+    help: "wire dtype of features sent upstream: f32, f16, u8q (default u8q)",
+  },
+  compression: { type: "string", help: "none or deflate (default deflate)" },
+  sharedSubscriptions: {
+    type: "string",
+    help: "subscribe through $share/ groups (default true; false for brokers without them)",
+  },
+} satisfies FieldTable;
+
+export const encodingSchema = {
+  dtype: z.enum(dtypes).default("u8q"),
+  compression: z.enum(compressions).default("deflate"),
+  sharedSubscriptions: boolField.default(true),
+};
+
+/** Resolves stage names to a contiguous index range; `fallback` when no names are given. */
+export function stageRange(
+  manifest: Manifest,
+  names: readonly string[] | undefined,
+  fallback: readonly [number, number],
+): { from: number; to: number } {
+  const all = manifest.stages.map((s) => s.name);
+  if (!names || names.length === 0) {
+    const [from, to] = fallback;
+    if (from < 0 || to >= all.length || from > to)
+      throw new RangeError(
+        `this tier has no default stages in a ${all.length}-stage bundle; pass --stages`,
+      );
+    return { from, to };
+  }
+  const idx = names.map((n) => {
+    const i = all.indexOf(n);
+    if (i === -1)
+      throw new RangeError(`--stages: the bundle has no stage "${n}" (stages: ${all.join(", ")})`);
+    return i;
+  });
+  idx.forEach((v, k) => {
+    if (k > 0 && v !== (idx[k - 1] as number) + 1)
+      throw new RangeError(
+        `--stages: ${names.join(", ")} are not consecutive stages of the bundle`,
+      );
+  });
+  return { from: idx[0]!, to: idx[idx.length - 1]! };
+}
+
+export function resolveModel(manifest: Manifest, model: string | undefined): ModelRef {
+  return parseModelRef(model ?? `default/${manifest.name}`);
+}
+
+export function makeLogger(level: string, tier: string): Logger {
+  return pino({ level, base: { tier, host: hostname() } }, pino.destination(2));
+}

@@ -1,0 +1,198 @@
+/** Starts a device agent: bundle, device stages, broker connection, offload client, input sources. */
+import type { FastifyInstance } from "fastify";
+import type { MqttClient } from "mqtt";
+import type { Logger } from "pino";
+import { openBundleSource } from "../core/bundle/source.js";
+import { openStages } from "../core/bundle/stages.js";
+import { readIdx } from "../core/dataset/idx.js";
+import { type TierMetrics, tierMetrics } from "../core/metrics.js";
+import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
+import { healthPlugin, httpApp, listen, metricsPlugin } from "../core/runtime/http.js";
+import { connectBroker, safeBrokerUrl } from "../core/runtime/mqtt.js";
+import { OffloadClient } from "../core/runtime/offload-client.js";
+import { makeLogger, resolveModel, stageRange } from "../core/runtime/tier.js";
+import { modelKey, replyTopic } from "../core/topics.js";
+import { Agent, type Answer } from "./agent.js";
+import type { AgentConfig } from "./config.js";
+import { inferRoute, mqttInput } from "./sources.js";
+
+export interface RunningAgent {
+  readonly agent: Agent;
+  readonly port: number;
+  readonly client: MqttClient;
+  readonly metrics: TierMetrics;
+  readonly app: FastifyInstance;
+  readonly pipeline: Pipeline;
+  readonly offload: OffloadClient;
+  /** Resolves when the replay source has answered every image (immediately without one). */
+  readonly replayDone: Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface AgentHooks {
+  /** Called with every answer of the replay source, with the true label when labels were given. */
+  onReplayAnswer?(answer: Answer, index: number, truth: number | undefined): void;
+  /** Which replay items this agent takes (default all). */
+  replayIndices?: readonly number[];
+}
+
+export async function startAgent(
+  config: AgentConfig,
+  hooks: AgentHooks = {},
+  log: Logger = makeLogger(config.logLevel, "device"),
+): Promise<RunningAgent> {
+  const bundle = await openBundleSource(config.bundle, config.bundleDigest);
+  const { manifest } = bundle;
+  const range = stageRange(manifest, config.stages, [0, 0]);
+  if (range.from !== 0)
+    throw new RangeError("--stages: the device runs the first stage(s) of the bundle");
+  const model = resolveModel(manifest, config.model);
+  const policy = exitPolicyFor(manifest, config.threshold);
+  const only = Array.from({ length: range.to + 1 }, (_, i) => i);
+  const stages = await openStages(bundle, { only, backend: config.backend, intraOpThreads: 1 });
+  const pipeline = new Pipeline(bundle, stages, policy);
+  const metrics = tierMetrics("device", modelKey(model));
+  const alarms = new Set(
+    config.alarm.map((a) => {
+      const i = /^\d+$/.test(a) ? Number(a) : manifest.labels.indexOf(a);
+      if (i < 0 || i >= manifest.labels.length)
+        throw new RangeError(
+          `--alarm: "${a}" is not a label of the bundle (${manifest.labels.join(", ")})`,
+        );
+      return i;
+    }),
+  );
+  const client = connectBroker({
+    url: config.broker,
+    clientId: `ddnn-device-${config.deviceId}-${Math.random().toString(16).slice(2, 8)}`,
+    ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
+    ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
+  });
+  const offload = new OffloadClient({
+    client,
+    model,
+    digest: bundle.digest,
+    replyTo: replyTopic(model, config.deviceId),
+    encoding: { dtype: config.dtype, compression: config.compression },
+    idPrefix: config.deviceId,
+  });
+  client.on("connect", () => {
+    metrics.brokerConnected.set(1);
+    log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
+    offload
+      .start()
+      .catch((err: unknown) => log.warn({ err }, "could not subscribe to the reply topic"));
+  });
+  client.on("close", () => {
+    metrics.brokerConnected.set(0);
+    // Requests waiting on a dead connection will not be answered: answer them locally now.
+    offload.failAll("broker_unreachable", "connection to the broker closed");
+  });
+  const agent = new Agent({
+    pipeline,
+    to: range.to,
+    offload,
+    client,
+    model,
+    deviceId: config.deviceId,
+    deadlineMs: config.deadlineMs,
+    alarms,
+    metrics,
+    log,
+  });
+
+  const app = httpApp();
+  // Ready as soon as the device stages are loaded: without a broker the agent still answers (degraded).
+  await app.register(healthPlugin(() => []));
+  await app.register(metricsPlugin(metrics.registry));
+  if (config.source.includes("http")) await app.register(inferRoute(agent, manifest));
+  const port = await listen(app, config.httpPort, config.httpHost);
+  let stopMqttInput: (() => Promise<void>) | undefined;
+  if (config.source.includes("mqtt")) {
+    stopMqttInput = await mqttInput(
+      agent,
+      client,
+      manifest,
+      config.inputTopic ?? `ddnn/${model.namespace}/${model.name}/input/${config.deviceId}`,
+      log,
+    );
+  }
+  const abort = new AbortController();
+  let replayDone: Promise<void> = Promise.resolve();
+  if (config.source.includes("replay")) {
+    if (!config.replayImages)
+      throw new RangeError("--replay-images is required with --source replay");
+    const images = await readIdx(config.replayImages);
+    const labels = config.replayLabels ? await readIdx(config.replayLabels) : undefined;
+    replayDone = replay(
+      agent,
+      images,
+      labels?.data,
+      config.fps,
+      config.loop,
+      hooks,
+      abort.signal,
+      log,
+    );
+  }
+  log.info(
+    {
+      device: config.deviceId,
+      model: modelKey(model),
+      stages: manifest.stages.slice(0, range.to + 1).map((s) => s.name),
+      sources: config.source,
+      port,
+      backend: stages[0]?.runtime.backend,
+    },
+    "device agent ready",
+  );
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      abort.abort();
+      await replayDone.catch(() => {});
+      await stopMqttInput?.();
+      await app.close();
+      offload.failAll("broker_unreachable", "agent shutting down");
+      await client.endAsync();
+      await pipeline.release();
+    })();
+    return closing;
+  };
+  return { agent, port, client, metrics, app, pipeline, offload, replayDone, close };
+}
+
+/** Feeds idx images to the agent at `fps`, each answered concurrently like frames of a camera. */
+async function replay(
+  agent: Agent,
+  images: { shape: readonly number[]; data: Uint8Array },
+  labels: Uint8Array | undefined,
+  fps: number,
+  loop: boolean,
+  hooks: AgentHooks,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<void> {
+  const count = images.shape[0] ?? 0;
+  const per = count ? images.data.length / count : 0;
+  const order = hooks.replayIndices ?? Array.from({ length: count }, (_, i) => i);
+  const pending = new Set<Promise<void>>();
+  const started = performance.now();
+  let frame = 0;
+  do {
+    for (const i of order) {
+      if (signal.aborted) break;
+      const due = started + (frame++ * 1000) / fps;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const pixels = images.data.subarray(i * per, (i + 1) * per);
+      const task = agent
+        .classify(pixels)
+        .then((answer) => hooks.onReplayAnswer?.(answer, i, labels?.[i]))
+        .catch((err: unknown) => log.error({ err, item: i }, "replay item failed"))
+        .finally(() => pending.delete(task));
+      pending.add(task);
+    }
+  } while (loop && !signal.aborted);
+  await Promise.all([...pending]);
+}
