@@ -130,7 +130,11 @@ describe("ddnn eval", () => {
     expect(r.stderr).toMatch(
       /--images: items have shape \[5, 5\], the bundle's input.shape is \[1, 4, 4\]/,
     );
-    const broken = writeBundle(smallStages(), { edit: (m) => void (m.labels = ["only-one"]) }).dir;
+    const broken = writeBundle(smallStages(), {
+      edit: (m) => {
+        m.labels = ["only-one"];
+      },
+    }).dir;
     const b = await ddnn(["eval", "--bundle", broken, "--images", images, "--labels", labels]);
     expect(b.code).toBe(1);
     expect(b.stderr).toMatch(/ddnn\.json: labels: needs at least two labels/);

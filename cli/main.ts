@@ -2,7 +2,7 @@
 import { BundleError } from "../core/bundle/manifest.js";
 import { ConfigError } from "../core/config.js";
 import { UsageError } from "./args.js";
-import { evalHelp, runEval } from "./eval.js";
+import { runEval } from "./eval.js";
 import { runOperator } from "./operator.js";
 import { isTier, runTier } from "./tiers.js";
 import { runUp } from "./up.js";

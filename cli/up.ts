@@ -118,7 +118,6 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
   const labels = await readIdx(cfg.labels ?? defaults.labels);
   const count = Math.min(cfg.limit ?? Number.POSITIVE_INFINITY, images.shape[0] ?? 0);
   const per = images.data.length / (images.shape[0] ?? 1);
-  const log = makeLogger(cfg.logLevel, "up");
   const progress = (s: string) => process.stderr.write(s);
 
   // What the model gives in one process: the reference for the distributed run.
@@ -304,7 +303,6 @@ function tableII(
   const n = rows.length;
   const last = names.length - 1;
   const localLabels = full.labels[0]!;
-  const lastLabels = full.labels[last]!;
   const correct = rows.filter((r) => r.answer.label === r.truth).length;
   const local = rows.filter((r) => localLabels[r.index] === r.truth).length;
   const reachedLast = rows.filter((r) => r.answer.stageIndex === last && !r.answer.degraded);

@@ -6,11 +6,13 @@ export interface ModelRef {
   readonly name: string;
 }
 
-const level = /^[^/+#\u0000]+$/;
+// A topic level: no separator, no wildcard, no NUL (MQTT forbids it in topic names).
+const level = /^[^/+#]+$/;
 
 export function parseModelRef(ref: string): ModelRef {
   const [namespace, name, ...rest] = ref.split("/");
-  if (!namespace || !name || rest.length > 0 || !level.test(namespace) || !level.test(name)) {
+  const ok = (s: string | undefined): s is string => !!s && level.test(s) && !s.includes("\0");
+  if (!ok(namespace) || !ok(name) || rest.length > 0) {
     throw new RangeError(`model "${ref}" must be <namespace>/<name> without MQTT wildcards`);
   }
   return { namespace, name };

@@ -79,15 +79,13 @@ export async function startAgent(
   client.on("connect", () => {
     metrics.brokerConnected.set(1);
     log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
-    offload
-      .start()
-      .catch((err: unknown) => log.warn({ err }, "could not subscribe to the reply topic"));
   });
   client.on("close", () => {
     metrics.brokerConnected.set(0);
     // Requests waiting on a dead connection will not be answered: answer them locally now.
     offload.failAll("broker_unreachable", "connection to the broker closed");
   });
+  offload.start((err) => log.warn({ err }, "could not subscribe to the reply topic"));
   const agent = new Agent({
     pipeline,
     to: range.to,

@@ -16,11 +16,9 @@ export const inferRoute =
     app.post("/v1/infer", async (req, reply) => {
       const body = req.body;
       if (!Buffer.isBuffer(body) || body.length === 0) {
-        return reply
-          .code(400)
-          .send({
-            error: "send an image (image/png, image/jpeg) or raw pixels (application/octet-stream)",
-          });
+        return reply.code(400).send({
+          error: "send an image (image/png, image/jpeg) or raw pixels (application/octet-stream)",
+        });
       }
       let pixels: Uint8Array;
       try {

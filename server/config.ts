@@ -12,7 +12,10 @@ export const serverFields = {
   ...encodingFields,
   workers: { type: "string", help: "inference worker threads (default 2)" },
   maxBatch: { type: "string", help: "largest micro-batch (default 32)" },
-  maxDelayMs: { type: "string", help: "longest wait to fill a batch, ms (default 2)" },
+  maxDelayMs: {
+    type: "string",
+    help: "longest wait to fill a batch, ms, fractions allowed (default 1)",
+  },
   maxQueue: {
     type: "string",
     help: "requests that may wait; beyond this they are answered overloaded (default 1024)",
@@ -28,7 +31,7 @@ export const serverSchema = z.object({
   ...encodingSchema,
   workers: intField(1, 64).default(2),
   maxBatch: intField(1, 4096).default(32),
-  maxDelayMs: intField(0, 1000).default(2),
+  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(1),
   maxQueue: intField(1, 1_000_000).default(1024),
   maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
 });

@@ -1,13 +1,7 @@
 import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
-import {
-  BundleError,
-  MANIFEST_FILE,
-  type Manifest,
-  parseManifest,
-  type StageSpec,
-} from "./manifest.js";
+import { BundleError, MANIFEST_FILE, type Manifest, parseManifest } from "./manifest.js";
 import { readTarGz } from "./tar.js";
 
 /** A bundle whose manifest parsed and whose every file matched its sha256. */

@@ -5,10 +5,8 @@
 import Fastify, { type FastifyInstance, type FastifyPluginAsync } from "fastify";
 import type { Registry } from "prom-client";
 
-export interface Readiness {
-  /** Empty when ready; otherwise what is missing, e.g. ["broker disconnected"]. */
-  (): string[];
-}
+/** Empty when ready; otherwise what is missing, e.g. ["broker disconnected"]. */
+export type Readiness = () => string[];
 
 export const healthPlugin =
   (ready: Readiness): FastifyPluginAsync =>

@@ -48,7 +48,8 @@ export function connectBroker(options: BrokerOptions): MqttClient {
     keepalive: 15,
     reconnectPeriod: min,
     connectTimeout: options.connectTimeoutMs ?? 5_000,
-    resubscribe: true,
+    // Each service subscribes again on every connection itself (clean sessions keep nothing).
+    resubscribe: false,
     queueQoSZero: false,
     ...(options.username !== undefined ? { username: options.username } : {}),
     ...(options.password !== undefined ? { password: options.password } : {}),

@@ -54,6 +54,8 @@ export class OffloadClient {
   private counter = 0;
   /** Replies that arrived for no waiting request (late after a deadline, or duplicates). */
   lateReplies = 0;
+  /** True once the reply topic is subscribed on the current connection: only then can answers arrive. */
+  subscribed = false;
 
   constructor(private readonly o: OffloadClientOptions) {
     o.client.on("message", (topic, payload) => {
@@ -61,8 +63,19 @@ export class OffloadClient {
     });
   }
 
-  async start(): Promise<void> {
-    await this.o.client.subscribeAsync(this.o.replyTo, { qos: 1 });
+  /** Subscribes to the reply topic now if connected and again on every (re)connection. */
+  start(onError: (err: unknown) => void = () => {}): void {
+    const { client } = this.o;
+    const subscribe = () => {
+      client.subscribeAsync(this.o.replyTo, { qos: 1 }).then(() => {
+        this.subscribed = true;
+      }, onError);
+    };
+    client.on("connect", subscribe);
+    client.on("close", () => {
+      this.subscribed = false;
+    });
+    if (client.connected) subscribe();
   }
 
   get pending(): number {
@@ -76,7 +89,7 @@ export class OffloadClient {
     dims: readonly number[],
     deadline: number,
   ): Promise<OffloadReply> {
-    if (!this.o.client.connected) {
+    if (!this.o.client.connected || !this.subscribed) {
       return Promise.reject(
         new OffloadError("broker_unreachable", "not connected to the MQTT broker"),
       );

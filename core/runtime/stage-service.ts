@@ -50,6 +50,8 @@ export class StageService {
   private readonly stageName: string;
   private readonly maxElements: number;
   private stopped = false;
+  /** True once the broker confirmed the subscription on the current connection. */
+  subscribed = false;
 
   constructor(private readonly o: StageServiceOptions) {
     const stage = o.bundle.manifest.stages[o.from];
@@ -68,14 +70,33 @@ export class StageService {
     return this.filter;
   }
 
-  async start(): Promise<void> {
-    this.o.client.on("message", (topic, payload) => {
+  /** Starts listening; subscribes now if connected and again on every (re)connection. */
+  start(): void {
+    const { client, log } = this.o;
+    client.on("message", (topic, payload) => {
       if (topic !== this.topic || this.stopped) return;
       const task = this.handle(payload).finally(() => this.inFlight.delete(task));
       this.inFlight.add(task);
     });
-    await this.o.client.subscribeAsync(this.filter, { qos: 1 });
-    this.o.log.info({ subscription: this.filter }, "listening for requests");
+    const subscribe = () => {
+      if (this.stopped) return;
+      client.subscribeAsync(this.filter, { qos: 1 }).then(
+        () => {
+          this.subscribed = true;
+          log.info({ subscription: this.filter }, "listening for requests");
+        },
+        (err: unknown) =>
+          log.warn(
+            { err, subscription: this.filter },
+            "subscribe failed; retrying on the next connection",
+          ),
+      );
+    };
+    client.on("connect", subscribe);
+    client.on("close", () => {
+      this.subscribed = false;
+    });
+    if (client.connected) subscribe();
   }
 
   /** Stops taking requests and waits until every accepted one is answered. */
