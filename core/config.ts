@@ -18,13 +18,16 @@ export interface FieldSpec {
   /** Never printed; only from the environment or the file. */
   readonly secret?: boolean;
   readonly short?: string;
+  /** Environment variable name when it is not DDNN_<FIELD_IN_SNAKE_CASE>. */
+  readonly env?: string;
   readonly help: string;
 }
 
 export type FieldTable = Record<string, FieldSpec>;
 
 const kebab = (key: string) => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-const envName = (key: string) => `DDNN_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+const envName = (key: string, spec?: FieldSpec) =>
+  spec?.env ?? `DDNN_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
 
 /** Fills and validates `schema` from argv, env and an optional config file. */
 export function loadConfig<S extends z.ZodObject>(
@@ -77,7 +80,7 @@ export function loadConfig<S extends z.ZodObject>(
   const source: Record<string, string> = {};
   for (const [key, spec] of Object.entries(fields)) {
     const flag = flags[kebab(key)];
-    const fromEnv = env[envName(key)];
+    const fromEnv = env[envName(key, spec)];
     if (flag !== undefined && !spec.secret) {
       merged[key] = flag;
       source[key] = `--${kebab(key)}`;
@@ -88,7 +91,7 @@ export function loadConfig<S extends z.ZodObject>(
             .map((s) => s.trim())
             .filter(Boolean)
         : fromEnv;
-      source[key] = envName(key);
+      source[key] = envName(key, spec);
     } else if (key in fromFile) {
       merged[key] = fromFile[key];
       source[key] = `${file}: ${key}`;
@@ -98,7 +101,7 @@ export function loadConfig<S extends z.ZodObject>(
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const key = String(issue.path[0] ?? "");
-    const where = source[key] ?? (key ? `--${kebab(key)} / ${envName(key)}` : "configuration");
+    const where = source[key] ?? (key ? `--${kebab(key)} / ${envName(key, fields[key])}` : "configuration");
     throw new ConfigError(`${where}: ${issue.message}`);
   }
   return parsed.data;
