@@ -8,7 +8,7 @@ const latencyBuckets = [
 export function tierMetrics(tier: string, model: string) {
   const registry = new Registry();
   registry.setDefaultLabels({ tier, model });
-  collectDefaultMetrics({ register: registry, prefix: "ddnn_process_" });
+  collectDefaultMetrics({ register: registry });
   return {
     registry,
     requests: new Counter({

@@ -73,7 +73,7 @@ export async function startFog(o: FogOptions): Promise<Fog> {
           deviceId: `dev-${d}`,
           stages: [o.stageNames[0]],
           deadlineMs: o.deadlineMs ?? 5000,
-          source: [],
+          source: ["http"],
         }),
         {},
         quiet(),
