@@ -24,7 +24,11 @@ export const agentFields = {
     multiple: true,
     help: "inputs: http, replay, mqtt (default http; repeatable)",
   },
-  replayImages: { type: "string", help: "idx images to replay (source replay)" },
+  replayImages: {
+    type: "string",
+    env: "DDNN_REPLAY_PATH",
+    help: "idx images to replay (source replay)",
+  },
   replayLabels: {
     type: "string",
     help: "idx labels for the replayed images (optional; enables accuracy counters)",

@@ -7,6 +7,7 @@ reports=$(mktemp -d)
 trap 'rm -rf "$reports"' EXIT
 
 bash scripts/setup.sh
+echo "== control plane"; bash scripts/control-plane.sh
 echo "== typecheck"; npx --no-install tsc -p tsconfig.json --noEmit
 echo "== lint and format"; npx --no-install biome ci .
 echo "== build"; npm run build --silent

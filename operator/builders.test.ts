@@ -1,0 +1,233 @@
+import type { V1DaemonSet, V1Deployment, V1EnvVar } from "@kubernetes/client-node";
+import { describe, expect, it } from "vitest";
+import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "../test/operator/model-fixtures.js";
+import {
+  type BuildInput,
+  buildOwnedObjects,
+  buildServerDeployment,
+  MOSQUITTO_CONF,
+} from "./builders.js";
+import { planTiers } from "./placement.js";
+import type { DDNNModelSpecInput } from "./spec.js";
+
+const images = { image: "ddnn-fog:9.9.9", brokerImage: "eclipse-mosquitto:2" };
+
+function input(spec: DDNNModelSpecInput = exampleSpec(), facts = THREE_STAGES): BuildInput {
+  const model = modelOf(spec);
+  const plan = planTiers(model.spec, facts);
+  if (!plan.ok) throw new Error(plan.message);
+  return { model, bundle: facts, plan: plan.plan, images };
+}
+
+function envOf(w: V1Deployment | V1DaemonSet): Record<string, string | V1EnvVar["valueFrom"]> {
+  return Object.fromEntries(
+    (w.spec!.template.spec!.containers[0]!.env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]),
+  );
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === "object") {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+describe("builders", () => {
+  it("build the broker, server, edge and device objects of the example", () => {
+    const objs = buildOwnedObjects(input());
+    expect(objs.map((o) => `${o.kind}/${o.metadata!.name}`)).toEqual([
+      "ConfigMap/demo-broker",
+      "Deployment/demo-broker",
+      "Service/demo-broker",
+      "Deployment/demo-server",
+      "Service/demo-server",
+      "Deployment/demo-edge",
+      "DaemonSet/demo-device",
+    ]);
+    for (const o of objs) {
+      expect(o.metadata!.namespace).toBe("fog");
+      expect(o.metadata!.ownerReferences).toEqual([
+        {
+          apiVersion: "fog.ddnn.io/v1alpha1",
+          kind: "DDNNModel",
+          name: "demo",
+          uid: "uid-1234",
+          controller: true,
+          blockOwnerDeletion: true,
+        },
+      ]);
+      expect(o.metadata!.labels).toMatchObject({
+        "app.kubernetes.io/managed-by": "ddnn-operator",
+        "fog.ddnn.io/model": "demo",
+      });
+    }
+  });
+
+  it("give the server tier its stages, batching and broker through its environment", () => {
+    const d = buildServerDeployment(input());
+    expect(d.spec!.replicas).toBe(2);
+    expect(d.spec!.selector.matchLabels).toEqual({
+      "fog.ddnn.io/model": "demo",
+      "app.kubernetes.io/component": "server",
+    });
+    const c = d.spec!.template.spec!.containers[0]!;
+    expect(c.image).toBe("ddnn-fog:9.9.9");
+    expect(c.args).toEqual(["server"]);
+    expect(c.resources).toEqual({ requests: { cpu: "250m", memory: "256Mi" } });
+    expect(c.readinessProbe!.httpGet!.path).toBe("/readyz");
+    expect(c.livenessProbe!.httpGet!.path).toBe("/healthz");
+    expect(envOf(d)).toEqual({
+      DDNN_MODEL: "fog/demo",
+      DDNN_BUNDLE: "http://models.fog.svc/demo.tar.gz",
+      DDNN_BUNDLE_DIGEST: DIGEST,
+      DDNN_STAGES: "server",
+      DDNN_DEADLINE_MS: "250",
+      DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
+      DDNN_HTTP_PORT: "8080",
+      DDNN_MAX_BATCH: "32",
+      DDNN_MAX_DELAY_MS: "2",
+    });
+  });
+
+  it("give each tier only its own stages' thresholds", () => {
+    const objs = buildOwnedObjects(input());
+    const edge = objs.find((o) => o.metadata!.name === "demo-edge") as V1Deployment;
+    const device = objs.find((o) => o.kind === "DaemonSet") as V1DaemonSet;
+    expect(envOf(edge)).toMatchObject({ DDNN_STAGES: "edge", DDNN_THRESHOLDS: "edge=0.3" });
+    expect(envOf(device)).toMatchObject({ DDNN_STAGES: "device", DDNN_THRESHOLDS: "device=0.4" });
+    expect(edge.spec!.template.spec!.containers[0]!.args).toEqual(["gateway"]);
+  });
+
+  it("run device agents on every device node, amd64 or arm64, named after the node", () => {
+    const device = buildOwnedObjects(input()).find((o) => o.kind === "DaemonSet") as V1DaemonSet;
+    const pod = device.spec!.template.spec!;
+    expect(pod.nodeSelector).toEqual({ "fog.ddnn.io/tier": "device" });
+    expect(pod.tolerations).toEqual([
+      { key: "fog.ddnn.io/device", operator: "Exists", effect: "NoSchedule" },
+    ]);
+    const terms = pod.affinity!.nodeAffinity!.requiredDuringSchedulingIgnoredDuringExecution!;
+    expect(terms.nodeSelectorTerms[0]!.matchExpressions).toContainEqual({
+      key: "kubernetes.io/arch",
+      operator: "In",
+      values: ["amd64", "arm64"],
+    });
+    const c = pod.containers[0]!;
+    expect(c.args).toEqual(["agent"]);
+    expect(c.ports).toEqual([
+      { name: "http", containerPort: 8080, protocol: "TCP", hostPort: 8080 },
+    ]);
+    expect(envOf(device)).toMatchObject({
+      DDNN_SOURCE: "http",
+      DDNN_DEVICE_ID: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+    });
+  });
+
+  it("configure the managed broker with TCP_NODELAY", () => {
+    const objs = buildOwnedObjects(input());
+    const conf = objs.find((o) => o.kind === "ConfigMap")!;
+    expect((conf as { data: Record<string, string> }).data["mosquitto.conf"]).toBe(MOSQUITTO_CONF);
+    expect(MOSQUITTO_CONF).toMatch(/^set_tcp_nodelay true$/m);
+    expect(MOSQUITTO_CONF).toMatch(/^listener 1883$/m);
+    const broker = objs.find(
+      (o) => o.metadata!.name === "demo-broker" && o.kind === "Deployment",
+    ) as V1Deployment;
+    expect(broker.spec!.template.spec!.containers[0]!.image).toBe("eclipse-mosquitto:2");
+    expect(broker.spec!.strategy).toEqual({ type: "Recreate" });
+  });
+
+  it("reference an external broker's Secret and never copy a credential", () => {
+    const spec = exampleSpec();
+    spec.broker = {
+      external: { url: "mqtts://emqx:8883", secretRef: { name: "creds", passwordKey: "pw" } },
+    };
+    const objs = buildOwnedObjects(input(spec));
+    expect(objs.some((o) => o.metadata!.name === "demo-broker")).toBe(false);
+    const server = objs.find(
+      (o) => o.metadata!.name === "demo-server" && o.kind === "Deployment",
+    ) as V1Deployment;
+    expect(envOf(server)).toMatchObject({
+      DDNN_BROKER_URL: "mqtts://emqx:8883",
+      DDNN_BROKER_USERNAME: { secretKeyRef: { name: "creds", key: "username" } },
+      DDNN_BROKER_PASSWORD: { secretKeyRef: { name: "creds", key: "pw" } },
+    });
+  });
+
+  it("mount a ConfigMap-held bundle", () => {
+    const spec = exampleSpec();
+    spec.bundle = { configMap: { name: "demo-bundle" }, sha256: DIGEST };
+    const server = buildServerDeployment(input(spec));
+    expect(envOf(server).DDNN_BUNDLE).toBe("/var/lib/ddnn/bundle/bundle.tar.gz");
+    expect(server.spec!.template.spec!.volumes).toContainEqual({
+      name: "bundle",
+      configMap: { name: "demo-bundle" },
+    });
+  });
+
+  it("put every stage on the server for Server Only, with no edge or device workload", () => {
+    const spec = exampleSpec();
+    spec.placement = { device: "server", edge: "server", server: "server" };
+    const objs = buildOwnedObjects(input(spec));
+    expect(objs.map((o) => `${o.kind}/${o.metadata!.name}`)).toEqual([
+      "ConfigMap/demo-broker",
+      "Deployment/demo-broker",
+      "Service/demo-broker",
+      "Deployment/demo-server",
+      "Service/demo-server",
+    ]);
+    expect(envOf(objs[3] as V1Deployment)).toMatchObject({
+      DDNN_STAGES: "device,edge,server",
+      DDNN_THRESHOLDS: "device=0.4,edge=0.3",
+    });
+  });
+
+  it("read replayed inputs from the node for a replay source", () => {
+    const spec = exampleSpec();
+    spec.tiers!.device!.source = { replay: { path: "/data/fashion/t10k.idx" } };
+    const device = buildOwnedObjects(input(spec)).find(
+      (o) => o.kind === "DaemonSet",
+    ) as V1DaemonSet;
+    expect(envOf(device)).toMatchObject({
+      DDNN_SOURCE: "replay",
+      DDNN_REPLAY_PATH: "/data/fashion/t10k.idx",
+    });
+    expect(device.spec!.template.spec!.volumes).toContainEqual({
+      name: "replay",
+      hostPath: { path: "/data/fashion", type: "Directory" },
+    });
+    expect(device.spec!.template.spec!.containers[0]!.ports![0]!.hostPort).toBeUndefined();
+  });
+
+  it("are pure: the same input gives the same objects and is not changed", () => {
+    const frozen = deepFreeze(input());
+    expect(buildOwnedObjects(frozen)).toEqual(buildOwnedObjects(input()));
+  });
+});
+
+describe("planTiers", () => {
+  const facts = THREE_STAGES;
+  it("splits stages by tier in bundle order", () => {
+    const r = planTiers(
+      { placement: { device: "device", edge: "server", server: "server" } },
+      facts,
+    );
+    expect(r).toEqual({
+      ok: true,
+      plan: { device: ["device"], edge: [], server: ["edge", "server"] },
+    });
+  });
+  it.each([
+    [{ device: "device", edge: "edge", server: "server", extra: "server" }, {}, "does not have"],
+    [{ device: "device", server: "server" }, {}, "does not place bundle stage(s) edge"],
+    [{ device: "device", edge: "edge", server: "server" }, { server: 0.2 }, "have no exit"],
+    [
+      { device: "edge", edge: "device", server: "server" },
+      {},
+      "data flows device -> edge -> server",
+    ],
+  ] as const)("refuses %j with exits %j", (placement, exits, message) => {
+    const r = planTiers({ placement, exits }, facts);
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.message).toContain(message);
+  });
+});

@@ -1,0 +1,461 @@
+import { createHash } from "node:crypto";
+import type {
+  V1ConfigMap,
+  V1Container,
+  V1DaemonSet,
+  V1Deployment,
+  V1EnvVar,
+  V1PodSpec,
+  V1PodTemplateSpec,
+  V1ResourceRequirements,
+  V1Service,
+  V1Toleration,
+  V1Volume,
+  V1VolumeMount,
+} from "@kubernetes/client-node";
+import type { BundleFacts, TierPlan } from "./placement.js";
+import { API_VERSION, type DDNNModel, type DDNNModelSpec, KIND, type Tier } from "./spec.js";
+
+/**
+ * Builders: every object the operator owns, as a pure function of the DDNNModel, the verified
+ * bundle and the operator's settings. Nothing here talks to the API server.
+ */
+
+export const FIELD_MANAGER = "ddnn-operator";
+export const MANAGED_BY = "ddnn-operator";
+export const MODEL_LABEL = "fog.ddnn.io/model";
+export const COMPONENT_LABEL = "app.kubernetes.io/component";
+export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
+/** sha256 of the applied object, so a reconcile can tell "already applied" without a request. */
+export const APPLIED_HASH_ANNOTATION = "fog.ddnn.io/applied-sha256";
+
+export const HTTP_PORT = 8080;
+export const MQTT_PORT = 1883;
+/** Where a ConfigMap-held bundle is mounted in the tier Pods. */
+export const BUNDLE_MOUNT = "/var/lib/ddnn/bundle";
+
+export interface OperatorImages {
+  /** The ddnn-fog image (entrypoint `ddnn`). */
+  image: string;
+  /** The managed broker's image (Mosquitto 2). */
+  brokerImage: string;
+}
+
+export interface BuildInput {
+  model: DDNNModel;
+  bundle: BundleFacts;
+  plan: TierPlan;
+  images: OperatorImages;
+}
+
+export type Component = Tier | "broker";
+
+/** Any object the operator applies; `kind` picks the API path. */
+export type OwnedObject = V1Deployment | V1DaemonSet | V1Service | V1ConfigMap;
+
+/** Kinds the operator owns, with their API paths (watched, applied and pruned). */
+export const OWNED_KINDS = [
+  { apiVersion: "apps/v1", kind: "Deployment", plural: "deployments" },
+  { apiVersion: "apps/v1", kind: "DaemonSet", plural: "daemonsets" },
+  { apiVersion: "v1", kind: "Service", plural: "services" },
+  { apiVersion: "v1", kind: "ConfigMap", plural: "configmaps" },
+] as const;
+
+/** The mosquitto.conf of a managed broker. Nagle's algorithm costs ~44 ms per hop (DESIGN.md). */
+export const MOSQUITTO_CONF = `# Written by ddnn-operator.
+listener ${MQTT_PORT}
+protocol mqtt
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_queued_messages 10000
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+`;
+
+export function objectName(model: Pick<DDNNModel, "metadata">, component: Component): string {
+  return `${model.metadata.name}-${component}`;
+}
+
+export function selectorLabels(
+  model: Pick<DDNNModel, "metadata">,
+  component: Component,
+): Record<string, string> {
+  return { [MODEL_LABEL]: model.metadata.name, [COMPONENT_LABEL]: component };
+}
+
+function labels(model: DDNNModel, component: Component): Record<string, string> {
+  return {
+    "app.kubernetes.io/name": "ddnn-fog",
+    "app.kubernetes.io/instance": model.metadata.name,
+    [MANAGED_BY_LABEL]: MANAGED_BY,
+    ...selectorLabels(model, component),
+  };
+}
+
+function metadata(model: DDNNModel, component: Component) {
+  return {
+    name: objectName(model, component),
+    namespace: model.metadata.namespace,
+    labels: labels(model, component),
+    ownerReferences: [
+      {
+        apiVersion: API_VERSION,
+        kind: KIND,
+        name: model.metadata.name,
+        uid: model.metadata.uid,
+        controller: true,
+        blockOwnerDeletion: true,
+      },
+    ],
+  };
+}
+
+/** The broker address the tiers connect to. */
+export function brokerUrl(model: DDNNModel): string {
+  const external = model.spec.broker.external;
+  if (external) return external.url;
+  return `mqtt://${objectName(model, "broker")}.${model.metadata.namespace}.svc:${MQTT_PORT}`;
+}
+
+function bundleLocation(spec: DDNNModelSpec): string {
+  if (spec.bundle.url) return spec.bundle.url;
+  return `${BUNDLE_MOUNT}/${spec.bundle.configMap!.key}`;
+}
+
+function thresholds(spec: DDNNModelSpec, stages: readonly string[]): string {
+  return stages
+    .filter((s) => spec.exits?.[s] !== undefined)
+    .map((s) => `${s}=${spec.exits![s]}`)
+    .join(",");
+}
+
+function env(name: string, value: string | number): V1EnvVar {
+  return { name, value: String(value) };
+}
+
+/** Environment every tier reads (see the tier programs' configuration schemas). */
+function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
+  const { model, bundle, plan } = input;
+  const spec = model.spec;
+  const out: V1EnvVar[] = [
+    env("DDNN_MODEL", `${model.metadata.namespace}/${model.metadata.name}`),
+    env("DDNN_BUNDLE", bundleLocation(spec)),
+    env("DDNN_BUNDLE_DIGEST", bundle.digest),
+    env("DDNN_STAGES", plan[tier].join(",")),
+  ];
+  const t = thresholds(spec, plan[tier]);
+  if (t !== "") out.push(env("DDNN_THRESHOLDS", t));
+  out.push(env("DDNN_DEADLINE_MS", spec.deadlineMs), env("DDNN_BROKER_URL", brokerUrl(model)));
+  const secret = spec.broker.external?.secretRef;
+  if (secret) {
+    // Credentials only ever travel as references: the operator never reads the Secret.
+    out.push(
+      {
+        name: "DDNN_BROKER_USERNAME",
+        valueFrom: { secretKeyRef: { name: secret.name, key: secret.usernameKey } },
+      },
+      {
+        name: "DDNN_BROKER_PASSWORD",
+        valueFrom: { secretKeyRef: { name: secret.name, key: secret.passwordKey } },
+      },
+    );
+  }
+  out.push(env("DDNN_HTTP_PORT", httpPort));
+  return out;
+}
+
+function resources(
+  r: DDNNModelSpec["tiers"]["server"]["resources"],
+): V1ResourceRequirements | undefined {
+  if (!r) return undefined;
+  const text = (m: Record<string, string | number> | undefined) =>
+    m && Object.fromEntries(Object.entries(m).map(([k, v]) => [k, String(v)]));
+  const out: V1ResourceRequirements = {};
+  if (r.limits) out.limits = text(r.limits);
+  if (r.requests) out.requests = text(r.requests);
+  return out;
+}
+
+const SECURITY_CONTEXT = {
+  allowPrivilegeEscalation: false,
+  readOnlyRootFilesystem: true,
+  capabilities: { drop: ["ALL"] },
+};
+
+/** Fog boards are amd64 or arm64 Linux (k3s-enrolled Odroids and the like); the image is built for both. */
+const NODE_AFFINITY = {
+  nodeAffinity: {
+    requiredDuringSchedulingIgnoredDuringExecution: {
+      nodeSelectorTerms: [
+        {
+          matchExpressions: [
+            { key: "kubernetes.io/arch", operator: "In", values: ["amd64", "arm64"] },
+            { key: "kubernetes.io/os", operator: "In", values: ["linux"] },
+          ],
+        },
+      ],
+    },
+  },
+};
+
+function tierPod(
+  input: BuildInput,
+  tier: Tier,
+  command: "server" | "gateway" | "agent",
+  options: {
+    httpPort: number;
+    hostPort?: number;
+    extraEnv?: V1EnvVar[];
+    nodeSelector?: Record<string, string>;
+    tolerations?: V1Toleration[];
+    resources?: V1ResourceRequirements;
+  },
+): V1PodTemplateSpec {
+  const { model } = input;
+  const spec = model.spec;
+  const mounts: V1VolumeMount[] = [{ name: "tmp", mountPath: "/tmp" }];
+  const volumes: V1Volume[] = [{ name: "tmp", emptyDir: {} }];
+  if (spec.bundle.configMap) {
+    mounts.push({ name: "bundle", mountPath: BUNDLE_MOUNT, readOnly: true });
+    volumes.push({ name: "bundle", configMap: { name: spec.bundle.configMap.name } });
+  }
+  const container: V1Container = {
+    name: tier,
+    image: input.images.image,
+    imagePullPolicy: "IfNotPresent",
+    args: [command],
+    env: [...tierEnv(input, tier, options.httpPort), ...(options.extraEnv ?? [])],
+    ports: [
+      {
+        name: "http",
+        containerPort: options.httpPort,
+        protocol: "TCP",
+        ...(options.hostPort === undefined ? {} : { hostPort: options.hostPort }),
+      },
+    ],
+    readinessProbe: {
+      httpGet: { path: "/readyz", port: "http" },
+      periodSeconds: 5,
+      failureThreshold: 3,
+    },
+    livenessProbe: {
+      httpGet: { path: "/healthz", port: "http" },
+      periodSeconds: 10,
+      failureThreshold: 6,
+    },
+    securityContext: SECURITY_CONTEXT,
+    volumeMounts: mounts,
+  };
+  if (options.resources) container.resources = options.resources;
+  const podSpec: V1PodSpec = {
+    containers: [container],
+    volumes,
+    affinity: NODE_AFFINITY,
+    enableServiceLinks: false,
+  };
+  if (options.nodeSelector && Object.keys(options.nodeSelector).length > 0)
+    podSpec.nodeSelector = options.nodeSelector;
+  if (options.tolerations && options.tolerations.length > 0)
+    podSpec.tolerations = options.tolerations;
+  return {
+    metadata: {
+      labels: labels(model, tier),
+      annotations: {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": String(options.httpPort),
+        "prometheus.io/path": "/metrics",
+      },
+    },
+    spec: podSpec,
+  };
+}
+
+export function buildServerDeployment(input: BuildInput): V1Deployment {
+  const { model } = input;
+  const server = model.spec.tiers.server;
+  const batching = server.batching;
+  const extraEnv: V1EnvVar[] = [];
+  if (batching.workers !== undefined) extraEnv.push(env("DDNN_WORKERS", batching.workers));
+  extraEnv.push(
+    env("DDNN_MAX_BATCH", batching.maxBatch),
+    env("DDNN_MAX_DELAY_MS", batching.maxDelayMs),
+  );
+  return {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: metadata(model, "server"),
+    spec: {
+      replicas: server.replicas,
+      selector: { matchLabels: selectorLabels(model, "server") },
+      template: tierPod(input, "server", "server", {
+        httpPort: HTTP_PORT,
+        extraEnv,
+        nodeSelector: server.nodeSelector,
+        tolerations: server.tolerations,
+        resources: resources(server.resources),
+      }),
+    },
+  };
+}
+
+/** HTTP inference (Open Inference Protocol v2) and /metrics of the server tier. */
+export function buildServerService(input: BuildInput): V1Service {
+  const { model } = input;
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: metadata(model, "server"),
+    spec: {
+      type: "ClusterIP",
+      selector: selectorLabels(model, "server"),
+      ports: [{ name: "http", port: HTTP_PORT, targetPort: "http", protocol: "TCP" }],
+    },
+  };
+}
+
+export function buildEdgeDeployment(input: BuildInput): V1Deployment {
+  const { model } = input;
+  const edge = model.spec.tiers.edge;
+  return {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: metadata(model, "edge"),
+    spec: {
+      replicas: edge.replicas,
+      selector: { matchLabels: selectorLabels(model, "edge") },
+      template: tierPod(input, "edge", "gateway", {
+        httpPort: HTTP_PORT,
+        nodeSelector: edge.nodeSelector,
+        tolerations: edge.tolerations,
+        resources: resources(edge.resources),
+      }),
+    },
+  };
+}
+
+/** One device agent per device node; DDNN_DEVICE_ID is the node's name. */
+export function buildDeviceDaemonSet(input: BuildInput): V1DaemonSet {
+  const { model } = input;
+  const device = model.spec.tiers.device;
+  const source = device.source;
+  const httpPort = source.http?.port ?? HTTP_PORT;
+  const extraEnv: V1EnvVar[] = [
+    {
+      name: "DDNN_DEVICE_ID",
+      valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+    },
+    env("DDNN_SOURCE", source.http ? "http" : source.mqtt ? "mqtt" : "replay"),
+  ];
+  if (source.replay) extraEnv.push(env("DDNN_REPLAY_PATH", source.replay.path));
+  const template = tierPod(input, "device", "agent", {
+    httpPort,
+    hostPort: source.http ? httpPort : undefined,
+    extraEnv,
+    nodeSelector: device.nodeSelector,
+    tolerations: device.tolerations,
+    resources: resources(device.resources),
+  });
+  if (source.replay) {
+    const dir = source.replay.path.replace(/\/[^/]*$/, "") || "/";
+    template.spec!.volumes!.push({ name: "replay", hostPath: { path: dir, type: "Directory" } });
+    template.spec!.containers[0]!.volumeMounts!.push({
+      name: "replay",
+      mountPath: dir,
+      readOnly: true,
+    });
+  }
+  return {
+    apiVersion: "apps/v1",
+    kind: "DaemonSet",
+    metadata: metadata(model, "device"),
+    spec: {
+      selector: { matchLabels: selectorLabels(model, "device") },
+      updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1 } },
+      template,
+    },
+  };
+}
+
+export function buildBrokerConfigMap(input: BuildInput): V1ConfigMap {
+  return {
+    apiVersion: "v1",
+    kind: "ConfigMap",
+    metadata: metadata(input.model, "broker"),
+    data: { "mosquitto.conf": MOSQUITTO_CONF },
+  };
+}
+
+export function buildBrokerDeployment(input: BuildInput): V1Deployment {
+  const { model } = input;
+  const managed = model.spec.broker.managed!;
+  const container: V1Container = {
+    name: "mosquitto",
+    image: managed.image ?? input.images.brokerImage,
+    imagePullPolicy: "IfNotPresent",
+    args: ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"],
+    ports: [{ name: "mqtt", containerPort: MQTT_PORT, protocol: "TCP" }],
+    readinessProbe: { tcpSocket: { port: "mqtt" }, periodSeconds: 5 },
+    livenessProbe: { tcpSocket: { port: "mqtt" }, periodSeconds: 10, failureThreshold: 6 },
+    securityContext: SECURITY_CONTEXT,
+    volumeMounts: [{ name: "config", mountPath: "/mosquitto/config", readOnly: true }],
+  };
+  const r = resources(managed.resources);
+  if (r) container.resources = r;
+  return {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: metadata(model, "broker"),
+    spec: {
+      replicas: 1,
+      // One broker at a time: two would split the subscribers.
+      strategy: { type: "Recreate" },
+      selector: { matchLabels: selectorLabels(model, "broker") },
+      template: {
+        metadata: {
+          labels: labels(model, "broker"),
+          annotations: { "fog.ddnn.io/config-sha256": sha256(MOSQUITTO_CONF) },
+        },
+        spec: {
+          containers: [container],
+          volumes: [{ name: "config", configMap: { name: objectName(model, "broker") } }],
+          affinity: NODE_AFFINITY,
+          enableServiceLinks: false,
+        },
+      },
+    },
+  };
+}
+
+export function buildBrokerService(input: BuildInput): V1Service {
+  const { model } = input;
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: metadata(model, "broker"),
+    spec: {
+      type: "ClusterIP",
+      selector: selectorLabels(model, "broker"),
+      ports: [{ name: "mqtt", port: MQTT_PORT, targetPort: "mqtt", protocol: "TCP" }],
+    },
+  };
+}
+
+/** Every object the model should own now; what is not in this list and owned gets deleted. */
+export function buildOwnedObjects(input: BuildInput): OwnedObject[] {
+  const out: OwnedObject[] = [];
+  if (input.model.spec.broker.managed) {
+    out.push(buildBrokerConfigMap(input), buildBrokerDeployment(input), buildBrokerService(input));
+  }
+  if (input.plan.server.length > 0)
+    out.push(buildServerDeployment(input), buildServerService(input));
+  if (input.plan.edge.length > 0) out.push(buildEdgeDeployment(input));
+  if (input.plan.device.length > 0) out.push(buildDeviceDaemonSet(input));
+  return out;
+}
+
+export function sha256(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}

@@ -1,0 +1,191 @@
+import { defaultDelay } from "./informer.js";
+import { type KubeClient, KubeError } from "./kube.js";
+
+/**
+ * Leader election on a coordination.k8s.io/v1 Lease, following client-go's leaderelection: a
+ * candidate takes the lease when its holder has not renewed it for leaseDuration as seen on the
+ * candidate's own clock (so clock skew between nodes does not matter), updates are guarded by
+ * resourceVersion, the leader renews every retryPeriod and gives up when it could not renew for
+ * renewDeadline, and a leader that stops cleanly releases the lease so the next one starts at once.
+ */
+
+export interface LeaderElectionOptions {
+  namespace: string;
+  name: string;
+  identity: string;
+  leaseDurationMs?: number;
+  renewDeadlineMs?: number;
+  retryPeriodMs?: number;
+  onStartedLeading: () => void;
+  /** Called once when leadership is lost (not on a clean release). */
+  onStoppedLeading: () => void;
+  onError?: (err: unknown) => void;
+}
+
+interface LeaseSpec {
+  holderIdentity?: string;
+  leaseDurationSeconds?: number;
+  acquireTime?: string;
+  renewTime?: string;
+  leaseTransitions?: number;
+}
+
+interface Lease {
+  apiVersion: "coordination.k8s.io/v1";
+  kind: "Lease";
+  metadata: { name: string; namespace: string; resourceVersion?: string };
+  spec: LeaseSpec;
+}
+
+/** MicroTime as the API server writes it: RFC 3339 with microseconds. */
+export function microTime(d: Date): string {
+  return d.toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
+}
+
+export class LeaderElector {
+  private leading = false;
+  private observed: { record: string; at: number } | undefined;
+  private lease: Lease | undefined;
+  /** When the lease held by another expires, by our clock (0 when unknown). */
+  private expiresAt = 0;
+  private readonly duration: number;
+  private readonly renewDeadline: number;
+  private readonly retry: number;
+
+  constructor(
+    private readonly client: KubeClient,
+    private readonly options: LeaderElectionOptions,
+  ) {
+    this.duration = options.leaseDurationMs ?? 15_000;
+    this.renewDeadline = options.renewDeadlineMs ?? 10_000;
+    this.retry = options.retryPeriodMs ?? 2_000;
+    if (!(this.duration > this.renewDeadline && this.renewDeadline > this.retry))
+      throw new Error("leader election needs leaseDuration > renewDeadline > retryPeriod");
+  }
+
+  isLeader(): boolean {
+    return this.leading;
+  }
+
+  private resource() {
+    return {
+      apiVersion: "coordination.k8s.io/v1",
+      plural: "leases",
+      namespace: this.options.namespace,
+      name: this.options.name,
+    };
+  }
+
+  /** Campaigns, then leads until the signal aborts or the lease is lost. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && !this.leading) {
+      await this.attempt();
+      if (this.leading) break;
+      // Poll every retryPeriod, but wake right when the holder's lease runs out.
+      const untilExpiry = this.expiresAt - Date.now() + 5;
+      const wait = this.retry * (1 + 0.2 * Math.random());
+      await defaultDelay(untilExpiry > 0 ? Math.min(wait, untilExpiry) : wait, signal);
+    }
+    if (signal.aborted) return;
+    this.options.onStartedLeading();
+    let lastRenew = Date.now();
+    while (!signal.aborted) {
+      await defaultDelay(this.retry, signal);
+      if (signal.aborted) break;
+      const renewed = await this.attempt();
+      if (renewed) {
+        lastRenew = Date.now();
+        continue;
+      }
+      if (!this.leading || Date.now() - lastRenew > this.renewDeadline) {
+        this.leading = false;
+        this.options.onStoppedLeading();
+        return;
+      }
+    }
+  }
+
+  /** Gives the lease up so another candidate can take it at once (best effort). */
+  async release(): Promise<void> {
+    if (!this.leading || !this.lease) return;
+    this.leading = false;
+    const now = microTime(new Date());
+    try {
+      await this.client.replace(this.resource(), {
+        ...this.lease,
+        spec: {
+          ...this.lease.spec,
+          holderIdentity: "",
+          leaseDurationSeconds: 1,
+          renewTime: now,
+          acquireTime: now,
+        },
+      });
+    } catch (err) {
+      this.options.onError?.(err);
+    }
+  }
+
+  /** One tryAcquireOrRenew; true when we hold the lease afterwards. */
+  private async attempt(): Promise<boolean> {
+    const me = this.options.identity;
+    const now = new Date();
+    const seconds = Math.max(1, Math.ceil(this.duration / 1000));
+    try {
+      let lease: Lease;
+      try {
+        lease = await this.client.get<Lease>(this.resource());
+      } catch (err) {
+        if (!(err instanceof KubeError && err.status === 404)) throw err;
+        this.lease = await this.client.create<Lease>(
+          { ...this.resource(), name: undefined },
+          {
+            apiVersion: "coordination.k8s.io/v1",
+            kind: "Lease",
+            metadata: { name: this.options.name, namespace: this.options.namespace },
+            spec: {
+              holderIdentity: me,
+              leaseDurationSeconds: seconds,
+              acquireTime: microTime(now),
+              renewTime: microTime(now),
+              leaseTransitions: 0,
+            },
+          },
+        );
+        this.observe(this.lease.spec, now.getTime());
+        this.leading = true;
+        return true;
+      }
+      const spec = lease.spec ?? {};
+      this.observe(spec, now.getTime());
+      const holder = spec.holderIdentity ?? "";
+      const heldFor = (spec.leaseDurationSeconds ?? seconds) * 1000;
+      if (holder !== "" && holder !== me && this.observed!.at + heldFor > now.getTime()) {
+        this.expiresAt = this.observed!.at + heldFor;
+        this.leading = false;
+        return false;
+      }
+      const renewing = holder === me;
+      const next: LeaseSpec = {
+        holderIdentity: me,
+        leaseDurationSeconds: seconds,
+        acquireTime: renewing && spec.acquireTime ? spec.acquireTime : microTime(now),
+        renewTime: microTime(now),
+        leaseTransitions: (spec.leaseTransitions ?? 0) + (renewing ? 0 : 1),
+      };
+      this.lease = await this.client.replace<Lease>(this.resource(), { ...lease, spec: next });
+      this.observe(this.lease.spec, now.getTime());
+      this.leading = true;
+      return true;
+    } catch (err) {
+      // A 409 means another candidate wrote first; anything else is reported and retried.
+      if (!(err instanceof KubeError && err.status === 409)) this.options.onError?.(err);
+      return false;
+    }
+  }
+
+  private observe(spec: LeaseSpec, at: number): void {
+    const record = `${spec.holderIdentity ?? ""}|${spec.renewTime ?? ""}|${spec.leaseDurationSeconds ?? ""}`;
+    if (this.observed?.record !== record) this.observed = { record, at };
+  }
+}

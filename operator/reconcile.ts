@@ -1,0 +1,208 @@
+import type { V1DaemonSet, V1Deployment } from "@kubernetes/client-node";
+import {
+  buildOwnedObjects,
+  FIELD_MANAGER,
+  type OperatorImages,
+  OWNED_KINDS,
+  type OwnedObject,
+  objectName,
+} from "./builders.js";
+import type { BundleVerifier } from "./bundle-source.js";
+import type { EventRecorder } from "./events.js";
+import type { Informer } from "./informer.js";
+import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
+import { planTiers } from "./placement.js";
+import type { ReconcileResult } from "./queue.js";
+import { isApplied, withAppliedHash } from "./semantic.js";
+import { API_VERSION, type DDNNModel, PLURAL, parseModel } from "./spec.js";
+import { type BundleCheck, condition, desiredStatus, type Observed, sameStatus } from "./status.js";
+
+export type OwnedKind = (typeof OWNED_KINDS)[number]["kind"];
+
+export interface Logger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+export interface ReconcileContext {
+  client: KubeClient;
+  models: Informer;
+  owned: Record<OwnedKind, Informer>;
+  bundles: BundleVerifier;
+  images: OperatorImages;
+  events: EventRecorder;
+  log: Logger;
+  now?: () => Date;
+  /** How soon a model whose bundle failed verification is looked at again. */
+  retryBundleMs?: number;
+}
+
+function resourceOf(kind: OwnedKind, namespace: string, name?: string) {
+  const k = OWNED_KINDS.find((x) => x.kind === kind)!;
+  return { apiVersion: k.apiVersion, plural: k.plural, namespace, name };
+}
+
+function controlledBy(o: KubeObject, uid: string): boolean {
+  return (o.metadata?.ownerReferences ?? []).some((r) => r.controller === true && r.uid === uid);
+}
+
+/**
+ * One level-based pass over a DDNNModel: verify the bundle, apply every owned object that is not
+ * already as built (server-side apply, field manager ddnn-operator, force), delete owned objects
+ * the spec no longer asks for, then write status if it changed. Reads come from the watch caches,
+ * so a pass over a model where nothing changed makes no request at all.
+ */
+export async function reconcileModel(ctx: ReconcileContext, key: string): Promise<ReconcileResult> {
+  const slash = key.indexOf("/");
+  const namespace = key.slice(0, slash);
+  const name = key.slice(slash + 1);
+  const raw = ctx.models.get(namespace, name);
+  // Gone: owner references let the garbage collector remove what it owned.
+  if (!raw || raw.metadata?.deletionTimestamp) return {};
+  const parsed = parseModel(raw);
+  if (!parsed.ok) {
+    ctx.log.warn(`${key}: cannot read the object: ${parsed.error}`);
+    return {};
+  }
+  const model = parsed.model;
+
+  const verification = await ctx.bundles.verify(namespace, model.spec.bundle);
+  let check: BundleCheck;
+  if (verification.ok) {
+    const plan = planTiers(model.spec, verification.facts);
+    check = plan.ok
+      ? { ok: true, facts: verification.facts, plan: plan.plan }
+      : { ok: false, reason: "PlacementMismatch", message: plan.message };
+  } else {
+    check = verification;
+  }
+
+  const applied: string[] = [];
+  const deleted: string[] = [];
+  const gone = new Set<string>();
+  if (check.ok) {
+    const desired = buildOwnedObjects({
+      model,
+      bundle: check.facts,
+      plan: check.plan,
+      images: ctx.images,
+    }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
+    for (const obj of desired) {
+      const kind = obj.kind as OwnedKind;
+      const objName = obj.metadata!.name!;
+      const cache = ctx.owned[kind];
+      if (isApplied(cache.get(namespace, objName), obj)) continue;
+      try {
+        const result = await ctx.client.apply(
+          resourceOf(kind, namespace, objName),
+          obj,
+          FIELD_MANAGER,
+          true,
+        );
+        cache.upsert(result);
+      } catch (err) {
+        await ctx.events.record(
+          model,
+          "Warning",
+          "ApplyFailed",
+          `${kind} ${objName}: ${(err as Error).message}`,
+        );
+        throw err;
+      }
+      applied.push(`${kind} ${objName}`);
+    }
+    const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata!.name}`));
+    for (const { kind } of OWNED_KINDS) {
+      const stale = ctx.owned[kind].list(
+        (o) =>
+          o.metadata?.namespace === namespace &&
+          controlledBy(o, model.metadata.uid) &&
+          !keep.has(`${kind}/${o.metadata?.name}`),
+      );
+      for (const o of stale) {
+        const objName = o.metadata!.name!;
+        try {
+          await ctx.client.delete(resourceOf(kind, namespace, objName), { uid: o.metadata?.uid });
+        } catch (err) {
+          if (!(err instanceof KubeError && (err.status === 404 || err.status === 409))) {
+            await ctx.events.record(
+              model,
+              "Warning",
+              "DeleteFailed",
+              `${kind} ${objName}: ${(err as Error).message}`,
+            );
+            throw err;
+          }
+        }
+        gone.add(`${kind}/${objName}`);
+        deleted.push(`${kind} ${objName}`);
+      }
+    }
+  }
+
+  const live = <T>(kind: OwnedKind, component: "broker" | "server" | "edge" | "device") => {
+    const n = objectName(model, component);
+    if (gone.has(`${kind}/${n}`)) return undefined;
+    const o = ctx.owned[kind].get(namespace, n);
+    return o && controlledBy(o, model.metadata.uid) ? (o as T) : undefined;
+  };
+  const observed: Observed = {
+    broker: live<V1Deployment>("Deployment", "broker"),
+    server: live<V1Deployment>("Deployment", "server"),
+    edge: live<V1Deployment>("Deployment", "edge"),
+    device: live<V1DaemonSet>("DaemonSet", "device"),
+  };
+  const status = desiredStatus(model, check, observed, (ctx.now ?? (() => new Date()))());
+  if (!sameStatus(model.status, status)) {
+    const updated = await ctx.client.mergePatch(
+      { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
+      { status },
+      FIELD_MANAGER,
+    );
+    ctx.models.upsert(updated);
+  }
+
+  await recordEvents(ctx, model, status, applied, deleted);
+  if (applied.length || deleted.length)
+    ctx.log.info(`${key}: applied [${applied.join(", ")}] deleted [${deleted.join(", ")}]`);
+  return check.ok ? {} : { requeueAfter: ctx.retryBundleMs ?? 30_000 };
+}
+
+async function recordEvents(
+  ctx: ReconcileContext,
+  model: DDNNModel,
+  status: ReturnType<typeof desiredStatus>,
+  applied: string[],
+  deleted: string[],
+): Promise<void> {
+  const before = model.status;
+  const verified = condition(status, "BundleVerified")!;
+  const wasVerified = condition(before, "BundleVerified");
+  if (
+    wasVerified?.status !== verified.status ||
+    wasVerified?.reason !== verified.reason ||
+    wasVerified?.message !== verified.message
+  ) {
+    if (verified.status === "True")
+      await ctx.events.record(model, "Normal", "BundleVerified", verified.message);
+    else await ctx.events.record(model, "Warning", verified.reason, verified.message);
+  }
+  if (applied.length)
+    await ctx.events.record(
+      model,
+      "Normal",
+      "Applied",
+      `applied ${applied.join(", ")} (generation ${model.metadata.generation})`,
+    );
+  if (deleted.length)
+    await ctx.events.record(
+      model,
+      "Normal",
+      "Deleted",
+      `deleted ${deleted.join(", ")}: the spec no longer asks for them`,
+    );
+  const ready = condition(status, "Ready")!;
+  const wasReady = condition(before, "Ready");
+  if (ready.status === "True" && wasReady?.status !== "True")
+    await ctx.events.record(model, "Normal", "Ready", ready.message);
+}

@@ -1,0 +1,389 @@
+import { z } from "zod";
+
+/**
+ * The DDNNModel resource (Contract 4). This file is the one source of truth: the operator parses
+ * objects with these schemas, and scripts/gen-crd.ts turns them into the CRD's OpenAPI schema
+ * (crds/fog.ddnn.io_ddnnmodels.yaml), CEL rules included, so the API server refuses what the
+ * operator could not run.
+ */
+export const GROUP = "fog.ddnn.io";
+export const VERSION = "v1alpha1";
+export const API_VERSION = `${GROUP}/${VERSION}`;
+export const KIND = "DDNNModel";
+export const PLURAL = "ddnnmodels";
+export const SHORT_NAME = "ddnn";
+
+/** The three tiers of the fog, in the order data flows through them. */
+export const TIERS = ["device", "edge", "server"] as const;
+export type Tier = (typeof TIERS)[number];
+
+const DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+interface CelRule {
+  rule: string;
+  message: string;
+  fieldPath?: string;
+  reason?:
+    | "FieldValueInvalid"
+    | "FieldValueRequired"
+    | "FieldValueForbidden"
+    | "FieldValueDuplicate";
+}
+
+/** Attaches CEL rules that the API server checks (they are copied into the CRD as they are). */
+function cel<T extends z.ZodType>(schema: T, ...rules: CelRule[]): T {
+  const meta = schema.meta() ?? {};
+  const existing = (meta["x-kubernetes-validations"] as CelRule[] | undefined) ?? [];
+  return schema.meta({ ...meta, "x-kubernetes-validations": [...existing, ...rules] }) as T;
+}
+
+/**
+ * A string that must match `pattern`: zod checks it with `message`, and the CRD carries the same
+ * pattern as a CEL rule with the same message (an OpenAPI `pattern` error only repeats the regex).
+ */
+function matching(pattern: string, message: string, maxLength: number) {
+  return cel(z.string().max(maxLength).regex(new RegExp(pattern), message), {
+    rule: `self.matches('${pattern.replaceAll("\\", "\\\\")}')`,
+    message,
+  });
+}
+
+function described<T extends z.ZodType>(schema: T, description: string): T {
+  return schema.meta({ ...(schema.meta() ?? {}), description }) as T;
+}
+
+const stageNameMessage = "stage names are lowercase DNS labels (a-z, 0-9, -), as in the bundle";
+const tier = described(
+  z.enum(TIERS),
+  "device (DaemonSet on device nodes), edge (gateway Deployment) or server (server Deployment)",
+);
+const threshold = z.number().min(0).max(1);
+
+const quantity = described(
+  z.union([
+    z.number().int(),
+    z
+      .string()
+      .regex(
+        /^[+-]?((\d+(\.\d*)?)|(\.\d+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?\d+))?$/,
+        "must be a Kubernetes quantity such as 500m, 2, 1Gi",
+      ),
+  ]),
+  "a Kubernetes quantity (500m, 2, 1Gi)",
+);
+const resources = described(
+  z.object({
+    limits: z.record(z.string(), quantity).optional(),
+    requests: z.record(z.string(), quantity).optional(),
+  }),
+  "compute resources of the tier's container (as in a Pod)",
+);
+const toleration = z.object({
+  key: z.string().max(316).optional(),
+  operator: z.enum(["Exists", "Equal"]).optional(),
+  value: z.string().max(63).optional(),
+  effect: z.enum(["NoSchedule", "PreferNoSchedule", "NoExecute"]).optional(),
+  tolerationSeconds: z.number().int().optional(),
+});
+const nodeSelector = described(
+  z.record(z.string(), z.string()),
+  "node labels a Pod of this tier needs (as in a Pod's nodeSelector)",
+);
+const tolerations = described(
+  z.array(toleration).max(32),
+  "taints the tier's Pods tolerate (as in a Pod)",
+);
+
+const port = z.number().int().min(1).max(65535);
+
+const deviceSource = cel(
+  z.object({
+    http: described(
+      z.object({ port: port.default(8080) }),
+      "POST /v1/infer on this port of the node (hostPort)",
+    ).optional(),
+    mqtt: described(z.object({}), "inputs arrive on the model's MQTT topics").optional(),
+    replay: described(
+      z.object({ path: z.string().min(1).max(4096) }),
+      "replays an idx file found at this path on the node",
+    ).optional(),
+  }),
+  {
+    rule: "[has(self.http), has(self.mqtt), has(self.replay)].filter(x, x).size() == 1",
+    message: "set exactly one of source.http, source.mqtt and source.replay",
+  },
+);
+
+const deviceTier = z.object({
+  nodeSelector: nodeSelector.default({ "fog.ddnn.io/tier": "device" }),
+  tolerations: tolerations.optional(),
+  source: deviceSource.default({ http: { port: 8080 } }),
+  resources: resources.optional(),
+});
+const edgeTier = z.object({
+  replicas: z.number().int().min(0).max(100).default(1),
+  nodeSelector: nodeSelector.default({ "fog.ddnn.io/tier": "edge" }),
+  tolerations: tolerations.optional(),
+  resources: resources.optional(),
+});
+const batching = z.object({
+  workers: described(z.number().int().min(1).max(64), "inference workers per Pod").optional(),
+  maxBatch: described(z.number().int().min(1).max(1024), "most requests run as one batch").default(
+    32,
+  ),
+  maxDelayMs: described(
+    z.number().int().min(0).max(1000),
+    "longest wait for a batch to fill, in milliseconds",
+  ).default(2),
+});
+const serverTier = z.object({
+  replicas: z.number().int().min(0).max(100).default(1),
+  batching: batching.default({ maxBatch: 32, maxDelayMs: 2 }),
+  nodeSelector: nodeSelector.optional(),
+  tolerations: tolerations.optional(),
+  resources: resources.optional(),
+});
+
+const bundle = cel(
+  z.object({
+    url: described(
+      matching("^https?://[^\\s]+$", "bundle.url must be an http:// or https:// URL", 2048),
+      "where the bundle's .tar.gz is served; every tier fetches it",
+    ).optional(),
+    configMap: described(
+      z.object({
+        name: matching(DNS_SUBDOMAIN, "configMap.name must be a ConfigMap name", 253),
+        key: matching(
+          "^[-._a-zA-Z0-9]+$",
+          "configMap.key must be a ConfigMap key (letters, digits, - _ .)",
+          253,
+        ).default("bundle.tar.gz"),
+      }),
+      "a ConfigMap in the model's namespace whose binaryData holds the .tar.gz (under 1 MiB)",
+    ).optional(),
+    sha256: described(
+      matching(
+        "^[0-9a-f]{64}$",
+        "bundle.sha256 must be 64 lowercase hex characters: the sha256 of the bundle's ddnn.json",
+        64,
+      ),
+      "sha256 (hex) of the bundle's ddnn.json; it pins every stage file",
+    ),
+  }),
+  {
+    rule: "has(self.url) != has(self.configMap)",
+    message: "set exactly one of bundle.url and bundle.configMap",
+  },
+);
+
+const secretRef = z.object({
+  name: matching(DNS_SUBDOMAIN, "secretRef.name must be a Secret name", 253),
+  usernameKey: z.string().min(1).max(253).default("username"),
+  passwordKey: z.string().min(1).max(253).default("password"),
+});
+
+const broker = cel(
+  z.object({
+    managed: described(
+      z.object({
+        kind: z.enum(["mosquitto"]).default("mosquitto"),
+        image: described(
+          z.string().min(1).max(512),
+          "overrides the operator's broker image",
+        ).optional(),
+        resources: resources.optional(),
+      }),
+      "the operator runs a Mosquitto 2 broker for this model",
+    ).optional(),
+    external: described(
+      z.object({
+        url: matching(
+          "^(mqtts?|wss?|tcp|ssl)://[^\\s]+$",
+          "broker.external.url must be an mqtt://, mqtts://, ws:// or wss:// URL",
+          2048,
+        ),
+        secretRef: described(
+          secretRef,
+          "Secret with the broker's username and password; Pods read it, the operator does not",
+        ).optional(),
+      }),
+      "a broker the operator does not run",
+    ).optional(),
+  }),
+  {
+    rule: "has(self.managed) != has(self.external)",
+    message: "set exactly one of broker.managed and broker.external",
+  },
+);
+
+const placement = cel(
+  described(
+    z.record(z.string(), tier),
+    "stage name (from the bundle) -> tier that runs it; every stage of the bundle is placed",
+  ),
+  {
+    rule: `self.all(stage, stage.matches('${DNS_LABEL}'))`,
+    message: `placement keys: ${stageNameMessage}`,
+  },
+).meta({ minProperties: 1, maxProperties: 16 });
+
+const exits = cel(
+  described(
+    z.record(z.string(), threshold),
+    "stage name -> exit threshold in [0, 1] (normalized entropy); overrides the bundle's",
+  ),
+  {
+    rule: `self.all(stage, stage.matches('${DNS_LABEL}'))`,
+    message: `exits keys: ${stageNameMessage}`,
+  },
+).meta({ maxProperties: 16 });
+
+export const ddnnModelSpecSchema = cel(
+  z.object({
+    bundle,
+    placement,
+    exits: exits.optional(),
+    deadlineMs: described(
+      z.number().int().min(1).max(600000),
+      "how long a device waits for an answer from the next tier before it answers locally",
+    ).default(250),
+    tiers: z
+      .object({
+        device: deviceTier.default({
+          nodeSelector: { "fog.ddnn.io/tier": "device" },
+          source: { http: { port: 8080 } },
+        }),
+        edge: edgeTier.default({ replicas: 1, nodeSelector: { "fog.ddnn.io/tier": "edge" } }),
+        server: serverTier.default({ replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } }),
+      })
+      .default({
+        device: {
+          nodeSelector: { "fog.ddnn.io/tier": "device" },
+          source: { http: { port: 8080 } },
+        },
+        edge: { replicas: 1, nodeSelector: { "fog.ddnn.io/tier": "edge" } },
+        server: { replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } },
+      }),
+    broker: broker.default({ managed: { kind: "mosquitto" } }),
+  }),
+  {
+    rule: "!has(self.exits) || self.exits.all(stage, stage in self.placement)",
+    message: "every stage in exits must also be in placement",
+    fieldPath: ".exits",
+  },
+);
+
+export type DDNNModelSpec = z.output<typeof ddnnModelSpecSchema>;
+export type DDNNModelSpecInput = z.input<typeof ddnnModelSpecSchema>;
+export type BundleSource = DDNNModelSpec["bundle"];
+
+export const CONDITION_TYPES = [
+  "Ready",
+  "BundleVerified",
+  "BrokerReady",
+  "ServerReady",
+  "EdgeReady",
+  "DevicesReady",
+] as const;
+export type ConditionType = (typeof CONDITION_TYPES)[number];
+
+const condition = z.object({
+  type: z.string().min(1).max(316),
+  status: z.enum(["True", "False", "Unknown"]),
+  observedGeneration: z.number().int().min(0).optional(),
+  lastTransitionTime: z.string(),
+  reason: z.string().min(1).max(1024),
+  message: z.string().max(32768),
+});
+export type Condition = z.output<typeof condition>;
+
+export const ddnnModelStatusSchema = z.object({
+  observedGeneration: z.number().int().optional(),
+  conditions: z.array(condition).optional(),
+  devices: described(
+    z.object({
+      desired: z.number().int(),
+      ready: z.number().int(),
+      updated: z.number().int(),
+    }),
+    "device agents from the device DaemonSet",
+  ).optional(),
+  devicesReady: described(z.string(), "ready/desired device agents, for kubectl").optional(),
+  bundleDigest: described(z.string(), "digest of the bundle that is rolled out").optional(),
+  bundleDigestShort: described(z.string(), "first 12 characters of bundleDigest").optional(),
+  bundle: described(
+    z.object({ name: z.string(), version: z.string() }),
+    "name and version from the rolled-out bundle's manifest",
+  ).optional(),
+});
+export type DDNNModelStatus = z.output<typeof ddnnModelStatusSchema>;
+
+export { condition as conditionSchema };
+
+/** Object metadata the operator reads. */
+export interface ObjectMeta {
+  name: string;
+  namespace?: string;
+  uid?: string;
+  generation?: number;
+  resourceVersion?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  deletionTimestamp?: string;
+  creationTimestamp?: string;
+  ownerReferences?: OwnerReference[];
+}
+
+export interface OwnerReference {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+  controller?: boolean;
+  blockOwnerDeletion?: boolean;
+}
+
+/** A DDNNModel as read from the API server, spec already parsed (defaults filled in). */
+export interface DDNNModel {
+  apiVersion: typeof API_VERSION;
+  kind: typeof KIND;
+  metadata: ObjectMeta & { namespace: string; uid: string; generation: number };
+  spec: DDNNModelSpec;
+  status?: DDNNModelStatus;
+}
+
+/** Validates a raw object from the API server; the message names the first bad field. */
+export function parseModel(
+  raw: unknown,
+): { ok: true; model: DDNNModel } | { ok: false; error: string } {
+  const obj = raw as {
+    metadata?: ObjectMeta;
+    spec?: unknown;
+    status?: unknown;
+  };
+  const meta = obj?.metadata;
+  if (!meta?.name || !meta.namespace || !meta.uid)
+    return { ok: false, error: "object has no name, namespace or uid" };
+  const spec = ddnnModelSpecSchema.safeParse(obj.spec);
+  if (!spec.success) {
+    const issue = spec.error.issues[0]!;
+    return { ok: false, error: `spec.${issue.path.join(".")}: ${issue.message}` };
+  }
+  const status = ddnnModelStatusSchema.safeParse(obj.status ?? {});
+  return {
+    ok: true,
+    model: {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: {
+        ...meta,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        generation: meta.generation ?? 0,
+      },
+      spec: spec.data,
+      status: status.success ? status.data : {},
+    },
+  };
+}

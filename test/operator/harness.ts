@@ -1,0 +1,172 @@
+/**
+ * What the operator integration tests share: a control plane with the CRD, the operator's RBAC
+ * and the namespaces installed; a loopback HTTP forward proxy that serves bundles for any URL
+ * (so examples/ddnnmodel.yaml's http://models.fog.svc/... URL works unmodified); and helpers that
+ * play the Deployment and DaemonSet controllers' part of writing workload status.
+ */
+import { readFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { KubeClient, type KubeObject } from "../../operator/kube.js";
+import { ControlPlane, type ControlPlaneOptions, REPO_ROOT } from "../cluster/control-plane.js";
+import { DEMO_BUNDLE } from "./demo-bundle.js";
+
+export const DEMO_DIGEST_URL = "http://models.fog.svc/demo-3stage-1.0.0.tar.gz";
+
+export async function startCluster(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  return ControlPlane.start({
+    ...options,
+    beforeControllers: async (cp) => {
+      await cp.kubectlOk(["apply", "--server-side", "-f", join(REPO_ROOT, "crds")]);
+      await cp.kubectlOk(["apply", "-f", join(REPO_ROOT, "operator", "rbac.yaml")]);
+      await cp.kubectlOk(["create", "namespace", "fog"]);
+      await cp.kubectlOk(["wait", "--for=condition=Established", "crd/ddnnmodels.fog.ddnn.io"]);
+      await options.beforeControllers?.(cp);
+    },
+  });
+}
+
+/** A forward proxy (and plain server) answering GETs from an in-memory map of URL -> bytes. */
+export class BundleServer {
+  readonly files = new Map<string, Uint8Array>();
+  readonly hits: string[] = [];
+  private server: Server | undefined;
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => {
+      const url = req.url?.startsWith("http") ? req.url : `http://${req.headers.host}${req.url}`;
+      this.hits.push(url);
+      const body = this.files.get(url);
+      if (!body) {
+        res.writeHead(404).end("not found");
+        return;
+      }
+      res.writeHead(200, { "Content-Type": "application/gzip", "Content-Length": body.length });
+      res.end(body);
+    });
+    await new Promise<void>((r) => this.server!.listen(0, "127.0.0.1", r));
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+}
+
+export function demoBundleBytes(): Uint8Array {
+  return new Uint8Array(readFileSync(DEMO_BUNDLE));
+}
+
+export function adminClient(cp: ControlPlane): KubeClient {
+  return new KubeClient(cp.kubeConfig("admin"), "ddnn-test-admin");
+}
+
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 30_000,
+  intervalMs = 100,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await probe();
+      if (v !== undefined && v !== false) return v as T;
+    } catch (err) {
+      lastErr = err;
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${(lastErr as Error).message}` : ""}`,
+  );
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function getOrUndefined<T = KubeObject>(
+  client: KubeClient,
+  r: Parameters<KubeClient["get"]>[0],
+): Promise<T | undefined> {
+  try {
+    return await client.get<T>(r);
+  } catch (err) {
+    if ((err as { status?: number }).status === 404) return undefined;
+    throw err;
+  }
+}
+
+type Workload = KubeObject & {
+  spec?: { replicas?: number };
+  metadata: { generation?: number; name?: string };
+};
+
+/**
+ * Writes the status the Deployment controller would write once every replica of the current
+ * generation is up (there are no nodes or kubelets in the test cluster).
+ */
+export async function markDeploymentReady(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+): Promise<void> {
+  const d = await client.get<Workload>({
+    apiVersion: "apps/v1",
+    plural: "deployments",
+    namespace,
+    name,
+  });
+  const n = d.spec?.replicas ?? 1;
+  await client.mergePatch(
+    { apiVersion: "apps/v1", plural: "deployments", namespace, name, subresource: "status" },
+    {
+      status: {
+        observedGeneration: d.metadata.generation,
+        replicas: n,
+        updatedReplicas: n,
+        readyReplicas: n,
+        availableReplicas: n,
+      },
+    },
+  );
+}
+
+/** The status the DaemonSet controller would write with `nodes` matching nodes, all updated and ready. */
+export async function markDaemonSetReady(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+  nodes: number,
+): Promise<void> {
+  const ds = await client.get<Workload>({
+    apiVersion: "apps/v1",
+    plural: "daemonsets",
+    namespace,
+    name,
+  });
+  await client.mergePatch(
+    { apiVersion: "apps/v1", plural: "daemonsets", namespace, name, subresource: "status" },
+    {
+      status: {
+        observedGeneration: ds.metadata.generation,
+        desiredNumberScheduled: nodes,
+        currentNumberScheduled: nodes,
+        numberMisscheduled: 0,
+        numberReady: nodes,
+        updatedNumberScheduled: nodes,
+        numberAvailable: nodes,
+      },
+    },
+  );
+}
+
+/** The operator's requests in the audit log, minus leader election and long-running watches. */
+export function operatorRequests(cp: ControlPlane, since = 0, agent?: string) {
+  return cp
+    .auditEvents()
+    .slice(since)
+    .filter((e) => e.verb !== "watch" && e.objectRef?.resource !== "leases")
+    .filter((e) => agent === undefined || (e.userAgent ?? "").includes(agent));
+}
