@@ -1,0 +1,1 @@
+"""DDNN trainer: models, joint training, exit calibration, ONNX bundle export (see README.md)."""
