@@ -64,7 +64,7 @@ const upFields = {
   compression: { type: "string", help: "none or deflate (default deflate)" },
   workers: { type: "string", help: "server inference workers (default 2)" },
   maxBatch: { type: "string", help: "server micro-batch size (default 32)" },
-  maxDelayMs: { type: "string", help: "server micro-batch wait, ms (default 2)" },
+  maxDelayMs: { type: "string", help: "server micro-batch wait, ms (default 0)" },
   serverOnly: {
     type: "string",
     help: "also measure the Server Only configuration over HTTP (default true)",
@@ -89,7 +89,7 @@ const upSchema = z.object({
   compression: z.enum(compressions).default("deflate"),
   workers: intField(1, 64).default(2),
   maxBatch: intField(1, 4096).default(32),
-  maxDelayMs: intField(0, 1000).default(2),
+  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(0),
   serverOnly: boolField.default(true),
   json: z.boolean().default(false),
   logLevel: z.enum(["fatal", "error", "warn", "info", "debug"]).default("warn"),

@@ -20,7 +20,7 @@ describe("loadConfig", () => {
     expect(c.maxBatch).toBe(8);
     expect(c.broker).toBe("mqtt://broker:1883");
     expect(c.threshold).toEqual({ device: 0.2 });
-    expect(c.maxDelayMs).toBe(1);
+    expect(c.maxDelayMs).toBe(0);
     expect(c.sharedSubscriptions).toBe(true);
   });
 

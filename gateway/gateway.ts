@@ -22,7 +22,7 @@ export const gatewayFields = {
   maxBatch: { type: "string", help: "largest micro-batch (default 16)" },
   maxDelayMs: {
     type: "string",
-    help: "longest wait to fill a batch, ms, fractions allowed (default 0.5)",
+    help: "longest wait to fill a batch, ms, fractions allowed (default 0: batches form from what queues while the workers are busy)",
   },
   maxQueue: { type: "string", help: "requests that may wait before overloaded (default 512)" },
   maxFrameBytes: {
@@ -36,11 +36,7 @@ export const gatewaySchema = z.object({
   ...encodingSchema,
   workers: intField(1, 64).default(1),
   maxBatch: intField(1, 4096).default(16),
-  maxDelayMs: z.coerce
-    .number()
-    .min(0, "must be >= 0")
-    .max(1000, "must be at most 1000")
-    .default(0.5),
+  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(0),
   maxQueue: intField(1, 1_000_000).default(512),
   maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
 });

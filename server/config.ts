@@ -14,7 +14,7 @@ export const serverFields = {
   maxBatch: { type: "string", help: "largest micro-batch (default 32)" },
   maxDelayMs: {
     type: "string",
-    help: "longest wait to fill a batch, ms, fractions allowed (default 1)",
+    help: "longest wait to fill a batch, ms, fractions allowed (default 0: batches form from what queues while the workers are busy)",
   },
   maxQueue: {
     type: "string",
@@ -31,7 +31,7 @@ export const serverSchema = z.object({
   ...encodingSchema,
   workers: intField(1, 64).default(2),
   maxBatch: intField(1, 4096).default(32),
-  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(1),
+  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(0),
   maxQueue: intField(1, 1_000_000).default(1024),
   maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
 });
