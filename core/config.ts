@@ -101,7 +101,8 @@ export function loadConfig<S extends z.ZodObject>(
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const key = String(issue.path[0] ?? "");
-    const where = source[key] ?? (key ? `--${kebab(key)} / ${envName(key, fields[key])}` : "configuration");
+    const where =
+      source[key] ?? (key ? `--${kebab(key)} / ${envName(key, fields[key])}` : "configuration");
     throw new ConfigError(`${where}: ${issue.message}`);
   }
   return parsed.data;

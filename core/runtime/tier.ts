@@ -26,7 +26,11 @@ export const commonFields = {
     type: "string",
     help: "model as <namespace>/<name> for topics (default: default/<bundle name>)",
   },
-  broker: { type: "string", env: "DDNN_BROKER_URL", help: "MQTT broker URL (default mqtt://127.0.0.1:1883)" },
+  broker: {
+    type: "string",
+    env: "DDNN_BROKER_URL",
+    help: "MQTT broker URL (default mqtt://127.0.0.1:1883)",
+  },
   brokerUsername: { type: "string", secret: true, help: "MQTT user name" },
   brokerPassword: { type: "string", secret: true, help: "MQTT password" },
   stages: {
