@@ -58,6 +58,7 @@ main(process.argv.slice(2)).then(
     process.stderr.write(
       `ddnn: ${known ? (err as Error).message : String((err as Error)?.stack ?? err)}\n`,
     );
-    process.exitCode = err instanceof UsageError || err instanceof ConfigError ? 2 : 1;
+    // Exit now: a tier that failed half-way may still hold worker threads and a reconnecting client.
+    process.exit(err instanceof UsageError || err instanceof ConfigError ? 2 : 1);
   },
 );

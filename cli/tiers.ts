@@ -1,5 +1,6 @@
 /** `ddnn server`, `ddnn gateway`, `ddnn agent`: one tier per process, as the operator runs them. */
 import { type FieldTable, fieldHelp, loadConfig, printable } from "../core/config.js";
+import { safeBrokerUrl } from "../core/runtime/mqtt.js";
 import { makeLogger } from "../core/runtime/tier.js";
 import { type AgentConfig, agentFields, agentSchema } from "../device-agent/config.js";
 import { startAgent } from "../device-agent/main.js";
@@ -64,7 +65,7 @@ export async function runTier(
   }
   const config = tier.load(argv);
   process.stderr.write(
-    `${JSON.stringify({ msg: "configuration", tier: name, config: printable(config, tier.fields) })}\n`,
+    `${JSON.stringify({ msg: "configuration", tier: name, config: printable({ ...config, ...(typeof config.broker === "string" ? { broker: safeBrokerUrl(config.broker) } : {}) }, tier.fields) })}\n`,
   );
   const running = await tier.start(config);
   return new Promise((resolve) => {

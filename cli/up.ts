@@ -19,6 +19,7 @@ import {
 import { readIdx } from "../core/dataset/idx.js";
 import { accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
+import { safeBrokerUrl } from "../core/runtime/mqtt.js";
 import { makeLogger } from "../core/runtime/tier.js";
 import { type Summary, summarize } from "../core/stats.js";
 import { compressions, dtypes } from "../core/wire/frame.js";
@@ -135,7 +136,7 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
   const brokerUrl = cfg.broker ?? embedded!.url;
   const shared = embedded ? false : cfg.sharedSubscriptions;
   progress(
-    `ddnn up: ${manifest.name} ${manifest.version} (${names.join(" -> ")}), broker ${embedded ? `embedded at ${brokerUrl}` : brokerUrl}, ${cfg.devices} devices at ${cfg.fps} fps, ${count} images\n`,
+    `ddnn up: ${manifest.name} ${manifest.version} (${names.join(" -> ")}), broker ${embedded ? `embedded at ${brokerUrl}` : safeBrokerUrl(brokerUrl)}, ${cfg.devices} devices at ${cfg.fps} fps, ${count} images\n`,
   );
 
   const common = {
@@ -198,10 +199,14 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
     1000,
   );
   const allDone = Promise.all(agents.map((a) => a.replayDone));
+  let durationTimer: NodeJS.Timeout | undefined;
   const timeout = cfg.duration
-    ? new Promise((r) => setTimeout(r, cfg.duration! * 1000))
+    ? new Promise((r) => {
+        durationTimer = setTimeout(r, cfg.duration! * 1000);
+      })
     : new Promise(() => {});
   await Promise.race([allDone, timeout]);
+  clearTimeout(durationTimer);
   await Promise.all(agents.map((a) => a.close()));
   clearInterval(ticker);
   const wallS = (performance.now() - started) / 1000;

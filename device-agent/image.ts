@@ -36,6 +36,7 @@ export function toInputPixels(bytes: Uint8Array, shape: readonly number[]): Uint
   const [channels, height, width] = shape as [number, number, number];
   if (channels !== 1 && channels !== 3)
     throw new ImageError(`images give 1 or 3 channels; the model takes ${channels}`);
+  if (isPng(bytes)) checkPngSize(bytes);
   let rgba: { width: number; height: number; data: Uint8Array };
   try {
     rgba = isPng(bytes)
@@ -76,6 +77,22 @@ export function toInputPixels(bytes: Uint8Array, shape: readonly number[]): Uint
     }
   }
   return out;
+}
+
+/** Largest image decoded, in pixels: a tiny PNG can announce gigabytes of pixels. */
+export const MAX_IMAGE_PIXELS = 16_000_000;
+
+/** Reads the PNG header (IHDR) and refuses images too large to decode safely. */
+function checkPngSize(bytes: Uint8Array): void {
+  if (bytes.length < 33) throw new ImageError("PNG image is truncated (no IHDR chunk)");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const width = view.getUint32(16, false);
+  const height = view.getUint32(20, false);
+  if (width === 0 || height === 0 || width * height > MAX_IMAGE_PIXELS) {
+    throw new ImageError(
+      `PNG image of ${width}x${height} pixels is refused (at most ${MAX_IMAGE_PIXELS} pixels)`,
+    );
+  }
 }
 
 /** Encodes u8 CHW pixels (1 or 3 channels) as PNG: used by tests and examples. */

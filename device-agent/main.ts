@@ -1,4 +1,5 @@
 /** Starts a device agent: bundle, device stages, broker connection, offload client, input sources. */
+import { setTimeout as sleep } from "node:timers/promises";
 import type { FastifyInstance } from "fastify";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
@@ -152,7 +153,8 @@ export async function startAgent(
       await stopMqttInput?.();
       await app.close();
       offload.failAll("broker_unreachable", "agent shutting down");
-      await client.endAsync();
+      // Force when disconnected: unacknowledged QoS 1 messages would hold end() forever.
+      await client.endAsync(!client.connected);
       await pipeline.release();
     })();
     return closing;
@@ -177,12 +179,14 @@ async function replay(
   const pending = new Set<Promise<void>>();
   const started = performance.now();
   let frame = 0;
+  if (order.length === 0) return;
   do {
     for (const i of order) {
       if (signal.aborted) break;
       const due = started + (frame++ * 1000) / fps;
       const wait = due - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (wait > 0) await sleep(wait, undefined, { signal }).catch(() => {});
+      if (signal.aborted) break;
       const pixels = images.data.subarray(i * per, (i + 1) * per);
       const task = agent
         .classify(pixels)

@@ -35,6 +35,9 @@ const inferRequest = z.object({
     .length(1, "must hold exactly one input tensor"),
 });
 
+/** One HTTP request may not take the whole queue from the MQTT devices. */
+export const MAX_SAMPLES_PER_REQUEST = 256;
+
 const status: Record<string, number> = { overloaded: 503, deadline_exceeded: 504, internal: 500 };
 
 export const inferencePlugin =
@@ -95,6 +98,13 @@ export const inferencePlugin =
       const input = parsed.data.inputs[0]!;
       const shape = input.shape.length === inputShape.length ? [1, ...input.shape] : input.shape;
       const n = shape[0] ?? 0;
+      if (n > MAX_SAMPLES_PER_REQUEST) {
+        return reply
+          .code(413)
+          .send({
+            error: `inputs[0].shape: ${n} samples in one request; send at most ${MAX_SAMPLES_PER_REQUEST}`,
+          });
+      }
       const fits =
         shape.length === inputShape.length + 1 &&
         shape.slice(1).every((d, i) => d === inputShape[i]);

@@ -117,8 +117,18 @@ describe("device agent over HTTP", () => {
       "image/png",
     );
     expect(broken.status).toBe(400);
-    expect(((await broken.json()) as { error: string }).error).toMatch(
-      /cannot decode the PNG image/,
+    expect(((await broken.json()) as { error: string }).error).toMatch(/PNG image is truncated/);
+  });
+
+  it("refuses a PNG that announces more pixels than it may decode", async () => {
+    const png = pixelsToPng(new Uint8Array(36), [1, 6, 6]);
+    const view = new DataView(png.buffer, png.byteOffset, png.byteLength);
+    view.setUint32(16, 40_000, false);
+    view.setUint32(20, 40_000, false);
+    const res = await post(png, "image/png");
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: string }).error).toMatch(
+      /40000x40000 pixels is refused/,
     );
   });
 

@@ -29,7 +29,7 @@ export const metricsPlugin =
   };
 
 export function httpApp(bodyLimit = 8 * 1024 * 1024): FastifyInstance {
-  return Fastify({ logger: false, bodyLimit, forceCloseConnections: true });
+  return Fastify({ logger: false, bodyLimit, forceCloseConnections: "idle" });
 }
 
 /** Listens and returns the bound port (0 picks a free one). */

@@ -41,6 +41,10 @@ export function connectBroker(options: BrokerOptions): MqttClient {
   const url = new URL(options.url);
   const min = options.minReconnectMs ?? 100;
   const max = options.maxReconnectMs ?? 5_000;
+  const username =
+    options.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
+  const password =
+    options.password ?? (url.password ? decodeURIComponent(url.password) : undefined);
   const client = new MqttClient(streamFor(url), {
     protocolVersion: 4,
     clientId: options.clientId,
@@ -51,8 +55,9 @@ export function connectBroker(options: BrokerOptions): MqttClient {
     // Each service subscribes again on every connection itself (clean sessions keep nothing).
     resubscribe: false,
     queueQoSZero: false,
-    ...(options.username !== undefined ? { username: options.username } : {}),
-    ...(options.password !== undefined ? { password: options.password } : {}),
+    // Credentials from the configuration win; mqtt://user:pass@host is the fallback.
+    ...(username ? { username } : {}),
+    ...(password ? { password } : {}),
     ...(options.will ? { will: options.will } : {}),
   });
   // Exponential backoff between reconnect attempts, reset by a successful connection.

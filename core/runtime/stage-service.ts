@@ -17,6 +17,7 @@ import {
   type ErrorCode,
   encodeFrame,
   FrameError,
+  isTopicName,
   type RequestHeader,
 } from "../wire/frame.js";
 import { decodeTensor, encodeTensor, type TensorEncoding } from "../wire/tensor.js";
@@ -99,11 +100,24 @@ export class StageService {
     if (client.connected) subscribe();
   }
 
-  /** Stops taking requests and waits until every accepted one is answered. */
+  /**
+   * Stops taking requests and waits until every accepted one is answered, or until the broker
+   * connection is gone: then the answers cannot be published and waiting would never end.
+   */
   async drain(): Promise<void> {
+    const { client } = this.o;
+    // Keep handling what arrives until the broker confirms the unsubscribe: those messages are
+    // already acknowledged, so no other worker of the shared group would get them.
+    await client.unsubscribeAsync(this.filter).catch(() => {});
     this.stopped = true;
-    await this.o.client.unsubscribeAsync(this.filter).catch(() => {});
-    await Promise.allSettled([...this.inFlight]);
+    let onClose = () => {};
+    const gone = new Promise<void>((resolve) => {
+      onClose = () => resolve();
+      client.once("close", onClose);
+      if (!client.connected) resolve();
+    });
+    await Promise.race([Promise.allSettled([...this.inFlight]), gone]);
+    client.off("close", onClose);
   }
 
   get pending(): number {
@@ -263,7 +277,7 @@ function readableIds(payload: Buffer): [string?, string?] {
     const header = JSON.parse(payload.toString("utf8", 8, 8 + h)) as Record<string, unknown>;
     return typeof header.id === "string" &&
       typeof header.replyTo === "string" &&
-      !/[+#]/.test(header.replyTo)
+      isTopicName(header.replyTo)
       ? [header.id, header.replyTo]
       : [];
   } catch {

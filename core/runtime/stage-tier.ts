@@ -97,48 +97,61 @@ export async function startStageTier(
       log.warn(e, "inference worker exited; replacing it");
     },
   });
-  const client = connectBroker({
-    url: config.broker,
-    clientId: `ddnn-${spec.tier}-${model.name}-${process.pid}-${Math.random().toString(16).slice(2, 8)}`,
-    ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
-    ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
-  });
-  client.on("connect", () => {
-    metrics.brokerConnected.set(1);
-    log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
-  });
-  client.on("close", () => metrics.brokerConnected.set(0));
-  const service = new StageService({
-    client,
-    bundle,
-    model,
-    pool,
-    from: range.from,
-    to: range.to,
-    sampleShape: pool.sampleShape(range.from),
-    tier: spec.tier,
-    forward: { dtype: config.dtype, compression: config.compression },
-    sharedSubscription: config.sharedSubscriptions,
-    maxFrameBytes: config.maxFrameBytes,
-    metrics,
-    log,
-  });
-  service.start();
+  let client: MqttClient | undefined;
+  let app: FastifyInstance | undefined;
+  let service: StageService;
+  let port: number;
+  try {
+    client = connectBroker({
+      url: config.broker,
+      clientId: `ddnn-${spec.tier}-${model.name}-${process.pid}-${Math.random().toString(16).slice(2, 8)}`,
+      ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
+      ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
+    });
+    const mqtt = client;
+    client.on("connect", () => {
+      metrics.brokerConnected.set(1);
+      log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
+    });
+    client.on("close", () => metrics.brokerConnected.set(0));
+    service = new StageService({
+      client,
+      bundle,
+      model,
+      pool,
+      from: range.from,
+      to: range.to,
+      sampleShape: pool.sampleShape(range.from),
+      tier: spec.tier,
+      forward: { dtype: config.dtype, compression: config.compression },
+      sharedSubscription: config.sharedSubscriptions,
+      maxFrameBytes: config.maxFrameBytes,
+      metrics,
+      log,
+    });
+    service.start();
 
-  const app = httpApp(config.maxFrameBytes * 4);
-  await app.register(
-    healthPlugin(() => [
-      ...(pool.readyWorkers === 0 ? ["no inference worker ready"] : []),
-      ...(client.connected ? [] : ["broker disconnected"]),
-      ...(client.connected && !service.subscribed
-        ? ["not subscribed to the request topic yet"]
-        : []),
-    ]),
-  );
-  await app.register(metricsPlugin(metrics.registry));
-  for (const plugin of spec.plugins?.({ bundle, model, pool, metrics }) ?? [])
-    await app.register(plugin);
-  const port = await listen(app, config.httpPort, config.httpHost);
+    app = httpApp(config.maxFrameBytes * 4);
+    await app.register(
+      healthPlugin(() => [
+        ...(pool.readyWorkers === 0 ? ["no inference worker ready"] : []),
+        ...(mqtt.connected ? [] : ["broker disconnected"]),
+        ...(mqtt.connected && !service.subscribed
+          ? ["not subscribed to the request topic yet"]
+          : []),
+      ]),
+    );
+    await app.register(metricsPlugin(metrics.registry));
+    for (const plugin of spec.plugins?.({ bundle, model, pool, metrics }) ?? [])
+      await app.register(plugin);
+    port = await listen(app, config.httpPort, config.httpHost);
+  } catch (err) {
+    // Nothing half-started may keep the process alive: workers, the reconnecting client, the port.
+    await app?.close().catch(() => {});
+    client?.end(true);
+    await pool.close(0);
+    throw err;
+  }
   log.info(
     {
       model: modelKey(model),
@@ -159,7 +172,8 @@ export async function startStageTier(
       await service.drain();
       await app.close();
       await pool.close();
-      await client.endAsync();
+      // Force when disconnected: unacknowledged QoS 1 messages would hold end() forever.
+      await client.endAsync(!client.connected);
     })();
     return closing;
   };

@@ -45,7 +45,7 @@ afterEach(async () => {
 async function start(options: Partial<Parameters<typeof WorkerPool.start>[0]> = {}) {
   const dir = writeBundle(stages).dir;
   const bundle = await readBundle(dir);
-  const reference = await Pipeline.load(dir, { only: [1] });
+  const reference = await Pipeline.load(dir, { only: [...(options.only ?? [1])] });
   const batches: number[] = [];
   pool = await WorkerPool.start({
     bundle,
@@ -78,6 +78,42 @@ describe("WorkerPool", () => {
     }
     expect(Math.max(...batches)).toBeGreaterThan(1);
     expect(batches.reduce((a, b) => a + b, 0)).toBe(64);
+  });
+
+  it("never mixes requests with different exit rules in one batch", async () => {
+    const { pool, reference } = await start({
+      only: [0, 1],
+      workers: 1,
+      maxBatch: 64,
+      maxDelayMs: 5,
+    });
+    const px = features(40).map((f) => f.slice(0, 16));
+    const answers = await Promise.all(
+      px.map((data, i) =>
+        pool.submit({ from: 0, to: 1, data, dims: [1, 1, 4, 4], ignoreExits: i % 2 === 0 }),
+      ),
+    );
+    const expected = await reference.runRange(
+      0,
+      1,
+      reference.tensor(Float32Array.from(px.flatMap((p) => Array.from(p))), [40, 1, 4, 4]),
+    );
+    answers.forEach((a, i) => {
+      expect(a.result.stage).toBe(i % 2 === 0 ? 1 : expected[i]!.stage);
+    });
+    expect(answers.some((a, i) => i % 2 === 1 && a.result.stage === 0)).toBe(true);
+  });
+
+  it("settles every request when a worker dies during close()", async () => {
+    const { pool } = await start({ workers: 1, maxBatch: 8, maxDelayMs: 0 });
+    const pending = features(64).map((data) =>
+      pool.submit({ from: 1, to: 1, data, dims: [1, 32] }),
+    );
+    const closing = pool.close(2000);
+    pool.crashOne(5);
+    const settled = await Promise.allSettled(pending);
+    await closing;
+    expect(settled).toHaveLength(64);
   });
 
   it("refuses work beyond the queue bound as overloaded and expired work as deadline_exceeded", async () => {

@@ -93,6 +93,8 @@ interface Slot {
   readonly id: number;
   worker: Worker;
   ready: boolean;
+  /** Set once its 'exit' was handled, so an exit is never handled twice. */
+  exited: boolean;
   busy?: { batch: number; jobs: Pending[]; started: number; from: number };
 }
 
@@ -125,7 +127,13 @@ export class WorkerPool {
     if (options.workers < 1 || options.maxBatch < 1)
       throw new RangeError("a pool needs at least one worker and maxBatch >= 1");
     const pool = new WorkerPool(options);
-    await Promise.all(Array.from({ length: options.workers }, (_, i) => pool.spawn(i)));
+    try {
+      await Promise.all(Array.from({ length: options.workers }, (_, i) => pool.spawn(i)));
+    } catch (err) {
+      // No half-started pool keeps respawning workers behind the caller's back.
+      await pool.close(0);
+      throw err;
+    }
     return pool;
   }
 
@@ -206,7 +214,7 @@ export class WorkerPool {
       backend: this.options.backend ?? "auto",
     };
     const worker = new Worker(workerFile(), { workerData: data });
-    const slot: Slot = { id, worker, ready: false };
+    const slot: Slot = { id, worker, ready: false, exited: false };
     this.slots[id] = slot;
     return new Promise((resolve, reject) => {
       worker.on("message", (msg: WorkerReply) => {
@@ -221,6 +229,7 @@ export class WorkerPool {
             break;
           case "fatal":
             reject(new Error(`inference worker could not start: ${msg.message}`));
+            void worker.terminate();
             break;
           case "done":
             this.finish(slot, msg.batch, (p, i) => {
@@ -238,7 +247,11 @@ export class WorkerPool {
       worker.on("error", (err) => {
         if (!slot.ready) reject(err);
       });
-      worker.on("exit", (code) => this.onExit(slot, code));
+      worker.on("exit", (code) => {
+        if (!slot.ready)
+          reject(new Error(`inference worker exited (code ${code}) before it was ready`));
+        this.onExit(slot, code);
+      });
     });
   }
 
@@ -262,10 +275,18 @@ export class WorkerPool {
   }
 
   private onExit(slot: Slot, code: number): void {
+    if (slot.exited) return;
+    slot.exited = true;
     const jobs = slot.busy?.jobs ?? [];
     slot.busy = undefined;
     slot.ready = false;
-    if (this.closing) return;
+    if (this.closing) {
+      for (const p of jobs)
+        p.reject(
+          new PoolError("internal", `inference worker exited (code ${code}) during shutdown`),
+        );
+      return;
+    }
     this.options.onWorkerExit?.({ worker: slot.id, code, inFlight: jobs.length });
     // Requests in a dead worker's hands run again once; a request that kills two workers fails.
     for (const p of jobs.reverse()) {
@@ -281,11 +302,14 @@ export class WorkerPool {
         this.queue.unshift(p);
       }
     }
+    // One replacement per exit; a replacement that fails to start exits too and schedules the next.
     const delay = Math.min(5_000, 50 * 2 ** this.restarts++);
     setTimeout(() => {
       if (this.closing) return;
-      this.spawn(slot.id).catch(() => this.onExit(this.slots[slot.id]!, -1));
+      this.spawn(slot.id).catch(() => {});
     }, delay).unref();
+    // Requeued requests may go to another worker that is idle now.
+    this.pump();
   }
 
   private pump(): void {
@@ -297,9 +321,9 @@ export class WorkerPool {
       if (!head) return;
       const idle = this.slots.find((s) => s.ready && !s.busy);
       if (!idle) return;
-      const same = this.queue.filter(
-        (p) => p.job.from === head.job.from && p.job.to === head.job.to,
-      );
+      // A batch shares its stage range, exit rule and sample shape.
+      const key = batchKey(head.job);
+      const same = this.queue.filter((p) => batchKey(p.job) === key);
       const waited = performance.now() - head.enqueued;
       if (
         same.length < this.options.maxBatch &&
@@ -351,4 +375,8 @@ export class WorkerPool {
     };
     slot.worker.postMessage(msg, [data.buffer as ArrayBuffer]);
   }
+}
+
+function batchKey(job: Job): string {
+  return `${job.from}:${job.to}:${job.ignoreExits ? 1 : 0}:${job.dims.join(",")}`;
 }

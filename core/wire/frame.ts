@@ -27,6 +27,24 @@ export type Compression = (typeof compressions)[number];
 
 const dim = z.number().int().nonnegative();
 
+/**
+ * True for a topic name a reply can be published to: not empty, no wildcard (+ #), no control
+ * character (U+0000-U+001F, U+007F-U+009F), no Unicode non-character (U+FDD0-U+FDEF, U+xFFFE,
+ * U+xFFFF) and no lone surrogate. MQTT forbids or discourages these in topic names; Mosquitto
+ * disconnects a client that publishes to one, so a reply to such a replyTo would knock the worker
+ * off the broker (and again on every reconnect, when the client resends it).
+ */
+export function isTopicName(topic: string): boolean {
+  if (topic.length === 0) return false;
+  for (const ch of topic) {
+    const c = ch.codePointAt(0) as number;
+    if (c === 0x2b || c === 0x23 || c <= 0x1f || (c >= 0x7f && c <= 0x9f)) return false;
+    if ((c >= 0xfdd0 && c <= 0xfdef) || (c & 0xfffe) === 0xfffe) return false;
+    if (c >= 0xd800 && c <= 0xdfff) return false;
+  }
+  return true;
+}
+
 /** Fields that describe the tensor body; shared by requests and (optionally) replies. */
 export const tensorHeaderSchema = z.object({
   dtype: z.enum(dtypes),
@@ -46,7 +64,10 @@ export const requestHeaderSchema = z.looseObject({
     .string()
     .min(1)
     .max(1024)
-    .refine((t) => !/[+#]/.test(t), "must be a topic name without wildcards"),
+    .refine(
+      isTopicName,
+      "must be a topic name without wildcards, control characters or non-characters",
+    ),
   deadline: z.number().finite().optional(),
   sentAt: z.number().finite().optional(),
   ...tensorHeaderSchema.shape,
@@ -161,9 +182,7 @@ export function decodeRequest(frame: Uint8Array): { header: RequestHeader; body:
     const where = issue.path.map(String).join(".") || "header";
     const id = typeof header.id === "string" && header.id.length > 0 ? header.id : undefined;
     const replyTo =
-      typeof header.replyTo === "string" &&
-      header.replyTo.length > 0 &&
-      !/[+#]/.test(header.replyTo)
+      typeof header.replyTo === "string" && isTopicName(header.replyTo)
         ? header.replyTo
         : undefined;
     throw new FrameError("bad_frame", `header field ${where}: ${issue.message}`, id, replyTo);
