@@ -1,7 +1,7 @@
 /**
- * A real Mosquitto 2 for benchmarks, on a free loopback port, configured from the project's
- * config/mosquitto.conf (set_tcp_nodelay true). Same approach as test/support/mosquitto.ts, kept
- * here so that `npm run build` does not have to compile the test tree into dist/.
+ * A real Mosquitto 2 on a free loopback port, configured from the project's config/mosquitto.conf
+ * (set_tcp_nodelay true), for benchmarks and tests. It lives under bench/ because `npm run build`
+ * compiles bench/ into dist/ but not the test tree; tests import it through test/support.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -13,7 +13,12 @@ import { packageRoot } from "../../cli/paths.js";
 export interface Broker {
   readonly url: string;
   readonly port: number;
+  /** The running broker's process id (changes on restart). */
   readonly pid: number | undefined;
+  /** SIGKILL, as a crash would. */
+  kill(): Promise<void>;
+  /** Starts it again on the same port. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -61,33 +66,43 @@ export async function startMosquitto(): Promise<Broker> {
   if (!/^set_tcp_nodelay true$/m.test(base))
     throw new Error("config/mosquitto.conf does not set set_tcp_nodelay true");
   writeFileSync(conf, base.replace(/^listener 1883$/m, `listener ${port} 127.0.0.1`));
-  const child: ChildProcess = spawn(mosquittoBinary, ["-c", conf], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => {
-    stderr = (stderr + d.toString()).slice(-4000);
-  });
-  const exited = new Promise<never>((_, reject) =>
-    child.once("exit", (code) => reject(new Error(`mosquitto exited (${code}): ${stderr}`))),
-  );
-  exited.catch(() => {});
-  await Promise.race([waitForPort(port, 10_000), exited]);
+  let child: ChildProcess | undefined;
+  const launch = async () => {
+    const c = spawn(mosquittoBinary, ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+    child = c;
+    let stderr = "";
+    c.stderr?.on("data", (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    const exited = new Promise<never>((_, reject) =>
+      c.once("exit", (code) => reject(new Error(`mosquitto exited (${code}): ${stderr}`))),
+    );
+    exited.catch(() => {});
+    await Promise.race([waitForPort(port, 10_000), exited]);
+  };
+  const halt = async (signal: NodeJS.Signals) => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => c.kill("SIGKILL"), 5_000);
+      c.once("exit", () => {
+        clearTimeout(t);
+        resolve();
+      });
+      c.kill(signal);
+    });
+  };
+  await launch();
   return {
     url: `mqtt://127.0.0.1:${port}`,
     port,
-    pid: child.pid,
+    get pid() {
+      return child?.pid;
+    },
+    kill: () => halt("SIGKILL"),
+    restart: launch,
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(() => child.kill("SIGKILL"), 5_000);
-          child.once("exit", () => {
-            clearTimeout(t);
-            resolve();
-          });
-          child.kill("SIGTERM");
-        });
-      }
+      await halt("SIGTERM");
       rmSync(dir, { recursive: true, force: true });
     },
   };
