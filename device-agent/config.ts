@@ -7,6 +7,7 @@ import {
   encodingFields,
   encodingSchema,
 } from "../core/runtime/tier.js";
+import { isTopicName } from "../core/wire/frame.js";
 
 export const agentFields = {
   ...commonFields,
@@ -52,6 +53,7 @@ export const agentSchema = z.object({
   deviceId: z
     .string()
     .regex(/^[^/+#\s]+$/, "must not contain / + # or spaces")
+    .refine(isTopicName, "must not contain control characters (it names the reply topic)")
     .default(() => hostname()),
   deadlineMs: intField(1, 600_000).default(250),
   source: z.array(z.enum(["http", "replay", "mqtt"])).default(["http"]),

@@ -35,6 +35,9 @@ describe("the shipped models through the fog", () => {
         "f32",
         "--compression",
         "none",
+        // Correctness, not latency: a loaded CI machine must not turn answers into degraded ones.
+        "--deadline-ms",
+        "10000",
         "--json",
       ]);
       expect(r.code).toBe(0);

@@ -108,7 +108,8 @@ export class StageService {
     const { client } = this.o;
     // Keep handling what arrives until the broker confirms the unsubscribe: those messages are
     // already acknowledged, so no other worker of the shared group would get them.
-    await client.unsubscribeAsync(this.filter).catch(() => {});
+    // Without a connection there is nothing to unsubscribe from (and waiting would last until a reconnect).
+    if (client.connected) await client.unsubscribeAsync(this.filter).catch(() => {});
     this.stopped = true;
     let onClose = () => {};
     const gone = new Promise<void>((resolve) => {
