@@ -4,9 +4,17 @@ import { describe, expect, it } from "vitest";
 import { agentFields, agentSchema } from "../device-agent/config.js";
 import { serverFields, serverSchema } from "../server/config.js";
 import { tempDir } from "../test/support/bundle-fixture.js";
-import { ConfigError, loadConfig, printable } from "./config.js";
+import { ConfigError, fieldHelp, loadConfig, printable } from "./config.js";
 
 describe("loadConfig", () => {
+  it("names each field's flag and environment variable in the help", () => {
+    const help = fieldHelp(serverFields);
+    expect(help).toMatch(/--broker VALUE .*\[env DDNN_BROKER_URL\]/);
+    expect(help).toMatch(/--threshold VALUE .*\[env DDNN_THRESHOLDS\]/);
+    expect(help).toMatch(/\(env DDNN_BROKER_PASSWORD only\)/);
+    expect(help).toMatch(/--max-delay-ms VALUE .*\[env DDNN_MAX_DELAY_MS\]/);
+  });
+
   it("takes flags over environment over file over defaults", () => {
     const file = join(tempDir(), "server.yaml");
     writeFileSync(

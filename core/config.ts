@@ -113,9 +113,9 @@ export function fieldHelp(fields: FieldTable): string {
   return Object.entries(fields)
     .map(([key, spec]) => {
       const flag = spec.secret
-        ? `(env ${envName(key)} only)`
+        ? `(env ${envName(key, spec)} only)`
         : `--${kebab(key)}${spec.type === "string" ? " VALUE" : ""}`;
-      return `  ${flag.padEnd(30)} ${spec.help}${spec.secret ? "" : ` [env ${envName(key)}]`}`;
+      return `  ${flag.padEnd(30)} ${spec.help}${spec.secret ? "" : ` [env ${envName(key, spec)}]`}`;
     })
     .join("\n");
 }
