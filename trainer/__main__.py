@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (L2)")
     t.add_argument("--exit-weights", default=None,
                    help="comma-separated loss weight per exit, device first (default: 1 for every exit)")
+    t.add_argument("--feature-l1", type=float, default=0.0, metavar="LAMBDA",
+                   help="L1 activity penalty: adds LAMBDA times the mean |value| of every non-last stage's "
+                        "features to the joint loss (0: off). BatchNorm lets the network shrink the features "
+                        "instead of zeroing them, so --feature-hoyer buys more zeros per point of accuracy")
+    t.add_argument("--feature-hoyer", type=float, default=0.0, metavar="LAMBDA",
+                   help="sparsity penalty: adds LAMBDA times the Hoyer measure ||f||_1 / (||f||_2 sqrt(n)) of "
+                        "each sample's features f (n values; every non-last stage, mean over the batch) to the "
+                        "joint loss. Scale-free, so it lowers only by zeroing values: the features sent between "
+                        "tiers become mostly exact zeros and u8q+deflate frames shrink (0: off; "
+                        "the shipped models use 1.5, deep3 2)")
     t.add_argument("--augment", action="store_true", help="random horizontal flips and 2-pixel shifts while training")
     t.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the data order")
     t.add_argument("--threads", type=int, default=1, help=THREADS_HELP)

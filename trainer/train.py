@@ -21,7 +21,7 @@ from . import calibrate
 from .data import Split, channel_stats, load_dataset, preprocess
 from .evaluate import infer
 from .export import write_bundle
-from .models import DDNN, STAGE_NAMES, build_model, stage_macs
+from .models import DDNN, STAGE_NAMES, build_model, run_stages, stage_macs
 
 SCALE = 1.0 / 255.0
 
@@ -57,11 +57,40 @@ def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 2) -> np.nd
     return out
 
 
+def feature_l1(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """--feature-l1: the mean |value| over the batch and the elements of every non-last stage's
+    features, summed over the stages. BatchNorm right before the ReLU can shrink the features'
+    scale to lower this without making them sparser, so it buys few zeros per point of accuracy."""
+    total = torch.zeros(())
+    for f in features:
+        total = total + f.abs().mean()
+    return total
+
+
+def feature_hoyer(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """--feature-hoyer: the Hoyer sparsity measure ||f||_1 / (||f||_2 sqrt(n)) of each sample's
+    features (n values), mean over the batch, summed over the non-last stages. It lies in
+    [1/sqrt(n), 1], is 1 for a constant tensor and small when a few values carry the mass, and does
+    not change when the features are scaled, so the network can lower it only by zeroing values
+    (its BatchNorm shifts move below zero), never by shrinking them; u8q quantizes per tensor
+    against the largest value, so that scale-free sparsity is what the wire sees."""
+    total = torch.zeros(())
+    for f in features:
+        flat = f.flatten(1)
+        l1 = flat.abs().sum(1)
+        l2 = flat.pow(2).sum(1).add(1e-12).sqrt()
+        total = total + (l1 / l2).mean() / math.sqrt(flat.shape[1])
+    return total
+
+
 def train_model(model: DDNN, train: Split, input_spec: dict[str, Any], *, epochs: int, batch_size: int,
                 lr: float, weight_decay: float, exit_weights: Sequence[float], seed: int,
-                use_augment: bool, log: Any = print) -> None:
-    """Adam on the weighted sum of the exits' cross-entropy, cosine learning-rate decay; the data
-    order comes from a numpy Generator seeded with `seed`, so a run repeats exactly."""
+                use_augment: bool, feature_l1_weight: float = 0.0, feature_hoyer_weight: float = 0.0,
+                log: Any = print) -> None:
+    """Adam on the weighted sum of the exits' cross-entropy (plus the weighted activity penalties
+    `feature_l1` and `feature_hoyer` on the non-last stages' features, each only when its weight is
+    not 0), cosine learning-rate decay; the data order comes from a numpy Generator seeded with
+    `seed`, so a run repeats exactly."""
     rng = np.random.default_rng(seed)
     n = len(train.labels)
     steps_per_epoch = max(1, n // batch_size)
@@ -75,6 +104,8 @@ def train_model(model: DDNN, train: Split, input_spec: dict[str, Any], *, epochs
         loss_sum = 0.0
         correct = np.zeros(len(model.stages))
         seen = 0
+        penalty_sums = {"L1": 0.0, "Hoyer": 0.0}
+        zeros = np.zeros(len(model.stages) - 1)
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             pixels = train.images[idx]
@@ -82,8 +113,14 @@ def train_model(model: DDNN, train: Split, input_spec: dict[str, Any], *, epochs
                 pixels = augment(pixels, rng)
             x = torch.from_numpy(preprocess(pixels, input_spec["scale"], input_spec["mean"], input_spec["std"]))
             y = torch.from_numpy(train.labels[idx])
-            outputs = model(x)
+            features, outputs = run_stages(model, x)
             loss = sum(w * F.cross_entropy(o, y) for w, o in zip(exit_weights, outputs))
+            for key, weight, penalty_fn in (("L1", feature_l1_weight, feature_l1),
+                                            ("Hoyer", feature_hoyer_weight, feature_hoyer)):
+                if weight:
+                    penalty = penalty_fn(features)
+                    loss = loss + weight * penalty
+                    penalty_sums[key] += float(penalty) * len(idx)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -91,8 +128,14 @@ def train_model(model: DDNN, train: Split, input_spec: dict[str, Any], *, epochs
             loss_sum += float(loss) * len(idx)
             seen += len(idx)
             correct += [int((o.argmax(1) == y).sum()) for o in outputs]
+            zeros += [float((f == 0).float().mean()) * len(idx) for f in features]
         accs = "  ".join(f"{name} {100 * c / seen:.2f}%" for name, c in zip(model.names, correct))
-        log(f"epoch {epoch}/{epochs}  loss {loss_sum / seen:.4f}  train acc: {accs}  "
+        # Share of exact zeros in the features each non-last stage sends (train mode: batch statistics).
+        sparsity = "  ".join(f"{name} {100 * z / seen:.1f}%" for name, z in zip(model.names, zeros))
+        penalties = "".join(f"  feature {key} {total / seen:.4f}" for key, total, weight in
+                            (("L1", penalty_sums["L1"], feature_l1_weight),
+                             ("Hoyer", penalty_sums["Hoyer"], feature_hoyer_weight)) if weight)
+        log(f"epoch {epoch}/{epochs}  loss {loss_sum / seen:.4f}{penalties}  train acc: {accs}  zero features: {sparsity}  "
             f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.1f}s")
 
 
@@ -144,7 +187,8 @@ def main(args: Any) -> int:
 
     t0 = time.time()
     train_model(model, train, input_spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                weight_decay=args.weight_decay, exit_weights=weights, seed=args.seed, use_augment=args.augment)
+                weight_decay=args.weight_decay, exit_weights=weights, seed=args.seed, use_augment=args.augment,
+                feature_l1_weight=args.feature_l1, feature_hoyer_weight=args.feature_hoyer)
     train_seconds = time.time() - t0
     print(f"training took {train_seconds:.1f}s")
 
@@ -164,6 +208,11 @@ def main(args: Any) -> int:
     config["training"] = {"arch": args.arch, "dataset": data.name, "epochs": args.epochs, "batchSize": args.batch_size,
                           "lr": args.lr, "weightDecay": args.weight_decay, "exitWeights": weights, "seed": args.seed,
                           "augment": args.augment, "trainSamples": int(len(train.labels))}
+    # Only when set, so commands without them still write the same bytes as before the flags existed.
+    if args.feature_l1:
+        config["training"]["featureL1"] = args.feature_l1
+    if args.feature_hoyer:
+        config["training"]["featureHoyer"] = args.feature_hoyer
     name = args.name or os.path.basename(os.path.normpath(args.out))
     write_bundle(args.out, model, arch=args.arch, config=config, name=name, version=args.version,
                  labels=data.labels, input_spec=input_spec, thresholds=thresholds, opset=args.opset,

@@ -31,7 +31,7 @@ export function bundlePath(flag: string | undefined): string {
   const path = flag ?? shipped().bundle;
   if (!existsSync(path) || (!path.endsWith(".tar.gz") && !existsSync(join(path, "ddnn.json"))))
     throw new Error(
-      `bundle ${path} does not exist (the shipped one is trained by: /usr/bin/python3 -m trainer train --arch deep --epochs 15 --augment --out models/fashion-deep); pass --bundle DIR`,
+      `bundle ${path} does not exist (the shipped one is trained by: /usr/bin/python3 -m trainer train --arch deep --epochs 10 --feature-hoyer 1.5 --out models/fashion-deep); pass --bundle DIR`,
     );
   return path;
 }
