@@ -99,11 +99,9 @@ export const inferencePlugin =
       const shape = input.shape.length === inputShape.length ? [1, ...input.shape] : input.shape;
       const n = shape[0] ?? 0;
       if (n > MAX_SAMPLES_PER_REQUEST) {
-        return reply
-          .code(413)
-          .send({
-            error: `inputs[0].shape: ${n} samples in one request; send at most ${MAX_SAMPLES_PER_REQUEST}`,
-          });
+        return reply.code(413).send({
+          error: `inputs[0].shape: ${n} samples in one request; send at most ${MAX_SAMPLES_PER_REQUEST}`,
+        });
       }
       const fits =
         shape.length === inputShape.length + 1 &&
