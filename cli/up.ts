@@ -187,6 +187,7 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
           replayIndices: Array.from({ length: count }, (_, i) => i).filter(
             (i) => i % cfg.devices === d,
           ),
+          replayWaitForUpstreamMs: 10_000,
           onReplayAnswer: (answer, index) =>
             rows.push({ index, truth: labels.data[index] ?? 0, answer }),
         },

@@ -35,6 +35,12 @@ export interface AgentHooks {
   onReplayAnswer?(answer: Answer, index: number, truth: number | undefined): void;
   /** Which replay items this agent takes (default all). */
   replayIndices?: readonly number[];
+  /**
+   * Before replaying, wait up to this long for the upstream path (broker connected, reply topic
+   * subscribed), so a measurement does not start with answers degraded by start-up. Default 0:
+   * a camera starts at once and answers locally until the broker is there.
+   */
+  replayWaitForUpstreamMs?: number;
 }
 
 export async function startAgent(
@@ -123,6 +129,8 @@ export async function startAgent(
       throw new RangeError("--replay-images is required with --source replay");
     const images = await readIdx(config.replayImages);
     const labels = config.replayLabels ? await readIdx(config.replayLabels) : undefined;
+    const until = Date.now() + (hooks.replayWaitForUpstreamMs ?? 0);
+    while (!offload.subscribed && Date.now() < until) await sleep(10);
     replayDone = replay(
       agent,
       images,
