@@ -19,6 +19,7 @@ Commands:
   server    the server tier (MQTT worker pool, HTTP inference)
   gateway   the edge tier (middle stages)
   agent     the device tier (first stage, offload, local fallback)
+  operator  the Kubernetes controller for DDNNModel resources
 
 Run "ddnn <command> --help" for a command's flags.
 `;
