@@ -1,5 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { type FixtureStage, smallStages, writeBundle } from "../test/support/bundle-fixture.js";
+import {
+  type FixtureStage,
+  pseudoPixels,
+  smallStages,
+  writeBundle,
+} from "../test/support/bundle-fixture.js";
 import { forward } from "../test/support/onnx-model.js";
 import { accuracyReport, adaptiveDecisions } from "./evaluation.js";
 import { argmax, ExitPolicy, normalizedEntropy } from "./exit.js";
@@ -7,11 +12,7 @@ import { isForward, Pipeline } from "./pipeline.js";
 import { preprocess } from "./preprocess.js";
 
 function pixels(n: number, perSample: number, seed = 3): Uint8Array {
-  let s = seed;
-  return Uint8Array.from({ length: n * perSample }, () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s >>> 24;
-  });
+  return pseudoPixels(n, perSample, seed);
 }
 
 function fourStages(): FixtureStage[] {

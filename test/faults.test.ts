@@ -16,7 +16,7 @@ import { encodeTensor } from "../core/wire/tensor.js";
 import type { Answer } from "../device-agent/agent.js";
 import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
-import { type FixtureStage, writeBundle } from "./support/bundle-fixture.js";
+import { type FixtureStage, pseudoPixels, writeBundle } from "./support/bundle-fixture.js";
 import { startFog, waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
 
@@ -40,11 +40,7 @@ const stages: FixtureStage[] = [
 ];
 
 function pixels(n: number, seed: number): Uint8Array {
-  let s = seed;
-  return Uint8Array.from({ length: n * 12 }, () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s >>> 24;
-  });
+  return pseudoPixels(n, 12, seed);
 }
 
 const sample = (px: Uint8Array, i: number) => px.subarray(i * 12, (i + 1) * 12);

@@ -5,17 +5,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EmbeddedBroker, startEmbeddedBroker } from "../cli/broker.js";
 import { Pipeline } from "../core/pipeline.js";
-import { type FixtureStage, writeBundle } from "./support/bundle-fixture.js";
+import { type FixtureStage, pseudoPixels, writeBundle } from "./support/bundle-fixture.js";
 import { startFog } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
-
-function pixels(n: number, perSample: number, seed: number): Uint8Array {
-  let s = seed;
-  return Uint8Array.from({ length: n * perSample }, () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s >>> 24;
-  });
-}
 
 function stagesOf(k: number): FixtureStage[] {
   const names = ["cam", "gw", "rack", "cloud"].slice(0, k);
@@ -57,7 +49,7 @@ describe("the distributed run gives the in-process pipeline's answers", () => {
         }).dir;
         const reference = await Pipeline.load(dir);
         const n = 300;
-        const px = pixels(n, 12, k + 1);
+        const px = pseudoPixels(n, 12, k + 1);
         const expected = await reference.infer(px, n);
         const fog = await startFog({
           bundle: dir,

@@ -19,7 +19,13 @@ import { fromHalf, toHalf } from "../core/wire/half.js";
 import { encodeTensor } from "../core/wire/tensor.js";
 import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
-import { type FixtureStage, smallStages, tempDir, writeBundle } from "./support/bundle-fixture.js";
+import {
+  type FixtureStage,
+  pseudoPixels,
+  smallStages,
+  tempDir,
+  writeBundle,
+} from "./support/bundle-fixture.js";
 import { waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
 import { python, root } from "./support/run.js";
@@ -57,14 +63,6 @@ function threeStages(): FixtureStage[] {
   ];
 }
 
-function pixels(n: number, perSample: number, seed: number): Uint8Array {
-  let s = seed;
-  return Uint8Array.from({ length: n * perSample }, () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s >>> 24;
-  });
-}
-
 interface Served {
   dir: string;
   reference: Pipeline;
@@ -93,7 +91,7 @@ async function serve(dir: string, stages: string[]): Promise<Served> {
 async function deviceFeatures(p: Pipeline, n: number, seed: number): Promise<Float32Array[]> {
   const perSample = p.samplePixels;
   const never = new ExitPolicy(p.policy.thresholds.map((t, i) => (i === 0 ? 0 : t)));
-  const results = await p.runRange(0, 0, p.inputTensor(pixels(n, perSample, seed), n), never);
+  const results = await p.runRange(0, 0, p.inputTensor(pseudoPixels(n, perSample, seed), n), never);
   return results.map((r) => {
     if (!isForward(r)) throw new Error("stage 0 answered although its threshold is 0");
     return r.forward.features;

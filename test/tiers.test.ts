@@ -11,7 +11,7 @@ import { makeLogger } from "../core/runtime/tier.js";
 import { agentSchema } from "../device-agent/config.js";
 import { pixelsToPng } from "../device-agent/image.js";
 import { startAgent } from "../device-agent/main.js";
-import { type FixtureStage, tempDir, writeBundle } from "./support/bundle-fixture.js";
+import { type FixtureStage, pseudoPixels, tempDir, writeBundle } from "./support/bundle-fixture.js";
 import { type Fog, startFog, waitFor } from "./support/fog.js";
 
 const stages: FixtureStage[] = [
@@ -38,11 +38,7 @@ const stages: FixtureStage[] = [
 const input = { shape: [1, 6, 6], mean: [0.5], std: [0.5] };
 
 function pixels(n: number, seed: number): Uint8Array {
-  let s = seed;
-  return Uint8Array.from({ length: n * 36 }, () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s >>> 24;
-  });
+  return pseudoPixels(n, 36, seed);
 }
 
 let broker: EmbeddedBroker;

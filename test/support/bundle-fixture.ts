@@ -16,6 +16,15 @@ export interface Fixture {
   stages: FixtureStage[];
 }
 
+/** Deterministic u8 pixels (a small LCG) for `n` samples of `perSample` values each. */
+export function pseudoPixels(n: number, perSample: number, seed: number): Uint8Array {
+  let s = seed;
+  return Uint8Array.from({ length: n * perSample }, () => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    return s >>> 24;
+  });
+}
+
 export function tempDir(prefix = "ddnn-test-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
