@@ -5,7 +5,7 @@
  */
 import type { Logger } from "pino";
 import { z } from "zod";
-import { type FieldTable, intField } from "../core/config.js";
+import type { FieldTable } from "../core/config.js";
 import { type RunningTier, startStageTier } from "../core/runtime/stage-tier.js";
 import {
   commonFields,
@@ -13,33 +13,20 @@ import {
   encodingFields,
   encodingSchema,
   makeLogger,
+  type PoolDefaults,
+  poolFields,
+  poolSchema,
 } from "../core/runtime/tier.js";
+
+const pool: PoolDefaults = { workers: 1, maxBatch: 16, maxQueue: 512 };
 
 export const gatewayFields = {
   ...commonFields,
   ...encodingFields,
-  workers: { type: "string", help: "inference worker threads (default 1)" },
-  maxBatch: { type: "string", help: "largest micro-batch (default 16)" },
-  maxDelayMs: {
-    type: "string",
-    help: "longest wait to fill a batch, ms, fractions allowed (default 0: batches form from what queues while the workers are busy)",
-  },
-  maxQueue: { type: "string", help: "requests that may wait before overloaded (default 512)" },
-  maxFrameBytes: {
-    type: "string",
-    help: "largest request frame accepted, bytes (default 4194304)",
-  },
+  ...poolFields(pool),
 } satisfies FieldTable;
 
-export const gatewaySchema = z.object({
-  ...commonSchema,
-  ...encodingSchema,
-  workers: intField(1, 64).default(1),
-  maxBatch: intField(1, 4096).default(16),
-  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(0),
-  maxQueue: intField(1, 1_000_000).default(512),
-  maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
-});
+export const gatewaySchema = z.object({ ...commonSchema, ...encodingSchema, ...poolSchema(pool) });
 
 export type GatewayConfig = z.infer<typeof gatewaySchema>;
 

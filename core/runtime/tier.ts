@@ -129,3 +129,44 @@ export function resolveModel(manifest: Manifest, model: string | undefined): Mod
 export function makeLogger(level: string, tier: string): Logger {
   return pino({ level, base: { tier, host: hostname() } }, pino.destination(2));
 }
+
+/** Defaults of a tier's worker pool (server and gateway differ). */
+export interface PoolDefaults {
+  readonly workers: number;
+  readonly maxBatch: number;
+  readonly maxQueue: number;
+}
+
+/** Flags of a tier that runs a worker pool. */
+export function poolFields(d: PoolDefaults) {
+  return {
+    workers: { type: "string", help: `inference worker threads (default ${d.workers})` },
+    maxBatch: { type: "string", help: `largest micro-batch (default ${d.maxBatch})` },
+    maxDelayMs: {
+      type: "string",
+      help: "longest wait to fill a batch, ms, fractions allowed (default 0: batches form from what queues while the workers are busy)",
+    },
+    maxQueue: {
+      type: "string",
+      help: `requests that may wait; beyond this they are answered overloaded (default ${d.maxQueue})`,
+    },
+    maxFrameBytes: {
+      type: "string",
+      help: "largest request frame accepted, bytes (default 4194304)",
+    },
+  } satisfies FieldTable;
+}
+
+export function poolSchema(d: PoolDefaults) {
+  return {
+    workers: intField(1, 64).default(d.workers),
+    maxBatch: intField(1, 4096).default(d.maxBatch),
+    maxDelayMs: z.coerce
+      .number()
+      .min(0, "must be >= 0")
+      .max(1000, "must be at most 1000")
+      .default(0),
+    maxQueue: intField(1, 1_000_000).default(d.maxQueue),
+    maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
+  };
+}
