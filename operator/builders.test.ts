@@ -193,7 +193,7 @@ describe("builders", () => {
     });
     expect(device.spec!.template.spec!.volumes).toContainEqual({
       name: "replay",
-      hostPath: { path: "/data/fashion", type: "Directory" },
+      hostPath: { path: "/data/fashion/t10k.idx", type: "File" },
     });
     expect(device.spec!.template.spec!.containers[0]!.ports![0]!.hostPort).toBeUndefined();
   });

@@ -359,11 +359,12 @@ export function buildDeviceDaemonSet(input: BuildInput): V1DaemonSet {
     resources: resources(device.resources),
   });
   if (source.replay) {
-    const dir = source.replay.path.replace(/\/[^/]*$/, "") || "/";
-    template.spec!.volumes!.push({ name: "replay", hostPath: { path: dir, type: "Directory" } });
+    // Mount the file itself: a file at / would otherwise mount the node's root over the container's.
+    const path = source.replay.path;
+    template.spec!.volumes!.push({ name: "replay", hostPath: { path, type: "File" } });
     template.spec!.containers[0]!.volumeMounts!.push({
       name: "replay",
-      mountPath: dir,
+      mountPath: path,
       readOnly: true,
     });
   }
@@ -399,7 +400,9 @@ export function buildBrokerDeployment(input: BuildInput): V1Deployment {
     ports: [{ name: "mqtt", containerPort: MQTT_PORT, protocol: "TCP" }],
     readinessProbe: { tcpSocket: { port: "mqtt" }, periodSeconds: 5 },
     livenessProbe: { tcpSocket: { port: "mqtt" }, periodSeconds: 10, failureThreshold: 6 },
-    securityContext: SECURITY_CONTEXT,
+    // Started as root, Mosquitto would drop to its own user, which needs CAP_SETUID/SETGID;
+    // run it as that user (1883 in the eclipse-mosquitto image) from the start instead.
+    securityContext: { ...SECURITY_CONTEXT, runAsUser: 1883, runAsGroup: 1883, runAsNonRoot: true },
     volumeMounts: [{ name: "config", mountPath: "/mosquitto/config", readOnly: true }],
   };
   const r = resources(managed.resources);

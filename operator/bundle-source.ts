@@ -33,7 +33,8 @@ export interface BundleVerifierOptions {
   failureTtlMs?: number;
 }
 
-const MAX_BUNDLE_BYTES = 512 * 1024 * 1024;
+// Bundles are held in memory (and unpacked there): keep well inside the operator's memory limit.
+const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 const CACHE_SIZE = 64;
 
 export class BundleVerifier {

@@ -162,9 +162,9 @@ export function buildCrd(): Schema {
               required: ["spec"],
               "x-kubernetes-validations": [
                 {
-                  rule: "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+                  rule: "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
                   message:
-                    "metadata.name must be a DNS label (a-z, 0-9, -): it names Services such as <name>-server",
+                    "metadata.name must be a DNS label starting with a letter (a-z, 0-9, -): it names Services such as <name>-server",
                 },
                 {
                   rule: "self.metadata.name.size() <= 56",

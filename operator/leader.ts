@@ -92,7 +92,16 @@ export class LeaderElector {
     while (!signal.aborted) {
       await defaultDelay(this.retry, signal);
       if (signal.aborted) break;
-      const renewed = await this.attempt();
+      // A renew that hangs must not outlive the renew deadline: by then another replica may lead.
+      const budget = Math.max(0, this.renewDeadline - (Date.now() - lastRenew));
+      let timer: NodeJS.Timeout | undefined;
+      const renewed = await Promise.race([
+        this.attempt(),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), budget);
+        }),
+      ]);
+      clearTimeout(timer);
       if (renewed) {
         lastRenew = Date.now();
         continue;

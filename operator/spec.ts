@@ -199,8 +199,9 @@ const broker = cel(
     external: described(
       z.object({
         url: matching(
-          "^(mqtts?|wss?|tcp|ssl)://[^\\s]+$",
-          "broker.external.url must be an mqtt://, mqtts://, ws:// or wss:// URL",
+          // The tiers speak MQTT over TCP or TLS; user:pass@ would put the password in every Pod spec.
+          "^(mqtts?|tcp)://[^\\s@/]+(/[^\\s]*)?$",
+          "broker.external.url must be mqtt://host:port or mqtts://host:port, without credentials (they go in secretRef)",
           2048,
         ),
         secretRef: described(
