@@ -80,64 +80,71 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
   const applied: string[] = [];
   const deleted: string[] = [];
   const gone = new Set<string>();
-  if (check.ok) {
-    const desired = buildOwnedObjects({
-      model,
-      bundle: check.facts,
-      plan: check.plan,
-      images: ctx.images,
-    }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
-    for (const obj of desired) {
-      const kind = obj.kind as OwnedKind;
-      const objName = obj.metadata!.name!;
-      const cache = ctx.owned[kind];
-      if (isApplied(cache.get(namespace, objName), obj)) continue;
-      try {
-        const result = await ctx.client.apply(
-          resourceOf(kind, namespace, objName),
-          obj,
-          FIELD_MANAGER,
-          true,
-        );
-        cache.upsert(result);
-      } catch (err) {
-        await ctx.events.record(
-          model,
-          "Warning",
-          "ApplyFailed",
-          `${kind} ${objName}: ${(err as Error).message}`,
-        );
-        throw err;
-      }
-      applied.push(`${kind} ${objName}`);
-    }
-    const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata!.name}`));
-    for (const { kind } of OWNED_KINDS) {
-      const stale = ctx.owned[kind].list(
-        (o) =>
-          o.metadata?.namespace === namespace &&
-          controlledBy(o, model.metadata.uid) &&
-          !keep.has(`${kind}/${o.metadata?.name}`),
-      );
-      for (const o of stale) {
-        const objName = o.metadata!.name!;
+  // A write that fails still gets the status written (Ready=False, ApplyFailed, this generation)
+  // before the error goes back to the queue for a retry with backoff.
+  let failure: unknown;
+  try {
+    if (check.ok) {
+      const desired = buildOwnedObjects({
+        model,
+        bundle: check.facts,
+        plan: check.plan,
+        images: ctx.images,
+      }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
+      for (const obj of desired) {
+        const kind = obj.kind as OwnedKind;
+        const objName = obj.metadata!.name!;
+        const cache = ctx.owned[kind];
+        if (isApplied(cache.get(namespace, objName), obj)) continue;
         try {
-          await ctx.client.delete(resourceOf(kind, namespace, objName), { uid: o.metadata?.uid });
+          const result = await ctx.client.apply(
+            resourceOf(kind, namespace, objName),
+            obj,
+            FIELD_MANAGER,
+            true,
+          );
+          cache.upsert(result);
         } catch (err) {
-          if (!(err instanceof KubeError && (err.status === 404 || err.status === 409))) {
-            await ctx.events.record(
-              model,
-              "Warning",
-              "DeleteFailed",
-              `${kind} ${objName}: ${(err as Error).message}`,
-            );
-            throw err;
-          }
+          await ctx.events.record(
+            model,
+            "Warning",
+            "ApplyFailed",
+            `${kind} ${objName}: ${(err as Error).message}`,
+          );
+          throw err;
         }
-        gone.add(`${kind}/${objName}`);
-        deleted.push(`${kind} ${objName}`);
+        applied.push(`${kind} ${objName}`);
+      }
+      const keep = new Set(desired.map((o) => `${o.kind}/${o.metadata!.name}`));
+      for (const { kind } of OWNED_KINDS) {
+        const stale = ctx.owned[kind].list(
+          (o) =>
+            o.metadata?.namespace === namespace &&
+            controlledBy(o, model.metadata.uid) &&
+            !keep.has(`${kind}/${o.metadata?.name}`),
+        );
+        for (const o of stale) {
+          const objName = o.metadata!.name!;
+          try {
+            await ctx.client.delete(resourceOf(kind, namespace, objName), { uid: o.metadata?.uid });
+          } catch (err) {
+            if (!(err instanceof KubeError && (err.status === 404 || err.status === 409))) {
+              await ctx.events.record(
+                model,
+                "Warning",
+                "DeleteFailed",
+                `${kind} ${objName}: ${(err as Error).message}`,
+              );
+              throw err;
+            }
+          }
+          gone.add(`${kind}/${objName}`);
+          deleted.push(`${kind} ${objName}`);
+        }
       }
     }
+  } catch (err) {
+    failure = err;
   }
 
   const live = <T>(kind: OwnedKind, component: "broker" | "server" | "edge" | "device") => {
@@ -152,7 +159,13 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     edge: live<V1Deployment>("Deployment", "edge"),
     device: live<V1DaemonSet>("DaemonSet", "device"),
   };
-  const status = desiredStatus(model, check, observed, (ctx.now ?? (() => new Date()))());
+  const status = desiredStatus(
+    model,
+    check,
+    observed,
+    (ctx.now ?? (() => new Date()))(),
+    failure === undefined ? undefined : (failure as Error).message,
+  );
   if (!sameStatus(model.status, status)) {
     const updated = await ctx.client.mergePatch(
       { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
@@ -162,6 +175,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     ctx.models.upsert(updated);
   }
 
+  if (failure !== undefined) throw failure;
   await recordEvents(ctx, model, status, applied, deleted);
   if (applied.length || deleted.length)
     ctx.log.info(`${key}: applied [${applied.join(", ")}] deleted [${deleted.join(", ")}]`);

@@ -127,6 +127,24 @@ describe("conditions", () => {
     expect(c.Ready).toMatchObject({ status: "True" });
   });
 
+  it("say Ready=False with ApplyFailed for this generation when a write failed", () => {
+    const s = desiredStatus(
+      model,
+      ok,
+      all,
+      new Date(0),
+      "Deployment fashion-server: exceeded quota",
+    );
+    const ready = s.conditions?.find((c) => c.type === "Ready");
+    expect(ready).toMatchObject({
+      status: "False",
+      reason: "ApplyFailed",
+      message: "Deployment fashion-server: exceeded quota",
+    });
+    expect(ready?.observedGeneration).toBe(model.metadata.generation);
+    expect(s.observedGeneration).toBe(model.metadata.generation);
+  });
+
   it("count devices from the DaemonSet", () => {
     const s = desiredStatus(model, ok, { ...all, device: daemonSet(2, 3) }, new Date(0));
     expect(s.devices).toEqual({ desired: 3, ready: 2, updated: 3 });

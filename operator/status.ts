@@ -255,14 +255,16 @@ export function desiredStatus(
   check: BundleCheck,
   observed: Observed,
   now: Date,
+  /** Why applying or pruning an owned object failed in this reconcile, if it did. */
+  applyError?: string,
 ): DDNNModelStatus {
   const previous = model.status ?? {};
-  const conditions = mergeConditions(
-    previous.conditions,
-    wantedConditions(model, check, observed),
-    model.metadata.generation,
-    now,
+  const wanted = wantedConditions(model, check, observed).map((c) =>
+    c.type === "Ready" && applyError !== undefined
+      ? { ...c, status: "False" as const, reason: "ApplyFailed", message: applyError }
+      : c,
   );
+  const conditions = mergeConditions(previous.conditions, wanted, model.metadata.generation, now);
   const devices = devicesOf(observed.device);
   const status: DDNNModelStatus = {
     observedGeneration: model.metadata.generation,
