@@ -9,9 +9,8 @@ import { readIdx } from "../core/dataset/idx.js";
 import { type TierMetrics, tierMetrics } from "../core/metrics.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
 import { healthPlugin, httpApp, listen, metricsPlugin } from "../core/runtime/http.js";
-import { connectBroker, safeBrokerUrl } from "../core/runtime/mqtt.js";
 import { OffloadClient } from "../core/runtime/offload-client.js";
-import { makeLogger, resolveModel, stageRange } from "../core/runtime/tier.js";
+import { connectTierBroker, makeLogger, resolveModel, stageRange } from "../core/runtime/tier.js";
 import { modelKey, replyTopic } from "../core/topics.js";
 import { Agent, type Answer } from "./agent.js";
 import type { AgentConfig } from "./config.js";
@@ -69,12 +68,7 @@ export async function startAgent(
       return i;
     }),
   );
-  const client = connectBroker({
-    url: config.broker,
-    clientId: `ddnn-device-${config.deviceId}-${Math.random().toString(16).slice(2, 8)}`,
-    ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
-    ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
-  });
+  const client = connectTierBroker(config, `ddnn-device-${config.deviceId}`, metrics, log);
   const offload = new OffloadClient({
     client,
     model,
@@ -83,12 +77,7 @@ export async function startAgent(
     encoding: { dtype: config.dtype, compression: config.compression },
     idPrefix: config.deviceId,
   });
-  client.on("connect", () => {
-    metrics.brokerConnected.set(1);
-    log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
-  });
   client.on("close", () => {
-    metrics.brokerConnected.set(0);
     // Requests waiting on a dead connection will not be answered: answer them locally now.
     offload.failAll("broker_unreachable", "connection to the broker closed");
   });

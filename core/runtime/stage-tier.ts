@@ -13,9 +13,8 @@ import { exitPolicyFor } from "../pipeline.js";
 import { type ModelRef, modelKey } from "../topics.js";
 import type { Compression, WireDtype } from "../wire/frame.js";
 import { healthPlugin, httpApp, listen, metricsPlugin } from "./http.js";
-import { connectBroker, safeBrokerUrl } from "./mqtt.js";
 import { StageService } from "./stage-service.js";
-import { resolveModel, stageRange } from "./tier.js";
+import { connectTierBroker, resolveModel, stageRange } from "./tier.js";
 import { WorkerPool } from "./worker-pool.js";
 
 export interface StageTierConfig {
@@ -102,18 +101,13 @@ export async function startStageTier(
   let service: StageService;
   let port: number;
   try {
-    client = connectBroker({
-      url: config.broker,
-      clientId: `ddnn-${spec.tier}-${model.name}-${process.pid}-${Math.random().toString(16).slice(2, 8)}`,
-      ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
-      ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
-    });
+    client = connectTierBroker(
+      config,
+      `ddnn-${spec.tier}-${model.name}-${process.pid}`,
+      metrics,
+      log,
+    );
     const mqtt = client;
-    client.on("connect", () => {
-      metrics.brokerConnected.set(1);
-      log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
-    });
-    client.on("close", () => metrics.brokerConnected.set(0));
     service = new StageService({
       client,
       bundle,

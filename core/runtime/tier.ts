@@ -1,5 +1,6 @@
 /** What the server, gateway and device agent programs share: common configuration and start-up. */
 import { hostname } from "node:os";
+import type { MqttClient } from "mqtt";
 import { type Logger, pino } from "pino";
 import { z } from "zod";
 import type { Manifest } from "../bundle/manifest.js";
@@ -10,8 +11,10 @@ import {
   intField,
   thresholdsField,
 } from "../config.js";
+import type { TierMetrics } from "../metrics.js";
 import { type ModelRef, parseModelRef } from "../topics.js";
 import { compressions, dtypes } from "../wire/frame.js";
+import { connectBroker, safeBrokerUrl } from "./mqtt.js";
 
 export const commonFields = {
   bundle: {
@@ -169,4 +172,32 @@ export function poolSchema(d: PoolDefaults) {
     maxQueue: intField(1, 1_000_000).default(d.maxQueue),
     maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
   };
+}
+
+/**
+ * A tier's broker connection: credentials from the configuration, the ddnn_broker_connected gauge
+ * kept up to date, and each (re)connection logged without secrets.
+ */
+export function connectTierBroker(
+  config: {
+    broker: string;
+    brokerUsername?: string | undefined;
+    brokerPassword?: string | undefined;
+  },
+  clientIdPrefix: string,
+  metrics: TierMetrics,
+  log: Logger,
+): MqttClient {
+  const client = connectBroker({
+    url: config.broker,
+    clientId: `${clientIdPrefix}-${Math.random().toString(16).slice(2, 8)}`,
+    ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
+    ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
+  });
+  client.on("connect", () => {
+    metrics.brokerConnected.set(1);
+    log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
+  });
+  client.on("close", () => metrics.brokerConnected.set(0));
+  return client;
 }
