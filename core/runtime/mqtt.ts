@@ -27,13 +27,38 @@ function streamFor(url: URL): () => net.Socket {
     return () => {
       const socket = tls.connect({ host, port, servername: net.isIP(host) ? undefined : host });
       socket.setNoDelay(true);
-      return socket;
+      return coalesceWrites(socket);
     };
   }
   if (url.protocol !== "mqtt:" && url.protocol !== "tcp:") {
     throw new RangeError(`broker URL ${url.protocol}// is not supported (use mqtt:// or mqtts://)`);
   }
-  return () => net.createConnection({ host, port, noDelay: true });
+  return () => coalesceWrites(net.createConnection({ host, port, noDelay: true }));
+}
+
+/**
+ * Holds a socket's writes until the end of the current event-loop turn, so that everything one
+ * turn sends leaves in one write: the PUBACKs for all the PUBLISH packets of one read, the
+ * replies of one micro-batch. With TCP_NODELAY every write is otherwise its own segment and its
+ * own system call, on this side and on the broker's. The delay is the rest of the turn (no
+ * timer), so a lone reply still goes out at once.
+ */
+export function coalesceWrites<S extends net.Socket>(socket: S): S {
+  const write = socket.write;
+  let held = false;
+  const release = () => {
+    held = false;
+    if (!socket.destroyed) socket.uncork();
+  };
+  socket.write = function (this: S, ...args: Parameters<S["write"]>) {
+    if (!held) {
+      held = true;
+      socket.cork();
+      setImmediate(release);
+    }
+    return (write as (...a: unknown[]) => boolean).apply(this, args);
+  } as S["write"];
+  return socket;
 }
 
 /** Connects (and keeps reconnecting) to a broker. Resolves once the client object exists, not when connected. */
