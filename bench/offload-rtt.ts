@@ -12,18 +12,16 @@
  * at once instead of waiting for a batch to fill); the server's default max delay is reported
  * next to it. Goal: p50(offload) / p50(echo) <= 1.5.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
-import { packageRoot } from "../cli/paths.js";
 import { renderTable } from "../cli/table.js";
 import { type Summary, summarize } from "../core/stats.js";
-import { parseModelRef } from "../core/topics.js";
+import { type ModelRef, parseModelRef } from "../core/topics.js";
 import { type Compression, encodeFrame, type WireDtype } from "../core/wire/frame.js";
 import { encodeTensor } from "../core/wire/tensor.js";
 import { serverSchema } from "../server/config.js";
 import { type Device, startDevice } from "./support/devices.js";
+import { startHelper } from "./support/helper-process.js";
 import { startMosquitto } from "./support/mosquitto.js";
 import { connected, plainClient } from "./support/plain-mqtt.js";
 import { printGoals, ratio, round } from "./support/report.js";
@@ -84,62 +82,29 @@ interface Config {
 }
 
 try {
-  // Two servers on the same broker under different model names, so rounds can interleave.
+  // Every path under its own model name on the same broker, so rounds can interleave.
   const configs: Config[] = [];
   const echoIn = "bench/echo/req";
   const echoOut = `bench/echo/reply/${process.pid}`;
-  const echoChild: ChildProcess = spawn(
-    process.execPath,
-    [
-      join(packageRoot(), "dist", "bench", "support", "echo.js"),
-      "--broker",
-      broker.url,
-      "--in",
-      echoIn,
-      "--out",
-      echoOut,
-    ],
-    { stdio: ["ignore", "ignore", "inherit", "ipc"] },
-  );
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        if (echoChild.exitCode !== null) return resolve();
-        echoChild.once("exit", () => resolve());
-        echoChild.kill("SIGTERM");
-      }),
-  );
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error("echo process did not start")), 15_000);
-    echoChild.once("message", () => {
-      clearTimeout(t);
-      resolve();
-    });
-    echoChild.once("exit", (c) => reject(new Error(`echo process exited (${c})`)));
-  });
-  configs.push({
-    name: "bare MQTT echo",
+  const echoChild = await startHelper("echo.js", [
+    "--broker",
+    broker.url,
+    "--in",
+    echoIn,
+    "--out",
+    echoOut,
+  ]);
+  cleanups.push(() => echoChild.stop());
+  const fresh = () => ({
     samples: [],
     calls: [],
     serverMs: [],
     queueMs: [],
     payloadBytes: [],
-    errors: new Map(),
+    errors: new Map<string, number>(),
   });
-  for (const [label, delay] of [
-    ["offload, server --max-delay-ms 0", 0],
-    [`offload, server default --max-delay-ms (${defaultDelay})`, undefined],
-  ] as const) {
-    const model = parseModelRef(`bench/rtt${configs.length}`);
-    const server = await startServerProcess({
-      bundle,
-      broker: broker.url,
-      model: `${model.namespace}/${model.name}`,
-      workers,
-      maxBatch: 32,
-      ...(delay !== undefined ? { maxDelayMs: delay } : {}),
-    });
-    cleanups.push(() => server.stop());
+  configs.push({ name: "bare MQTT echo", ...fresh() });
+  const deviceFor = async (model: ModelRef) => {
     const device = await startDevice({
       broker: broker.url,
       model,
@@ -148,17 +113,48 @@ try {
       encoding,
     });
     cleanups.push(() => device.close());
+    return device;
+  };
+  // The protocol floor: the server's request path without the worker pool and the inference.
+  const floorModel = parseModelRef("bench/rttf");
+  const floor = await startHelper("floor-server.js", [
+    "--broker",
+    broker.url,
+    "--bundle",
+    bundle,
+    "--model",
+    `${floorModel.namespace}/${floorModel.name}`,
+    "--stage",
+    String(next.index),
+    "--shape",
+    work[0]!.dims.slice(1).join(","),
+  ]);
+  cleanups.push(() => floor.stop());
+  configs.push({
+    name: "protocol floor: no inference",
+    device: await deviceFor(floorModel),
+    ...fresh(),
+  });
+  for (const [label, delay] of [
+    [`offload, ddnn server (--max-delay-ms ${defaultDelay})`, defaultDelay],
+    ["offload, ddnn server --max-delay-ms 2", 2],
+  ] as const) {
+    const model = parseModelRef(`bench/rtt${configs.length}`);
+    const server = await startServerProcess({
+      bundle,
+      broker: broker.url,
+      model: `${model.namespace}/${model.name}`,
+      workers,
+      maxBatch: 32,
+      maxDelayMs: delay,
+    });
+    cleanups.push(() => server.stop());
     configs.push({
       name: label,
       server,
-      device,
-      ...(delay !== undefined ? { maxDelayMs: delay } : {}),
-      samples: [],
-      calls: [],
-      serverMs: [],
-      queueMs: [],
-      payloadBytes: [],
-      errors: new Map(),
+      device: await deviceFor(model),
+      maxDelayMs: delay,
+      ...fresh(),
     });
   }
 
@@ -252,8 +248,9 @@ try {
     bytes: c.payloadBytes.reduce((a, b) => a + b, 0) / Math.max(1, c.payloadBytes.length),
   }));
   const echo = stats[0]!.s;
-  const zero = stats[1]!;
-  const dflt = stats[2]!;
+  const floorStats = stats[1]!;
+  const zero = stats[2]!;
+  const dflt = stats[3]!;
   const fmt = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : "-");
   console.log(
     `offload round trip through Mosquitto on loopback (one request in flight, closed loop); bundle ${manifest.name} ${manifest.version}; ` +
@@ -307,9 +304,14 @@ try {
     0,
   );
   const overhead = zero.s.p50 / echo.p50;
+  const floorRatio = floorStats.s.p50 / echo.p50;
+  console.log(
+    `protocol floor: a server that decodes, validates and answers every request without inference takes ${ratio(floorRatio)} the echo's p50 ` +
+      `(${fmt(floorStats.s.p50)} ms); the rest of the server's ${ratio(overhead)} is the worker pool and the inference (server compute p50 ${fmt(zero.server.p50)} ms)`,
+  );
   const code = printGoals([
     {
-      name: "offload p50 at most 1.5x the bare echo p50 (server --max-delay-ms 0)",
+      name: `offload p50 at most 1.5x the bare echo p50 (server --max-delay-ms ${defaultDelay})`,
       met: overhead <= 1.5 && errors === 0 && zero.s.n > 0,
       detail: `${ratio(overhead)}: ${fmt(zero.s.p50)} ms against ${fmt(echo.p50)} ms${errors ? `; ${errors} requests failed` : ""}`,
     },
@@ -330,21 +332,23 @@ try {
       rounds: roundsDone,
       requestsPerRound: requests,
       echo: summary(echo),
+      protocolFloor: summary(floorStats.s),
       offloadMaxDelay0: {
         ...summary(zero.s),
         callP50Ms: round(zero.call.p50),
         callP99Ms: round(zero.call.p99),
       },
-      offloadDefaultMaxDelay: {
-        maxDelayMs: defaultDelay,
+      offloadMaxDelay2: {
+        maxDelayMs: 2,
         ...summary(dflt.s),
         callP50Ms: round(dflt.call.p50),
         callP99Ms: round(dflt.call.p99),
       },
       ratioP50: round(overhead, 3),
       ratioP99: round(zero.s.p99 / echo.p99, 3),
-      ratioP50DefaultDelay: round(dflt.s.p50 / echo.p50, 3),
-      ratioP99DefaultDelay: round(dflt.s.p99 / echo.p99, 3),
+      ratioP50Floor: round(floorRatio, 3),
+      ratioP50MaxDelay2: round(dflt.s.p50 / echo.p50, 3),
+      ratioP99MaxDelay2: round(dflt.s.p99 / echo.p99, 3),
       errors,
       goalMet: code === 0,
     }),

@@ -134,7 +134,7 @@ try {
   const configs: Config[] = [];
   for (const [key, name, mb, delay] of [
     ["A", `maxBatch ${maxBatch}, maxDelayMs ${defaultDelay} (default)`, maxBatch, undefined],
-    ["A0", `maxBatch ${maxBatch}, maxDelayMs 0`, maxBatch, 0],
+    ["A2", `maxBatch ${maxBatch}, maxDelayMs 2 (DDNNModel default)`, maxBatch, 2],
     ["B", "maxBatch 1", 1, undefined],
   ] as const) {
     const model = parseModelRef(`bench/tput${key.toLowerCase()}`);
@@ -293,7 +293,7 @@ try {
     return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
   };
   const lat = configs.map((c) => summarize(c.latencies));
-  const [a, a0, b] = [configs[0]!, configs[1]!, configs[2]!];
+  const [a, a2, b] = [configs[0]!, configs[1]!, configs[2]!];
   const sum = (m: Map<string, number>) => [...m.values()].reduce((x, y) => x + y, 0);
 
   console.log(
@@ -384,7 +384,7 @@ try {
     {
       name: "throughput with micro-batching (maxBatch 32, default maxDelayMs) at least 2x maxBatch=1",
       met: speedup >= 2 && errors === 0,
-      detail: `${ratio(speedup)}: ${fmt(tput(a), 0)} against ${fmt(tput(b), 0)} answers/s; p99 ${fmt(lat[0]!.p99)} ms against ${fmt(lat[2]!.p99)} ms; maxDelayMs 0: ${ratio(tput(a0) / tput(b))}${errors ? `; ${errors} requests failed` : ""}`,
+      detail: `${ratio(speedup)}: ${fmt(tput(a), 0)} against ${fmt(tput(b), 0)} answers/s; p99 ${fmt(lat[0]!.p99)} ms against ${fmt(lat[2]!.p99)} ms; maxDelayMs 2: ${ratio(tput(a2) / tput(b))}${errors ? `; ${errors} requests failed` : ""}`,
     },
     {
       name: "event-loop delay p99 of the server's MQTT thread under this load under 5 ms",
@@ -432,7 +432,7 @@ try {
       speedup: round(speedup, 3),
       serverCpuPerAnswerRatio: round(serverCpu(b) / serverCpu(a), 3),
       totalCpuPerAnswerRatio: round(totalCpu(b) / totalCpu(a), 3),
-      speedupMaxDelay0: round(tput(a0) / tput(b), 3),
+      speedupMaxDelay2: round(tput(a2) / tput(b), 3),
       eventLoopDelayP99MsWorst: round(eldWorst),
       goalMet: code === 0,
     }),

@@ -23,11 +23,14 @@ import {
 import { decodeTensor, encodeTensor, type TensorEncoding } from "../wire/tensor.js";
 import { PoolError, type WorkerPool } from "./worker-pool.js";
 
+/** What the service needs of a worker pool: submitting one sample, and the queue depth for metrics. */
+export type StagePool = Pick<WorkerPool, "submit" | "queued">;
+
 export interface StageServiceOptions {
   readonly client: MqttClient;
   readonly bundle: VerifiedBundle;
   readonly model: ModelRef;
-  readonly pool: WorkerPool;
+  readonly pool: StagePool;
   /** First and last stage index this tier runs. */
   readonly from: number;
   readonly to: number;

@@ -1,0 +1,46 @@
+/**
+ * A benchmark's helper in its own Node process (the echo, the protocol-floor server): started with
+ * an IPC channel, ready when it sends its first message, stopped with SIGTERM.
+ */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { packageRoot } from "../../cli/paths.js";
+
+export interface HelperProcess {
+  readonly pid: number | undefined;
+  stop(): Promise<void>;
+}
+
+/** Runs dist/bench/support/<script> with `args` and waits until it says it is ready. */
+export async function startHelper(script: string, args: readonly string[]): Promise<HelperProcess> {
+  const child = spawn(
+    process.execPath,
+    [join(packageRoot(), "dist", "bench", "support", script), ...args],
+    {
+      stdio: ["ignore", "ignore", "inherit", "ipc"],
+    },
+  );
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once("exit", () => resolve());
+      child.kill("SIGTERM");
+    });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`${script} did not start within 15 s`)), 15_000);
+      child.once("message", () => {
+        clearTimeout(t);
+        resolve();
+      });
+      child.once("exit", (c) => {
+        clearTimeout(t);
+        reject(new Error(`${script} exited (${c}) before it was ready`));
+      });
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { pid: child.pid, stop };
+}
