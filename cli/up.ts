@@ -44,6 +44,10 @@ const upFields = {
     type: "string",
     help: "use this broker instead of the embedded one (mqtt://host:port)",
   },
+  brokerCa: {
+    type: "string",
+    help: "with an mqtts:// --broker: PEM file of the CA(s) that sign its certificate",
+  },
   sharedSubscriptions: {
     type: "string",
     help: "with --broker: subscribe through $share/ groups (default true)",
@@ -79,6 +83,7 @@ const upSchema = z.object({
   images: z.string().optional(),
   labels: z.string().optional(),
   broker: z.string().optional(),
+  brokerCa: z.string().min(1).optional(),
   sharedSubscriptions: boolField.default(true),
   devices: intField(1, 256).default(4),
   fps: z.coerce.number().positive("must be > 0").max(100_000).default(100),
@@ -142,6 +147,7 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
   const common = {
     bundle: bundlePath,
     broker: brokerUrl,
+    ...(cfg.brokerCa !== undefined ? { brokerCa: cfg.brokerCa } : {}),
     httpHost: "127.0.0.1",
     httpPort: 0,
     logLevel: cfg.logLevel,

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(python3-torch python3-onnx python3-numpy python3-pytest dataset-fashion-mnist mosquitto python3-paho-mqtt)
+apt_packages=(python3-torch python3-onnx python3-numpy python3-pytest dataset-fashion-mnist mosquitto python3-paho-mqtt openssl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

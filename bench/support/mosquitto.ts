@@ -56,7 +56,12 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
   }
 }
 
-export async function startMosquitto(): Promise<Broker> {
+export interface MosquittoOptions {
+  /** Serve MQTT over TLS (mqtts://) with this PEM certificate and key (readable by the mosquitto user). */
+  readonly tls?: { readonly certFile: string; readonly keyFile: string };
+}
+
+export async function startMosquitto(options: MosquittoOptions = {}): Promise<Broker> {
   if (!mosquittoBinary)
     throw new Error("mosquitto is not installed (Debian: apt-get install mosquitto)");
   const port = await freePort();
@@ -65,7 +70,10 @@ export async function startMosquitto(): Promise<Broker> {
   const base = readFileSync(join(packageRoot(), "config", "mosquitto.conf"), "utf8");
   if (!/^set_tcp_nodelay true$/m.test(base))
     throw new Error("config/mosquitto.conf does not set set_tcp_nodelay true");
-  writeFileSync(conf, base.replace(/^listener 1883$/m, `listener ${port} 127.0.0.1`));
+  const tls = options.tls
+    ? `\ncertfile ${options.tls.certFile}\nkeyfile ${options.tls.keyFile}`
+    : "";
+  writeFileSync(conf, base.replace(/^listener 1883$/m, `listener ${port} 127.0.0.1${tls}`));
   let child: ChildProcess | undefined;
   const launch = async () => {
     const c = spawn(mosquittoBinary, ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
@@ -94,7 +102,7 @@ export async function startMosquitto(): Promise<Broker> {
   };
   await launch();
   return {
-    url: `mqtt://127.0.0.1:${port}`,
+    url: `${options.tls ? "mqtts" : "mqtt"}://127.0.0.1:${port}`,
     port,
     get pid() {
       return child?.pid;

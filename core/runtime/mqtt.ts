@@ -18,14 +18,21 @@ export interface BrokerOptions {
   /** Messages the client keeps while offline; beyond that, publishes fail fast. */
   readonly connectTimeoutMs?: number;
   readonly will?: IClientOptions["will"];
+  /** PEM certificates of the CAs that sign an mqtts:// broker's certificate (default: Node's bundled CAs). */
+  readonly ca?: string;
 }
 
-function streamFor(url: URL): () => net.Socket {
+function streamFor(url: URL, ca: string | undefined): () => net.Socket {
   const port = Number(url.port || (url.protocol === "mqtts:" ? 8883 : 1883));
   const host = url.hostname.replace(/^\[|\]$/g, "");
   if (url.protocol === "mqtts:") {
     return () => {
-      const socket = tls.connect({ host, port, servername: net.isIP(host) ? undefined : host });
+      const socket = tls.connect({
+        host,
+        port,
+        servername: net.isIP(host) ? undefined : host,
+        ...(ca !== undefined ? { ca } : {}),
+      });
       socket.setNoDelay(true);
       return coalesceWrites(socket);
     };
@@ -33,6 +40,8 @@ function streamFor(url: URL): () => net.Socket {
   if (url.protocol !== "mqtt:" && url.protocol !== "tcp:") {
     throw new RangeError(`broker URL ${url.protocol}// is not supported (use mqtt:// or mqtts://)`);
   }
+  if (ca !== undefined)
+    throw new RangeError(`a broker CA only applies to mqtts:// brokers, not ${url.protocol}//`);
   return () => coalesceWrites(net.createConnection({ host, port, noDelay: true }));
 }
 
@@ -70,7 +79,7 @@ export function connectBroker(options: BrokerOptions): MqttClient {
     options.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
   const password =
     options.password ?? (url.password ? decodeURIComponent(url.password) : undefined);
-  const client = new MqttClient(streamFor(url), {
+  const client = new MqttClient(streamFor(url, options.ca), {
     protocolVersion: 4,
     clientId: options.clientId,
     clean: options.clean ?? true,

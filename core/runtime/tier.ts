@@ -1,4 +1,5 @@
 /** What the server, gateway and device agent programs share: common configuration and start-up. */
+import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import type { MqttClient } from "mqtt";
 import { type Logger, pino } from "pino";
@@ -36,6 +37,10 @@ export const commonFields = {
   },
   brokerUsername: { type: "string", secret: true, help: "MQTT user name" },
   brokerPassword: { type: "string", secret: true, help: "MQTT password" },
+  brokerCa: {
+    type: "string",
+    help: "PEM file of the CA(s) that sign an mqtts:// broker's certificate (default: Node's bundled CAs)",
+  },
   stages: {
     type: "string",
     multiple: true,
@@ -69,6 +74,7 @@ export const commonSchema = {
   broker: brokerUrlField.default("mqtt://127.0.0.1:1883"),
   brokerUsername: z.string().optional(),
   brokerPassword: z.string().optional(),
+  brokerCa: z.string().min(1).optional(),
   stages: z.array(z.string().min(1)).optional(),
   threshold: thresholdsField.default({}),
   httpPort: intField(0, 65535).default(8080),
@@ -174,29 +180,58 @@ export function poolSchema(d: PoolDefaults) {
   };
 }
 
+/** Reads a PEM CA file for an mqtts:// broker, or says which file is wrong and why. */
+export function readBrokerCa(path: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new Error(
+      `--broker-ca ${path}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
+  }
+  if (!pem.includes("-----BEGIN CERTIFICATE-----"))
+    throw new Error(
+      `--broker-ca ${path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)`,
+    );
+  return pem;
+}
+
 /**
- * A tier's broker connection: credentials from the configuration, the ddnn_broker_connected gauge
- * kept up to date, and each (re)connection logged without secrets.
+ * A tier's broker connection: credentials and CA from the configuration, the
+ * ddnn_broker_connected gauge kept up to date, each (re)connection logged without secrets, and
+ * why a connection fails (refused, unreachable, certificate, credentials) logged once per cause
+ * rather than on every retry.
  */
 export function connectTierBroker(
   config: {
     broker: string;
     brokerUsername?: string | undefined;
     brokerPassword?: string | undefined;
+    brokerCa?: string | undefined;
   },
   clientIdPrefix: string,
   metrics: TierMetrics,
   log: Logger,
 ): MqttClient {
+  const broker = safeBrokerUrl(config.broker);
   const client = connectBroker({
     url: config.broker,
     clientId: `${clientIdPrefix}-${Math.random().toString(16).slice(2, 8)}`,
     ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
     ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
+    ...(config.brokerCa !== undefined ? { ca: readBrokerCa(config.brokerCa) } : {}),
   });
+  let lastError: string | undefined;
   client.on("connect", () => {
+    lastError = undefined;
     metrics.brokerConnected.set(1);
-    log.info({ broker: safeBrokerUrl(config.broker) }, "connected to the broker");
+    log.info({ broker }, "connected to the broker");
+  });
+  client.on("error", (err) => {
+    if (err.message === lastError) return;
+    lastError = err.message;
+    log.warn({ broker, error: err.message }, "cannot connect to the broker; retrying with backoff");
   });
   client.on("close", () => metrics.brokerConnected.set(0));
   return client;

@@ -1,0 +1,150 @@
+/**
+ * Tiers over mqtts:// against a real Mosquitto with a TLS listener and a private CA (--broker-ca),
+ * and the errors a user sees when the broker's certificate, or the CA file, is wrong.
+ */
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Pipeline } from "../core/pipeline.js";
+import { serverSchema } from "../server/config.js";
+import { type RunningServer, startServer } from "../server/server.js";
+import { pseudoPixels, smallStages, tempDir, writeBundle } from "./support/bundle-fixture.js";
+import { type Fog, startFog, waitFor } from "./support/fog.js";
+import { type Mosquitto, mosquittoBinary, startMosquitto } from "./support/mosquitto.js";
+import { makeTestPki, type TestPki } from "./support/tls.js";
+
+let pki: TestPki;
+let broker: Mosquitto;
+let bundle: string;
+let reference: Pipeline;
+beforeAll(async () => {
+  if (!mosquittoBinary)
+    throw new Error("mosquitto is not installed (Debian: apt-get install mosquitto)");
+  pki = makeTestPki();
+  broker = await startMosquitto({ tls: { certFile: pki.certFile, keyFile: pki.keyFile } });
+  bundle = writeBundle(smallStages()).dir;
+  reference = await Pipeline.load(bundle);
+});
+afterAll(async () => {
+  await broker?.stop();
+  await reference?.release();
+  if (pki) rmSync(pki.dir, { recursive: true, force: true });
+});
+
+/** A logger whose lines the test can read. */
+function capture(): { log: pino.Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: "info" }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+  return { log, lines };
+}
+
+describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
+  it("with --broker-ca the device gets the server's answers, the same as in process", async () => {
+    expect(broker.url).toMatch(/^mqtts:\/\//);
+    let fog: Fog | undefined;
+    try {
+      fog = await startFog({
+        bundle,
+        broker: broker.url,
+        stageNames: ["device", "server"],
+        sharedSubscriptions: true,
+        extra: { brokerCa: pki.caFile },
+      });
+      const n = 24;
+      const px = pseudoPixels(n, 16, 11);
+      const expected = await reference.infer(px, n);
+      const url = `http://127.0.0.1:${fog.agents[0]!.port}/v1/infer`;
+      let upstream = 0;
+      for (let i = 0; i < n; i++) {
+        const res = await fetch(url, {
+          method: "POST",
+          headers: { "content-type": "application/octet-stream" },
+          body: px.subarray(i * 16, (i + 1) * 16),
+        });
+        expect(res.status).toBe(200);
+        const answer = (await res.json()) as {
+          label: number;
+          stage: string;
+          tier: string;
+          degraded: boolean;
+        };
+        expect(answer.degraded).toBe(false);
+        expect([answer.stage, answer.label]).toEqual([
+          ["device", "server"][expected[i]!.stage],
+          expected[i]!.label,
+        ]);
+        if (answer.tier === "server") upstream++;
+      }
+      // Both exits occur in this sample, so requests really crossed the TLS broker.
+      expect(upstream).toBeGreaterThan(0);
+      expect(upstream).toBeLessThan(n);
+    } finally {
+      await fog?.close();
+    }
+  });
+
+  it("a broker certificate from another CA: the tier logs why, once, and is not ready", async () => {
+    const { log, lines } = capture();
+    let server: RunningServer | undefined;
+    try {
+      server = await startServer(
+        serverSchema.parse({
+          bundle,
+          broker: broker.url,
+          brokerCa: pki.otherCaFile,
+          httpHost: "127.0.0.1",
+          httpPort: 0,
+          workers: 1,
+        }),
+        log,
+      );
+      await waitFor(
+        () => lines.some((l) => l.msg === "cannot connect to the broker; retrying with backoff"),
+        10_000,
+        "a log line saying why the broker connection fails",
+      );
+      const failure = lines.find(
+        (l) => l.msg === "cannot connect to the broker; retrying with backoff",
+      )!;
+      expect(String(failure.error)).toMatch(/certificate/i);
+      expect(failure.broker).toBe(broker.url);
+      const ready = await fetch(`http://127.0.0.1:${server.port}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(((await ready.json()) as { missing: string[] }).missing).toContain(
+        "broker disconnected",
+      );
+      // Retries go on with backoff, but the same cause is not logged again.
+      await new Promise((r) => setTimeout(r, 1_000));
+      expect(lines.filter((l) => l.msg === failure.msg)).toHaveLength(1);
+    } finally {
+      await server?.close();
+    }
+  });
+
+  it("a CA file that is missing, not PEM, or given for mqtt:// stops the program naming it", async () => {
+    const notPem = join(tempDir(), "ca.txt");
+    writeFileSync(notPem, "not a certificate\n");
+    const start = (over: Record<string, unknown>) =>
+      startServer(
+        serverSchema.parse({
+          bundle,
+          broker: broker.url,
+          httpHost: "127.0.0.1",
+          httpPort: 0,
+          workers: 1,
+          ...over,
+        }),
+        capture().log,
+      );
+    await expect(start({ brokerCa: "/nonexistent/ca.pem" })).rejects.toThrow(
+      "--broker-ca /nonexistent/ca.pem: cannot read it (ENOENT)",
+    );
+    await expect(start({ brokerCa: notPem })).rejects.toThrow(
+      `--broker-ca ${notPem}: no PEM certificate in it`,
+    );
+    await expect(start({ brokerCa: pki.caFile, broker: "mqtt://127.0.0.1:1" })).rejects.toThrow(
+      "a broker CA only applies to mqtts:// brokers, not mqtt://",
+    );
+  });
+});
