@@ -153,6 +153,39 @@ describe("builders", () => {
     });
   });
 
+  it("mount an external broker's CA ConfigMap in every tier and point DDNN_BROKER_CA at it", () => {
+    const spec = exampleSpec();
+    spec.broker = {
+      external: { url: "mqtts://emqx:8883", caConfigMap: { name: "emqx-ca", key: "root.pem" } },
+    };
+    const objs = buildOwnedObjects(input(spec));
+    const pods = objs.flatMap((o) =>
+      o.kind === "Deployment" || o.kind === "DaemonSet"
+        ? [(o as V1Deployment).spec!.template.spec!]
+        : [],
+    );
+    expect(pods.length).toBeGreaterThan(1);
+    for (const pod of pods) {
+      const c = pod.containers[0]!;
+      expect(c.env).toContainEqual({
+        name: "DDNN_BROKER_CA",
+        value: "/etc/ddnn/broker-ca/root.pem",
+      });
+      expect(c.volumeMounts).toContainEqual({
+        name: "broker-ca",
+        mountPath: "/etc/ddnn/broker-ca",
+        readOnly: true,
+      });
+      expect(pod.volumes).toContainEqual({
+        name: "broker-ca",
+        configMap: { name: "emqx-ca", items: [{ key: "root.pem", path: "root.pem" }] },
+      });
+    }
+    // Without one, nothing is mounted and the image's CAs apply.
+    const plain = buildServerDeployment(input(exampleSpec()));
+    expect(envOf(plain).DDNN_BROKER_CA).toBeUndefined();
+  });
+
   it("mount a ConfigMap-held bundle", () => {
     const spec = exampleSpec();
     spec.bundle = { configMap: { name: "demo-bundle" }, sha256: DIGEST };

@@ -33,6 +33,8 @@ export const HTTP_PORT = 8080;
 export const MQTT_PORT = 1883;
 /** Where a ConfigMap-held bundle is mounted in the tier Pods. */
 export const BUNDLE_MOUNT = "/var/lib/ddnn/bundle";
+/** Where an external broker's CA ConfigMap is mounted in every tier. */
+export const BROKER_CA_MOUNT = "/etc/ddnn/broker-ca";
 
 export interface OperatorImages {
   /** The ddnn-fog image (entrypoint `ddnn`). */
@@ -163,6 +165,8 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
       },
     );
   }
+  const ca = spec.broker.external?.caConfigMap;
+  if (ca) out.push(env("DDNN_BROKER_CA", `${BROKER_CA_MOUNT}/${ca.key}`));
   out.push(env("DDNN_HTTP_PORT", httpPort));
   return out;
 }
@@ -221,6 +225,14 @@ function tierPod(
   if (spec.bundle.configMap) {
     mounts.push({ name: "bundle", mountPath: BUNDLE_MOUNT, readOnly: true });
     volumes.push({ name: "bundle", configMap: { name: spec.bundle.configMap.name } });
+  }
+  const ca = spec.broker.external?.caConfigMap;
+  if (ca) {
+    mounts.push({ name: "broker-ca", mountPath: BROKER_CA_MOUNT, readOnly: true });
+    volumes.push({
+      name: "broker-ca",
+      configMap: { name: ca.name, items: [{ key: ca.key, path: ca.key }] },
+    });
   }
   const container: V1Container = {
     name: tier,

@@ -197,18 +197,35 @@ const broker = cel(
       "the operator runs a Mosquitto 2 broker for this model",
     ).optional(),
     external: described(
-      z.object({
-        url: matching(
-          // The tiers speak MQTT over TCP or TLS; user:pass@ would put the password in every Pod spec.
-          "^(mqtts?|tcp)://[^\\s@/]+(/[^\\s]*)?$",
-          "broker.external.url must be mqtt://host:port or mqtts://host:port, without credentials (they go in secretRef)",
-          2048,
-        ),
-        secretRef: described(
-          secretRef,
-          "Secret with the broker's username and password; Pods read it, the operator does not",
-        ).optional(),
-      }),
+      cel(
+        z.object({
+          url: matching(
+            // The tiers speak MQTT over TCP or TLS; user:pass@ would put the password in every Pod spec.
+            "^(mqtts?|tcp)://[^\\s@/]+(/[^\\s]*)?$",
+            "broker.external.url must be mqtt://host:port or mqtts://host:port, without credentials (they go in secretRef)",
+            2048,
+          ),
+          secretRef: described(
+            secretRef,
+            "Secret with the broker's username and password; Pods read it, the operator does not",
+          ).optional(),
+          caConfigMap: described(
+            z.object({
+              name: matching(DNS_SUBDOMAIN, "caConfigMap.name must be a ConfigMap name", 253),
+              key: matching(
+                "^[-._a-zA-Z0-9]+$",
+                "caConfigMap.key must be a ConfigMap key (letters, digits, - _ .)",
+                253,
+              ).default("ca.crt"),
+            }),
+            "a ConfigMap in the model's namespace holding the PEM CA(s) that sign an mqtts:// broker's certificate (default: the image's CAs)",
+          ).optional(),
+        }),
+        {
+          rule: "!has(self.caConfigMap) || self.url.startsWith('mqtts://')",
+          message: "broker.external.caConfigMap needs an mqtts:// url",
+        },
+      ),
       "a broker the operator does not run",
     ).optional(),
   }),

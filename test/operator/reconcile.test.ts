@@ -50,6 +50,7 @@ type Workload = KubeObject & {
     template: {
       spec: {
         containers: Container[];
+        volumes?: Record<string, unknown>[];
         nodeSelector?: Record<string, string>;
         tolerations?: unknown[];
       };
@@ -508,7 +509,7 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     expect(owned.trim()).toBe("");
   });
 
-  it("a bundle from a ConfigMap with an external broker: credentials only by Secret reference", async () => {
+  it("a bundle from a ConfigMap with an external TLS broker: credentials only by Secret reference, its CA mounted", async () => {
     await cp.kubectlOk([
       "create",
       "configmap",
@@ -525,9 +526,22 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_WORKERS: "2",
       DDNN_BROKER_USERNAME: `ref:${JSON.stringify({ secretKeyRef: { name: "broker-credentials", key: "username" } })}`,
       DDNN_BROKER_PASSWORD: `ref:${JSON.stringify({ secretKeyRef: { name: "broker-credentials", key: "password" } })}`,
+      DDNN_BROKER_CA: "/etc/ddnn/broker-ca/ca.crt",
+    });
+    expect(server.spec!.template.spec!.volumes).toContainEqual({
+      name: "broker-ca",
+      configMap: {
+        name: "broker-ca",
+        items: [{ key: "ca.crt", path: "ca.crt" }],
+        defaultMode: 420,
+      },
     });
     const device = await waitFor("demo-cm device", () => daemonSet("demo-cm-device"));
-    expect(env(device)).toMatchObject({ DDNN_SOURCE: "mqtt", DDNN_THRESHOLDS: "device=0.5" });
+    expect(env(device)).toMatchObject({
+      DDNN_SOURCE: "mqtt",
+      DDNN_THRESHOLDS: "device=0.5",
+      DDNN_BROKER_CA: "/etc/ddnn/broker-ca/ca.crt",
+    });
     expect(await deployment("demo-cm-broker")).toBeUndefined();
     const m = await waitFor("demo-cm verified", async () => {
       const x = await model("demo-cm");
