@@ -16,7 +16,8 @@
  * same probe shows what the machine's scheduler alone costs an event loop under the same load.
  *
  * Three servers run side by side under different model names: maxBatch 32 with the default
- * max delay (the shipped configuration), maxBatch 32 with maxDelayMs 0, and maxBatch 1. Windows
+ * max delay (the shipped configuration), maxBatch 32 with maxDelayMs 2 (the DDNNModel default),
+ * and maxBatch 1. Windows
  * rotate through them forwards then backwards (ABCCBA), so drift in the machine's load hits all
  * alike. Each window: warm-up, then the measured part.
  *

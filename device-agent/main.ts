@@ -55,9 +55,6 @@ export async function startAgent(
   const model = resolveModel(manifest, config.model);
   const policy = exitPolicyFor(manifest, config.threshold);
   const only = Array.from({ length: range.to + 1 }, (_, i) => i);
-  const stages = await openStages(bundle, { only, backend: config.backend, intraOpThreads: 1 });
-  const pipeline = new Pipeline(bundle, stages, policy);
-  const metrics = tierMetrics("device", modelKey(model));
   const alarms = new Set(
     config.alarm.map((a) => {
       const i = /^\d+$/.test(a) ? Number(a) : manifest.labels.indexOf(a);
@@ -68,7 +65,17 @@ export async function startAgent(
       return i;
     }),
   );
-  const client = connectTierBroker(config, `ddnn-device-${config.deviceId}`, metrics, log);
+  const stages = await openStages(bundle, { only, backend: config.backend, intraOpThreads: 1 });
+  const pipeline = new Pipeline(bundle, stages, policy);
+  const metrics = tierMetrics("device", modelKey(model));
+  let client: MqttClient;
+  try {
+    client = connectTierBroker(config, `ddnn-device-${config.deviceId}`, metrics, log);
+  } catch (err) {
+    // A bad broker configuration (CA file, URL) must not leave the sessions open.
+    await pipeline.release();
+    throw err;
+  }
   const offload = new OffloadClient({
     client,
     model,

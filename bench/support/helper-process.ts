@@ -20,10 +20,15 @@ export async function startHelper(script: string, args: readonly string[]): Prom
       stdio: ["ignore", "ignore", "inherit", "ipc"],
     },
   );
+  // SIGTERM lets it close its broker connection; SIGKILL after 5 s so a benchmark never hangs on it.
   const stop = () =>
     new Promise<void>((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
-      child.once("exit", () => resolve());
+      const kill = setTimeout(() => child.kill("SIGKILL"), 5_000);
+      child.once("exit", () => {
+        clearTimeout(kill);
+        resolve();
+      });
       child.kill("SIGTERM");
     });
   try {
@@ -36,6 +41,10 @@ export async function startHelper(script: string, args: readonly string[]): Prom
       child.once("exit", (c) => {
         clearTimeout(t);
         reject(new Error(`${script} exited (${c}) before it was ready`));
+      });
+      child.once("error", (err) => {
+        clearTimeout(t);
+        reject(new Error(`${script} could not start: ${err.message}`));
       });
     });
   } catch (err) {

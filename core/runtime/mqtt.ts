@@ -42,8 +42,25 @@ function streamFor(url: URL, ca: string | undefined): () => net.Socket {
   }
   if (ca !== undefined)
     throw new RangeError(`a broker CA only applies to mqtts:// brokers, not ${url.protocol}//`);
-  return () => coalesceWrites(net.createConnection({ host, port, noDelay: true }));
+  return () =>
+    coalesceWrites(
+      // writableHighWaterMark reaches the stream constructor; @types/node does not list it here.
+      net.createConnection({
+        host,
+        port,
+        noDelay: true,
+        writableHighWaterMark: HELD_BYTES,
+      } as net.NetConnectOpts),
+    );
 }
+
+/**
+ * Bytes one turn may hold before write() asks for backpressure (Node's default is 16 KiB): room
+ * for the replies or forwarded f32 features of a whole micro-batch. Past it, mqtt.js waits for
+ * 'drain', which comes after the turn's writes are released, so a read's remaining packets wait
+ * one loop turn; nothing is lost. TLS sockets keep Node's default.
+ */
+const HELD_BYTES = 256 * 1024;
 
 /**
  * Holds a socket's writes until the end of the current event-loop turn, so that everything one
@@ -127,6 +144,7 @@ export function safeBrokerUrl(raw: string): string {
   try {
     const u = new URL(raw);
     if (u.password) u.password = "***";
+    if (u.username) u.username = "***";
     return u.toString();
   } catch {
     return "(invalid URL)";

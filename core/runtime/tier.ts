@@ -1,4 +1,5 @@
 /** What the server, gateway and device agent programs share: common configuration and start-up. */
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import type { MqttClient } from "mqtt";
@@ -8,6 +9,7 @@ import type { Manifest } from "../bundle/manifest.js";
 import {
   boolField,
   brokerUrlField,
+  ConfigError,
   type FieldTable,
   intField,
   thresholdsField,
@@ -180,28 +182,47 @@ export function poolSchema(d: PoolDefaults) {
   };
 }
 
-/** Reads a PEM CA file for an mqtts:// broker, or says which file is wrong and why. */
+/** Reads and parses a PEM CA file for an mqtts:// broker, or says which file is wrong and why. */
 export function readBrokerCa(path: string): string {
+  const where = `broker CA file ${path} (--broker-ca / DDNN_BROKER_CA)`;
   let pem: string;
   try {
     pem = readFileSync(path, "utf8");
   } catch (err) {
-    throw new Error(
-      `--broker-ca ${path}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    throw new ConfigError(
+      `${where}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
     );
   }
-  if (!pem.includes("-----BEGIN CERTIFICATE-----"))
-    throw new Error(
-      `--broker-ca ${path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)`,
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0)
+    throw new ConfigError(
+      `${where}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)`,
     );
+  blocks.forEach((block, i) => {
+    try {
+      new X509Certificate(block);
+    } catch (err) {
+      throw new ConfigError(
+        `${where}: certificate ${i + 1} of ${blocks.length} is corrupt (${(err as Error).message})`,
+      );
+    }
+  });
   return pem;
+}
+
+/** What went wrong with a connection, in words: some socket errors carry only a code, or several causes. */
+export function describeError(err: Error & { code?: unknown; errors?: unknown }): string {
+  if (err.message) return err.message;
+  if (Array.isArray(err.errors) && err.errors.length > 0)
+    return err.errors.map((e: Error) => describeError(e)).join("; ");
+  return err.code !== undefined ? String(err.code) : err.name;
 }
 
 /**
  * A tier's broker connection: credentials and CA from the configuration, the
  * ddnn_broker_connected gauge kept up to date, each (re)connection logged without secrets, and
- * why a connection fails (refused, unreachable, certificate, credentials) logged once per cause
- * rather than on every retry.
+ * why a connection fails or breaks (refused, unreachable, certificate, credentials, reset) logged
+ * once per cause between successful connections rather than on every retry.
  */
 export function connectTierBroker(
   config: {
@@ -222,16 +243,18 @@ export function connectTierBroker(
     ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
     ...(config.brokerCa !== undefined ? { ca: readBrokerCa(config.brokerCa) } : {}),
   });
-  let lastError: string | undefined;
+  // Causes already logged since the last successful connection: retries do not repeat them.
+  const logged = new Set<string>();
   client.on("connect", () => {
-    lastError = undefined;
+    logged.clear();
     metrics.brokerConnected.set(1);
     log.info({ broker }, "connected to the broker");
   });
   client.on("error", (err) => {
-    if (err.message === lastError) return;
-    lastError = err.message;
-    log.warn({ broker, error: err.message }, "cannot connect to the broker; retrying with backoff");
+    const error = describeError(err);
+    if (logged.has(error)) return;
+    if (logged.size < 16) logged.add(error);
+    log.warn({ broker, error }, "broker connection failed; reconnecting with backoff");
   });
   client.on("close", () => metrics.brokerConnected.set(0));
   return client;

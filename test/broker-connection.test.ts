@@ -1,17 +1,18 @@
 /**
  * Tiers over mqtts:// against a real Mosquitto with a TLS listener and a private CA (--broker-ca),
- * and the errors a user sees when the broker's certificate, or the CA file, is wrong.
+ * and the errors a user sees when the broker's certificate, the CA file, or the address is wrong.
  */
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Pipeline } from "../core/pipeline.js";
+import { describeError } from "../core/runtime/tier.js";
 import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
 import { pseudoPixels, smallStages, tempDir, writeBundle } from "./support/bundle-fixture.js";
 import { type Fog, startFog, waitFor } from "./support/fog.js";
-import { type Mosquitto, mosquittoBinary, startMosquitto } from "./support/mosquitto.js";
+import { freePort, type Mosquitto, mosquittoBinary, startMosquitto } from "./support/mosquitto.js";
 import { makeTestPki, type TestPki } from "./support/tls.js";
 
 let pki: TestPki;
@@ -100,12 +101,12 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
         log,
       );
       await waitFor(
-        () => lines.some((l) => l.msg === "cannot connect to the broker; retrying with backoff"),
+        () => lines.some((l) => l.msg === "broker connection failed; reconnecting with backoff"),
         10_000,
         "a log line saying why the broker connection fails",
       );
       const failure = lines.find(
-        (l) => l.msg === "cannot connect to the broker; retrying with backoff",
+        (l) => l.msg === "broker connection failed; reconnecting with backoff",
       )!;
       expect(String(failure.error)).toMatch(/certificate/i);
       expect(failure.broker).toBe(broker.url);
@@ -122,9 +123,14 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
     }
   });
 
-  it("a CA file that is missing, not PEM, or given for mqtt:// stops the program naming it", async () => {
+  it("a CA file that is missing, not PEM, corrupt, or given for mqtt:// stops the program naming it", async () => {
     const notPem = join(tempDir(), "ca.txt");
     writeFileSync(notPem, "not a certificate\n");
+    const corrupt = join(tempDir(), "corrupt.pem");
+    writeFileSync(
+      corrupt,
+      `${readFileSync(pki.caFile, "utf8")}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`,
+    );
     const start = (over: Record<string, unknown>) =>
       startServer(
         serverSchema.parse({
@@ -138,13 +144,65 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
         capture().log,
       );
     await expect(start({ brokerCa: "/nonexistent/ca.pem" })).rejects.toThrow(
-      "--broker-ca /nonexistent/ca.pem: cannot read it (ENOENT)",
+      "broker CA file /nonexistent/ca.pem (--broker-ca / DDNN_BROKER_CA): cannot read it (ENOENT)",
     );
     await expect(start({ brokerCa: notPem })).rejects.toThrow(
-      `--broker-ca ${notPem}: no PEM certificate in it`,
+      `broker CA file ${notPem} (--broker-ca / DDNN_BROKER_CA): no PEM certificate in it`,
+    );
+    await expect(start({ brokerCa: corrupt })).rejects.toThrow(
+      `broker CA file ${corrupt} (--broker-ca / DDNN_BROKER_CA): certificate 2 of 2 is corrupt`,
     );
     await expect(start({ brokerCa: pki.caFile, broker: "mqtt://127.0.0.1:1" })).rejects.toThrow(
       "a broker CA only applies to mqtts:// brokers, not mqtt://",
+    );
+  });
+
+  it("nothing listening at the broker's address: the log says so", async () => {
+    const { log, lines } = capture();
+    const port = await freePort();
+    let server: RunningServer | undefined;
+    try {
+      server = await startServer(
+        serverSchema.parse({
+          bundle,
+          broker: `mqtt://localhost:${port}`,
+          httpHost: "127.0.0.1",
+          httpPort: 0,
+          workers: 1,
+        }),
+        log,
+      );
+      await waitFor(
+        () => lines.some((l) => l.msg === "broker connection failed; reconnecting with backoff"),
+        10_000,
+        "a log line saying why the broker connection fails",
+      );
+      const failure = lines.find(
+        (l) => l.msg === "broker connection failed; reconnecting with backoff",
+      )!;
+      expect(String(failure.error)).toMatch(/ECONNREFUSED/);
+    } finally {
+      await server?.close();
+    }
+  });
+
+  it("errors without a message (several addresses tried, as for a name with IPv6 and IPv4) are still described", () => {
+    const both = Object.assign(
+      new AggregateError(
+        [
+          new Error("connect ECONNREFUSED ::1:1883"),
+          new Error("connect ECONNREFUSED 127.0.0.1:1883"),
+        ],
+        "",
+      ),
+      { code: "ECONNREFUSED" },
+    );
+    expect(describeError(both)).toBe(
+      "connect ECONNREFUSED ::1:1883; connect ECONNREFUSED 127.0.0.1:1883",
+    );
+    expect(describeError(Object.assign(new Error(""), { code: "ETIMEDOUT" }))).toBe("ETIMEDOUT");
+    expect(describeError(new Error("Connection refused: Not authorized"))).toBe(
+      "Connection refused: Not authorized",
     );
   });
 });
