@@ -40,6 +40,32 @@ function capture(): { log: pino.Logger; lines: Record<string, unknown>[] } {
   return { log, lines };
 }
 
+const FAILED = "broker connection failed; reconnecting with backoff";
+
+/** Starts a one-worker server with `over` and returns it once it has logged why it cannot connect. */
+async function failingServer(over: Record<string, unknown>): Promise<{
+  server: RunningServer;
+  lines: Record<string, unknown>[];
+  failure: Record<string, unknown>;
+}> {
+  const { log, lines } = capture();
+  const server = await startServer(
+    serverSchema.parse({ bundle, httpHost: "127.0.0.1", httpPort: 0, workers: 1, ...over }),
+    log,
+  );
+  try {
+    await waitFor(
+      () => lines.some((l) => l.msg === FAILED),
+      10_000,
+      "a log line saying why the broker connection fails",
+    );
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+  return { server, lines, failure: lines.find((l) => l.msg === FAILED)! };
+}
+
 describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
   it("with --broker-ca the device gets the server's answers, the same as in process", async () => {
     expect(broker.url).toMatch(/^mqtts:\/\//);
@@ -86,28 +112,11 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
   });
 
   it("a broker certificate from another CA: the tier logs why, once, and is not ready", async () => {
-    const { log, lines } = capture();
-    let server: RunningServer | undefined;
+    const { server, lines, failure } = await failingServer({
+      broker: broker.url,
+      brokerCa: pki.otherCaFile,
+    });
     try {
-      server = await startServer(
-        serverSchema.parse({
-          bundle,
-          broker: broker.url,
-          brokerCa: pki.otherCaFile,
-          httpHost: "127.0.0.1",
-          httpPort: 0,
-          workers: 1,
-        }),
-        log,
-      );
-      await waitFor(
-        () => lines.some((l) => l.msg === "broker connection failed; reconnecting with backoff"),
-        10_000,
-        "a log line saying why the broker connection fails",
-      );
-      const failure = lines.find(
-        (l) => l.msg === "broker connection failed; reconnecting with backoff",
-      )!;
       expect(String(failure.error)).toMatch(/certificate/i);
       expect(failure.broker).toBe(broker.url);
       const ready = await fetch(`http://127.0.0.1:${server.port}/readyz`);
@@ -117,9 +126,9 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
       );
       // Retries go on with backoff, but the same cause is not logged again.
       await new Promise((r) => setTimeout(r, 1_000));
-      expect(lines.filter((l) => l.msg === failure.msg)).toHaveLength(1);
+      expect(lines.filter((l) => l.msg === FAILED)).toHaveLength(1);
     } finally {
-      await server?.close();
+      await server.close();
     }
   });
 
@@ -158,32 +167,11 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
   });
 
   it("nothing listening at the broker's address: the log says so", async () => {
-    const { log, lines } = capture();
-    const port = await freePort();
-    let server: RunningServer | undefined;
-    try {
-      server = await startServer(
-        serverSchema.parse({
-          bundle,
-          broker: `mqtt://localhost:${port}`,
-          httpHost: "127.0.0.1",
-          httpPort: 0,
-          workers: 1,
-        }),
-        log,
-      );
-      await waitFor(
-        () => lines.some((l) => l.msg === "broker connection failed; reconnecting with backoff"),
-        10_000,
-        "a log line saying why the broker connection fails",
-      );
-      const failure = lines.find(
-        (l) => l.msg === "broker connection failed; reconnecting with backoff",
-      )!;
-      expect(String(failure.error)).toMatch(/ECONNREFUSED/);
-    } finally {
-      await server?.close();
-    }
+    const { server, failure } = await failingServer({
+      broker: `mqtt://localhost:${await freePort()}`,
+    });
+    await server.close();
+    expect(String(failure.error)).toMatch(/ECONNREFUSED/);
   });
 
   it("errors without a message (several addresses tried, as for a name with IPv6 and IPv4) are still described", () => {
