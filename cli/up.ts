@@ -10,6 +10,7 @@ import { openBundleSource } from "../core/bundle/source.js";
 import { openStages } from "../core/bundle/stages.js";
 import {
   boolField,
+  ConfigError,
   type FieldTable,
   fieldHelp,
   intField,
@@ -117,7 +118,7 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
   const cfg = loadConfig(upSchema, upFields, argv);
   if (cfg.brokerCa !== undefined) {
     if (!cfg.broker?.startsWith("mqtts://"))
-      throw new RangeError(
+      throw new ConfigError(
         "--broker-ca needs an mqtts:// --broker (the embedded broker has no TLS)",
       );
     readBrokerCa(cfg.brokerCa);

@@ -5,6 +5,7 @@
 import * as net from "node:net";
 import * as tls from "node:tls";
 import { type IClientOptions, MqttClient } from "mqtt";
+import { ConfigError } from "../config.js";
 
 export interface BrokerOptions {
   readonly url: string;
@@ -41,7 +42,7 @@ function streamFor(url: URL, ca: string | undefined): () => net.Socket {
     throw new RangeError(`broker URL ${url.protocol}// is not supported (use mqtt:// or mqtts://)`);
   }
   if (ca !== undefined)
-    throw new RangeError(`a broker CA only applies to mqtts:// brokers, not ${url.protocol}//`);
+    throw new ConfigError(`a broker CA only applies to mqtts:// brokers, not ${url.protocol}//`);
   return () =>
     coalesceWrites(
       // writableHighWaterMark reaches the stream constructor; @types/node does not list it here.
