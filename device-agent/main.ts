@@ -10,7 +10,13 @@ import { type TierMetrics, tierMetrics } from "../core/metrics.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
 import { healthPlugin, httpApp, listen, metricsPlugin } from "../core/runtime/http.js";
 import { OffloadClient } from "../core/runtime/offload-client.js";
-import { connectTierBroker, makeLogger, resolveModel, stageRange } from "../core/runtime/tier.js";
+import {
+  checkBrokerConfig,
+  connectTierBroker,
+  makeLogger,
+  resolveModel,
+  stageRange,
+} from "../core/runtime/tier.js";
 import { modelKey, replyTopic } from "../core/topics.js";
 import { Agent, type Answer } from "./agent.js";
 import type { AgentConfig } from "./config.js";
@@ -47,6 +53,7 @@ export async function startAgent(
   hooks: AgentHooks = {},
   log: Logger = makeLogger(config.logLevel, "device"),
 ): Promise<RunningAgent> {
+  checkBrokerConfig(config);
   const bundle = await openBundleSource(config.bundle, config.bundleDigest);
   const { manifest } = bundle;
   const range = stageRange(manifest, config.stages, [0, 0]);

@@ -49,6 +49,19 @@ function matching(pattern: string, message: string, maxLength: number) {
   });
 }
 
+/** A ConfigMap key, which Kubernetes also uses as a file name: not ".", not starting with "..". */
+function configMapKey(field: string) {
+  const dots = `${field} must not be . or start with .. (Kubernetes refuses such keys)`;
+  return cel(
+    matching(
+      "^[-._a-zA-Z0-9]+$",
+      `${field} must be a ConfigMap key (letters, digits, - _ .)`,
+      253,
+    ).refine((k) => k !== "." && !k.startsWith(".."), dots),
+    { rule: "self != '.' && !self.startsWith('..')", message: dots },
+  );
+}
+
 function described<T extends z.ZodType>(schema: T, description: string): T {
   return schema.meta({ ...(schema.meta() ?? {}), description }) as T;
 }
@@ -154,11 +167,7 @@ const bundle = cel(
     configMap: described(
       z.object({
         name: matching(DNS_SUBDOMAIN, "configMap.name must be a ConfigMap name", 253),
-        key: matching(
-          "^[-._a-zA-Z0-9]+$",
-          "configMap.key must be a ConfigMap key (letters, digits, - _ .)",
-          253,
-        ).default("bundle.tar.gz"),
+        key: configMapKey("configMap.key").default("bundle.tar.gz"),
       }),
       "a ConfigMap in the model's namespace whose binaryData holds the .tar.gz (under 1 MiB)",
     ).optional(),
@@ -212,11 +221,7 @@ const broker = cel(
           caConfigMap: described(
             z.object({
               name: matching(DNS_SUBDOMAIN, "caConfigMap.name must be a ConfigMap name", 253),
-              key: matching(
-                "^[-._a-zA-Z0-9]+$",
-                "caConfigMap.key must be a ConfigMap key (letters, digits, - _ .)",
-                253,
-              ).default("ca.crt"),
+              key: configMapKey("caConfigMap.key").default("ca.crt"),
             }),
             "a ConfigMap in the model's namespace holding the PEM CA(s) that sign an mqtts:// broker's certificate (default: the image's CAs)",
           ).optional(),

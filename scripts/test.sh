@@ -13,15 +13,21 @@ echo "== lint and format"; npx --no-install biome ci .
 echo "== build"; npm run build --silent
 echo "== vitest (Node $(node --version))"
 vitest_rc=0
-npx --no-install vitest run --reporter=default --reporter=json --outputFile.json="$reports/vitest.json" || vitest_rc=$?
+runs=("$reports/vitest.json")
+npx --no-install vitest run --reporter=default --reporter=json --outputFile.json="${runs[0]}" || vitest_rc=$?
 # The machines run Node 20, which is past its end of life; the same suite runs on the supported
 # LTS lines too (exact versions from the npm registry, cached under ~/.cache/ddnn-fog).
-# DDNN_TEST_NODES="" skips them.
+# DDNN_TEST_NODES="" skips them. A version that cannot be installed fails the run, after the rest.
 for version in ${DDNN_TEST_NODES-22.23.3 24.21.0}; do
-  bin=$(bash scripts/node-runtime.sh "$version")
   echo "== vitest (Node v$version)"
+  runs+=("$reports/vitest-node$version.json")
+  if ! bin=$(bash scripts/node-runtime.sh "$version"); then
+    echo "test.sh: cannot install Node $version; its run counts as failed"
+    vitest_rc=1
+    continue
+  fi
   PATH="$(dirname "$bin"):$PATH" npx --no-install vitest run --reporter=dot --reporter=json \
-    --outputFile.json="$reports/vitest-node$version.json" || vitest_rc=$?
+    --outputFile.json="${runs[-1]}" || vitest_rc=$?
 done
 echo "== pytest (trainer)"
 pytest_rc=0
@@ -36,12 +42,26 @@ const attr = (n) => Number((new RegExp(`<testsuite[^>]* ${n}="(\\d+)"`).exec(x) 
 let passed = attr("tests") - attr("failures") - attr("errors") - attr("skipped");
 let failed = attr("failures") + attr("errors");
 let skipped = attr("skipped");
+const missing = [];
 for (const f of runs) {
-  const v = JSON.parse(fs.readFileSync(f, "utf8"));
+  let v;
+  try {
+    v = JSON.parse(fs.readFileSync(f, "utf8"));
+  } catch {
+    // A run that left no readable report (it could not start, or crashed) counts as one failure.
+    missing.push(f.replace(/.*\//, ""));
+    failed += 1;
+    continue;
+  }
   passed += v.numPassedTests || 0;
   failed += v.numFailedTests || 0;
   skipped += (v.numPendingTests || 0) + (v.numTodoTests || 0);
 }
-console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
-' "$reports/pytest.xml" "$reports"/vitest*.json
+if (!x) {
+  missing.push("pytest.xml");
+  failed += 1;
+}
+const note = missing.length ? ` (no report: ${missing.join(", ")})` : "";
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped${note}`);
+' "$reports/pytest.xml" "${runs[@]}"
 [ "$vitest_rc" -eq 0 ] && [ "$pytest_rc" -eq 0 ]

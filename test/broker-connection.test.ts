@@ -6,6 +6,7 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../core/config.js";
 import { Pipeline } from "../core/pipeline.js";
 import { describeError } from "../core/runtime/tier.js";
 import { serverSchema } from "../server/config.js";
@@ -161,6 +162,10 @@ describe("tiers over mqtts:// (Mosquitto TLS listener, private CA)", () => {
     await expect(start({ brokerCa: corrupt })).rejects.toThrow(
       `broker CA file ${corrupt} (--broker-ca / DDNN_BROKER_CA): certificate 2 of 2 is corrupt`,
     );
+    await expect(start({ brokerCa: "/nonexistent/ca.pem" })).rejects.toBeInstanceOf(ConfigError);
+    await expect(
+      start({ brokerCa: pki.caFile, broker: "mqtt://127.0.0.1:1" }),
+    ).rejects.toBeInstanceOf(ConfigError);
     await expect(start({ brokerCa: pki.caFile, broker: "mqtt://127.0.0.1:1" })).rejects.toThrow(
       "a broker CA only applies to mqtts:// brokers, not mqtt://",
     );

@@ -14,7 +14,7 @@ import { type ModelRef, modelKey } from "../topics.js";
 import type { Compression, WireDtype } from "../wire/frame.js";
 import { healthPlugin, httpApp, listen, metricsPlugin } from "./http.js";
 import { StageService } from "./stage-service.js";
-import { connectTierBroker, resolveModel, stageRange } from "./tier.js";
+import { checkBrokerConfig, connectTierBroker, resolveModel, stageRange } from "./tier.js";
 import { WorkerPool } from "./worker-pool.js";
 
 export interface StageTierConfig {
@@ -72,6 +72,7 @@ export async function startStageTier(
   spec: StageTierSpec,
   log: Logger,
 ): Promise<RunningTier> {
+  checkBrokerConfig(config);
   const bundle = await openBundleSource(config.bundle, config.bundleDigest);
   const { manifest } = bundle;
   const k = manifest.stages.length;

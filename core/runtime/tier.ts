@@ -210,6 +210,18 @@ export function readBrokerCa(path: string): string {
   return pem;
 }
 
+/**
+ * Refuses broker settings that are wrong without connecting (a CA for a non-TLS URL, an unreadable
+ * or corrupt CA file), so a tier stops before it loads a model or starts workers.
+ */
+export function checkBrokerConfig(config: { broker: string; brokerCa?: string | undefined }): void {
+  if (config.brokerCa === undefined) return;
+  const scheme = config.broker.slice(0, config.broker.indexOf(":") + 1);
+  if (scheme !== "mqtts:")
+    throw new ConfigError(`a broker CA only applies to mqtts:// brokers, not ${scheme}//`);
+  readBrokerCa(config.brokerCa);
+}
+
 /** What went wrong with a connection, in words: some socket errors carry only a code, or several causes. */
 export function describeError(err: Error & { code?: unknown; errors?: unknown }): string {
   if (err.message) return err.message;

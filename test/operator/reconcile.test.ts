@@ -548,6 +548,18 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       return cond(x, "BundleVerified")?.status === "True" ? x : undefined;
     });
     expect(cond(m, "BrokerReady")).toMatchObject({ status: "True", reason: "External" });
+    // The API server defaults fields of the CA volume (defaultMode); a resync still changes nothing.
+    await settle();
+    const auditBefore = cp.auditEvents().length;
+    const reportsBefore = reports.length;
+    operator.resync();
+    await waitFor("a resync reconcile of demo-cm", () =>
+      reports.slice(reportsBefore).some((r) => r.key === "fog/demo-cm"),
+    );
+    await settle();
+    const noop = reports.slice(reportsBefore).filter((r) => r.key === "fog/demo-cm");
+    expect(noop.flatMap((r) => r.requests)).toEqual([]);
+    expect(operatorRequests(cp, auditBefore).map((e) => `${e.verb} ${e.requestURI}`)).toEqual([]);
   });
 
   it("deleting the DDNNModel removes everything it owned (garbage collector)", async () => {
