@@ -21,7 +21,7 @@ import { readIdx } from "../core/dataset/idx.js";
 import { accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
 import { safeBrokerUrl } from "../core/runtime/mqtt.js";
-import { makeLogger, readBrokerCa } from "../core/runtime/tier.js";
+import { checkBrokerConfig, makeLogger } from "../core/runtime/tier.js";
 import { type Summary, summarize } from "../core/stats.js";
 import { compressions, dtypes } from "../core/wire/frame.js";
 import type { Answer } from "../device-agent/agent.js";
@@ -116,13 +116,11 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
     return 0;
   }
   const cfg = loadConfig(upSchema, upFields, argv);
-  if (cfg.brokerCa !== undefined) {
-    if (!cfg.broker?.startsWith("mqtts://"))
-      throw new ConfigError(
-        "--broker-ca needs an mqtts:// --broker (the embedded broker has no TLS)",
-      );
-    readBrokerCa(cfg.brokerCa);
-  }
+  if (cfg.brokerCa !== undefined && cfg.broker === undefined)
+    throw new ConfigError(
+      "--broker-ca needs an mqtts:// --broker (the embedded broker has no TLS)",
+    );
+  if (cfg.broker !== undefined) checkBrokerConfig({ broker: cfg.broker, brokerCa: cfg.brokerCa });
   const defaults = shipped();
   const bundlePath = cfg.bundle ?? defaults.bundle;
   const bundle = await openBundleSource(bundlePath);

@@ -61,18 +61,19 @@ export class Agent {
         { stage: stages[s]?.name ?? String(s) },
         (local.stageMs[s] ?? 0) / 1000,
       );
-    if (!isForward(local)) {
-      metrics.exits.inc({ stage: stages[local.stage]?.name ?? String(local.stage) });
-      return this.finish({
+    // The device's own exit: confident, or the fallback when upstream cannot answer (`reason`).
+    const answerLocally = (reason?: string) =>
+      this.finish({
         label: local.label,
         stageIndex: local.stage,
         tier: "device",
         entropy: local.entropy,
-        degraded: false,
+        degraded: reason !== undefined,
+        ...(reason !== undefined ? { reason } : {}),
         timings: { device, comm: 0, upstream: 0, total: performance.now() - started },
         bytesSent: 0,
       });
-    }
+    if (!isForward(local)) return answerLocally();
     const next = stages[this.o.to + 1]!;
     try {
       const reply = await this.o.offload.offload(
@@ -87,7 +88,6 @@ export class Agent {
       const upstream = Object.entries(h.timings)
         .filter(([k]) => !k.endsWith("Queue"))
         .reduce((a, [, v]) => a + v, 0);
-      metrics.exits.inc({ stage: stages[h.stage]?.name ?? String(h.stage) });
       return this.finish({
         label: h.label,
         stageIndex: h.stage,
@@ -107,17 +107,7 @@ export class Agent {
       metrics.offloads.inc({ outcome: reason });
       metrics.degraded.inc({ reason });
       this.o.log.debug({ reason, message: (err as Error).message }, "answering locally");
-      metrics.exits.inc({ stage: stages[local.stage]?.name ?? String(local.stage) });
-      return this.finish({
-        label: local.label,
-        stageIndex: local.stage,
-        tier: "device",
-        entropy: local.entropy,
-        degraded: true,
-        reason,
-        timings: { device, comm: 0, upstream: 0, total: performance.now() - started },
-        bytesSent: 0,
-      });
+      return answerLocally(reason);
     }
   }
 
@@ -128,6 +118,7 @@ export class Agent {
       labelName: manifest.labels[a.label] ?? String(a.label),
       stage: manifest.stages[a.stageIndex]?.name ?? String(a.stageIndex),
     };
+    this.o.metrics.exits.inc({ stage: answer.stage });
     if (this.o.alarms.has(a.label) && this.o.client.connected) {
       const event = {
         kind: "alarm",

@@ -18,8 +18,8 @@ interface Predictions {
 
 async function both(bundle: string, images: string, labels: string, extra: string[] = []) {
   const dir = tempDir("ddnn-agree-");
-  const ours = await ddnn([
-    "eval",
+  // `ddnn eval` and `trainer evaluate` take the same flags.
+  const flags = (predictions: string) => [
     "--bundle",
     bundle,
     "--images",
@@ -28,24 +28,13 @@ async function both(bundle: string, images: string, labels: string, extra: strin
     labels,
     "--json",
     "--predictions",
-    join(dir, "ts.json"),
+    join(dir, predictions),
     ...extra,
-  ]);
+  ];
+  const ours = await ddnn(["eval", ...flags("ts.json")]);
   expect(ours.stderr).toBe("");
   expect(ours.code).toBe(0);
-  const theirs = await trainer([
-    "evaluate",
-    "--bundle",
-    bundle,
-    "--images",
-    images,
-    "--labels",
-    labels,
-    "--json",
-    "--predictions",
-    join(dir, "py.json"),
-    ...extra,
-  ]);
+  const theirs = await trainer(["evaluate", ...flags("py.json")]);
   const read = (f: string) => JSON.parse(readFileSync(join(dir, f), "utf8")) as Predictions;
   return {
     ts: JSON.parse(ours.stdout),

@@ -41,8 +41,7 @@ function streamFor(url: URL, ca: string | undefined): () => net.Socket {
   if (url.protocol !== "mqtt:" && url.protocol !== "tcp:") {
     throw new RangeError(`broker URL ${url.protocol}// is not supported (use mqtt:// or mqtts://)`);
   }
-  if (ca !== undefined)
-    throw new ConfigError(`a broker CA only applies to mqtts:// brokers, not ${url.protocol}//`);
+  if (ca !== undefined) refuseCa(url.protocol);
   return () =>
     coalesceWrites(
       // writableHighWaterMark reaches the stream constructor; @types/node does not list it here.
@@ -86,6 +85,11 @@ export function coalesceWrites<S extends net.Socket>(socket: S): S {
     return (write as (...a: unknown[]) => boolean).apply(this, args);
   } as S["write"];
   return socket;
+}
+
+/** A CA only means something to a TLS connection; `scheme` is the broker URL's, e.g. "mqtt:". */
+export function refuseCa(scheme: string): never {
+  throw new ConfigError(`a broker CA only applies to mqtts:// brokers, not ${scheme}//`);
 }
 
 /** Connects (and keeps reconnecting) to a broker. Resolves once the client object exists, not when connected. */

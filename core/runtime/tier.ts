@@ -17,7 +17,7 @@ import {
 import type { TierMetrics } from "../metrics.js";
 import { type ModelRef, parseModelRef } from "../topics.js";
 import { compressions, dtypes } from "../wire/frame.js";
-import { connectBroker, safeBrokerUrl } from "./mqtt.js";
+import { connectBroker, refuseCa, safeBrokerUrl } from "./mqtt.js";
 
 export const commonFields = {
   bundle: {
@@ -217,8 +217,7 @@ export function readBrokerCa(path: string): string {
 export function checkBrokerConfig(config: { broker: string; brokerCa?: string | undefined }): void {
   if (config.brokerCa === undefined) return;
   const scheme = config.broker.slice(0, config.broker.indexOf(":") + 1);
-  if (scheme !== "mqtts:")
-    throw new ConfigError(`a broker CA only applies to mqtts:// brokers, not ${scheme}//`);
+  if (scheme !== "mqtts:") refuseCa(scheme);
   readBrokerCa(config.brokerCa);
 }
 

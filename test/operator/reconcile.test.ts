@@ -81,27 +81,14 @@ const reports: ReconcileReport[] = [];
 const logs: string[] = [];
 const savedProxy = process.env.HTTP_PROXY;
 
-const deployment = (name: string) =>
-  getOrUndefined<Workload>(admin, {
-    apiVersion: "apps/v1",
-    plural: "deployments",
-    namespace: NS,
-    name,
-  });
-const daemonSet = (name: string) =>
-  getOrUndefined<Workload>(admin, {
-    apiVersion: "apps/v1",
-    plural: "daemonsets",
-    namespace: NS,
-    name,
-  });
-const model = (name: string) =>
-  getOrUndefined<Model>(admin, {
-    apiVersion: "fog.ddnn.io/v1alpha1",
-    plural: "ddnnmodels",
-    namespace: NS,
-    name,
-  });
+/** A getter for one kind of object in the test namespace (undefined when absent). */
+const getter =
+  <T>(apiVersion: string, plural: string) =>
+  (name: string) =>
+    getOrUndefined<T>(admin, { apiVersion, plural, namespace: NS, name });
+const deployment = getter<Workload>("apps/v1", "deployments");
+const daemonSet = getter<Workload>("apps/v1", "daemonsets");
+const model = getter<Model>("fog.ddnn.io/v1alpha1", "ddnnmodels");
 
 async function markAllReady(name: string, devices = 2): Promise<void> {
   for (const c of ["broker", "server", "edge"]) {
@@ -116,6 +103,26 @@ async function settle(): Promise<void> {
   await operator.whenIdle();
   await sleep(400);
   await operator.whenIdle();
+}
+
+/**
+ * Resyncs every model and returns the reconciles of `key` that followed, and every request the
+ * API server's audit log saw from the operator meanwhile ("VERB URI").
+ */
+async function resync(key: string): Promise<{ noop: ReconcileReport[]; seen: string[] }> {
+  await settle();
+  const auditBefore = cp.auditEvents().length;
+  const reportsBefore = reports.length;
+  operator.resync();
+  await waitFor(`a resync reconcile of ${key}`, () =>
+    reports.slice(reportsBefore).some((r) => r.key === key),
+  );
+  await settle();
+  await sleep(500);
+  return {
+    noop: reports.slice(reportsBefore).filter((r) => r.key === key),
+    seen: operatorRequests(cp, auditBefore).map((e) => `${e.verb} ${e.requestURI}`),
+  };
 }
 
 beforeAll(async () => {
@@ -285,20 +292,11 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
   it("a second reconcile with nothing changed makes no request to the API server", async () => {
     await settle();
     const first = reports.find((r) => r.key === "fog/demo" && r.requests.length > 0)!;
-    const auditBefore = cp.auditEvents().length;
-    const reportsBefore = reports.length;
-    operator.resync();
-    await waitFor("a resync reconcile", () =>
-      reports.slice(reportsBefore).some((r) => r.key === "fog/demo"),
-    );
-    await settle();
-    await sleep(500);
-    const noop = reports.slice(reportsBefore).filter((r) => r.key === "fog/demo");
+    const { noop, seen } = await resync("fog/demo");
     expect(noop.every((r) => r.result === "success")).toBe(true);
     expect(noop.flatMap((r) => r.requests)).toEqual([]);
     // The API server's own record agrees: no request at all from the operator's identity.
-    const seen = operatorRequests(cp, auditBefore);
-    expect(seen.map((e) => `${e.verb} ${e.requestURI}`)).toEqual([]);
+    expect(seen).toEqual([]);
     const summary = (r: ReconcileReport) => {
       const n = new Map<string, number>();
       for (const q of r.requests) n.set(q.verb, (n.get(q.verb) ?? 0) + 1);
@@ -549,17 +547,9 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     });
     expect(cond(m, "BrokerReady")).toMatchObject({ status: "True", reason: "External" });
     // The API server defaults fields of the CA volume (defaultMode); a resync still changes nothing.
-    await settle();
-    const auditBefore = cp.auditEvents().length;
-    const reportsBefore = reports.length;
-    operator.resync();
-    await waitFor("a resync reconcile of demo-cm", () =>
-      reports.slice(reportsBefore).some((r) => r.key === "fog/demo-cm"),
-    );
-    await settle();
-    const noop = reports.slice(reportsBefore).filter((r) => r.key === "fog/demo-cm");
+    const { noop, seen } = await resync("fog/demo-cm");
     expect(noop.flatMap((r) => r.requests)).toEqual([]);
-    expect(operatorRequests(cp, auditBefore).map((e) => `${e.verb} ${e.requestURI}`)).toEqual([]);
+    expect(seen).toEqual([]);
   });
 
   it("deleting the DDNNModel removes everything it owned (garbage collector)", async () => {
