@@ -46,7 +46,8 @@ const STAGES: (StageModel & { name: string; threshold?: number })[] = [
     name: "edge",
     inputName: "features",
     inShape: [16],
-    featuresName: "features",
+    // ONNX forbids one name for an input and an output: the edge hands on "edge_features".
+    featuresName: "edge_features",
     featureSize: 16,
     logitsName: "logits",
     classes: 10,
@@ -55,7 +56,7 @@ const STAGES: (StageModel & { name: string; threshold?: number })[] = [
   },
   {
     name: "server",
-    inputName: "features",
+    inputName: "edge_features",
     inShape: [16],
     logitsName: "logits",
     classes: 10,
