@@ -8,6 +8,7 @@ import sys
 from .data import DATASETS, DEFAULT_FASHION_DIR
 from .export import DEFAULT_OPSET
 from .models import ARCHS
+from .train import DEFAULT_VAL_SIZE
 
 # On a shared 2-core machine two OpenMP threads spin-wait on each other whenever another process
 # takes a core; measured here under a parallel build, one thread ran a training step 6x faster.
@@ -62,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true", help="random horizontal flips and 2-pixel shifts while training")
     t.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and the data order")
     t.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    t.add_argument("--train-limit", type=int, default=0, help="train on the first N training samples only (0: all)")
+    t.add_argument("--train-limit", type=int, default=0,
+                   help="train on the first N training samples only (0: all but the --val-size split)")
     t.add_argument("--test-limit", type=int, default=0, help="test on the first N test samples only (0: all)")
-    t.add_argument("--val-size", type=int, default=0,
-                   help="hold out the last N training samples and calibrate thresholds on them "
-                        "(0: calibrate on the test set)")
+    t.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, metavar="N",
+                   help="validation split: the last N training images never train; the exit thresholds are "
+                        "calibrated on them, never on the test set, which only measures the reported table "
+                        "(--train-limit counts from the start of the images left)")
     t.add_argument("--target-drop", type=float, default=0.5,
                    help="each exit gets the largest threshold whose Overall accuracy stays within this many "
                         "percentage points of the last stage alone")

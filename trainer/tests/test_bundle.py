@@ -193,9 +193,10 @@ def test_train_on_cifar_batches(tmp_path):
                          b"labels": [int(v) for v in rng.integers(0, 10, n)]}, f)
     bundle = str(tmp_path / "cifar")
     assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--arch", "deep3", "--filters", "4",
-                 "--epochs", "1", "--batch-size", "32", "--out", bundle]) == 0
+                 "--epochs", "1", "--batch-size", "32", "--val-size", "16", "--out", bundle]) == 0
     manifest = check_bundle(bundle)
     assert manifest["input"]["shape"] == [3, 32, 32]
     assert len(manifest["input"]["mean"]) == 3 and len(manifest["input"]["std"]) == 3
     assert manifest["labels"][0] == "airplane"
     assert manifest["evaluation"]["dataset"] == "cifar10/test" and manifest["evaluation"]["samples"] == 32
+    assert manifest["evaluation"]["calibratedOn"] == "cifar10/train[48:64]"

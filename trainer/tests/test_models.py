@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from trainer.models import BinaryConv2d, BinaryLinear, bake_binary, binarize, build_model, stage_macs
@@ -23,18 +24,37 @@ def test_binarized_forward_is_sign_times_mean_abs():
         assert set(row.abs().reshape(-1).tolist()) == {a.item()}
 
 
-def test_straight_through_gradient_flows():
+def test_straight_through_gradient_is_masked_and_includes_alpha():
+    # binarize(w) = sign(w) * alpha, alpha = mean |w| of the row. Backward: the STE passes the
+    # upstream gradient g through sign() (times alpha) only where |w| <= 1, and alpha adds
+    # sum_j(g_j sign(w_j)) * sign(w_i) / n to every weight of the row.
+    w = torch.tensor([[0.5, -2.0, 0.25, -1.0]], requires_grad=True)
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    (binarize(w) * g).sum().backward()
+    alpha = (0.5 + 2.0 + 0.25 + 1.0) / 4
+    sign = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    inside = torch.tensor([[1.0, 0.0, 1.0, 1.0]])  # |w| <= 1; -2.0 gets nothing through sign()
+    torch.testing.assert_close(w.grad, g * inside * alpha + (g * sign).sum() * sign / 4)
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_binarized_layers_learn(layer):
+    """What the shallow device needs from the STE: Adam on the float weights fits a separable task."""
     torch.manual_seed(0)
-    lin = BinaryLinear(8, 2)
-    lin(torch.randn(5, 8)).pow(2).sum().backward()
-    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
-    conv = BinaryConv2d(1, 2, 3)
-    conv(torch.randn(1, 1, 4, 4)).sum().backward()
-    assert conv.weight.grad.abs().sum() > 0
-    # The STE passes gradient only where |w| <= 1.
-    w = torch.tensor([[0.5, -2.0]], requires_grad=True)
-    binarize(w).sum().backward()
-    assert w.grad[0, 1] != w.grad[0, 0]
+    x = torch.randn(256, 1, 4, 4)
+    y = (x.flatten(1)[:, :8].sum(1) > x.flatten(1)[:, 8:].sum(1)).long()
+    if layer == "linear":
+        model = torch.nn.Sequential(torch.nn.Flatten(), BinaryLinear(16, 2))
+    else:
+        model = torch.nn.Sequential(BinaryConv2d(1, 2, 4), torch.nn.Flatten())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9, accuracy
 
 
 def test_baked_shallow_model_has_no_binary_layers_and_same_outputs():
@@ -48,16 +68,28 @@ def test_baked_shallow_model_has_no_binary_layers_and_same_outputs():
             torch.testing.assert_close(a, b)
 
 
-def test_stage_shapes_and_size_budget():
+def test_stages_chain_like_the_tiers_and_fit_the_budgets():
     x = torch.randn(2, 1, 28, 28)
-    for arch, count in (("deep", 2), ("shallow", 2), ("deep3", 3)):
+    # What each non-last stage sends to the next tier: F x 7 x 7 from the device (F = 32), and
+    # 2F x 3 x 3 from deep3's edge.
+    sent = {"deep": [(2, 32, 7, 7)], "shallow": [(2, 32, 7, 7)], "deep3": [(2, 32, 7, 7), (2, 64, 3, 3)]}
+    for arch, shapes in sent.items():
         model = build_model(arch, FASHION).eval()
-        assert len(model.stages) == count
-        features, logits = model.stages[0](x)
-        # What the device sends over MQTT: at most F x 7 x 7 per sample.
-        assert features[0].numel() <= 32 * 7 * 7
-        assert model(x)[-1].shape == (2, 10)
-        assert isinstance(model.stages[-1](model.stages[-2](features)[0] if count == 3 else features), torch.Tensor)
+        assert len(model.stages) == len(shapes) + 1
+        with torch.no_grad():
+            # Stage k reads stage k-1's features, as the tiers run them one after another.
+            current, chained, features = x, [], []
+            for stage in model.stages[:-1]:
+                current, logits = stage(current)
+                features.append(tuple(current.shape))
+                chained.append(logits)
+            chained.append(model.stages[-1](current))
+            joint = model(x)
+        assert features == shapes, arch
+        assert len(joint) == len(chained)
+        for a, b in zip(chained, joint):
+            assert a.shape == (2, 10)
+            torch.testing.assert_close(a, b)
         assert sum(stage_macs(model, [1, 28, 28])) <= 5_000_000
 
 
