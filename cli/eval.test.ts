@@ -3,29 +3,123 @@ import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { beforeAll, describe, expect, it } from "vitest";
 import { encodeIdx } from "../core/dataset/idx.js";
-import { packBundle, smallStages, tempDir, writeBundle } from "../test/support/bundle-fixture.js";
+import {
+  type FixtureStage,
+  packBundle,
+  smallStages,
+  tempDir,
+  writeBundle,
+} from "../test/support/bundle-fixture.js";
+import { forward } from "../test/support/onnx-model.js";
 import { ddnn } from "../test/support/run.js";
+
+interface Report {
+  samples: number;
+  stages: { name: string; exitRate: number; accuracyAll: number; accuracyExited: number }[];
+  overall: number;
+  ideal: number;
+}
+
+/**
+ * The report worked out by hand in float64 from the fixture's weights, apart from onnxruntime and
+ * the project's pipeline: x = (u8/255 - 0.5)/0.25, each stage's logits, eta = H(softmax)/ln C.
+ */
+function referenceReport(
+  stages: FixtureStage[],
+  pixels: Uint8Array,
+  truth: Uint8Array,
+  n: number,
+  thresholds: number[],
+): { report: Report; closest: number } {
+  const per = pixels.length / n;
+  let x = Float32Array.from(pixels.subarray(0, n * per), (u) => (u / 255 - 0.5) / 0.25);
+  const labels: number[][] = [];
+  const etas: number[][] = [];
+  for (const stage of stages) {
+    const { features, logits } = forward(stage, x, n);
+    const c = stage.classes;
+    const l: number[] = [];
+    const e: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const row = Array.from(logits.subarray(i * c, (i + 1) * c));
+      const max = Math.max(...row);
+      const z = row.reduce((a, v) => a + Math.exp(v - max), 0);
+      const p = row.map((v) => Math.exp(v - max) / z);
+      l.push(row.indexOf(max));
+      e.push(-p.reduce((a, q) => a + (q > 0 ? q * Math.log(q) : 0), 0) / Math.log(c));
+    }
+    labels.push(l);
+    etas.push(e);
+    if (features) x = Float32Array.from(features);
+  }
+  const k = stages.length;
+  const exited = new Array<number>(k).fill(0);
+  const exitedRight = new Array<number>(k).fill(0);
+  let overall = 0;
+  let ideal = 0;
+  let closest = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < n; i++) {
+    let at = k - 1;
+    for (let s = 0; s < k - 1; s++) {
+      closest = Math.min(closest, Math.abs(etas[s]![i]! - thresholds[s]!));
+      if (etas[s]![i]! < thresholds[s]!) {
+        at = s;
+        break;
+      }
+    }
+    const right = labels[at]![i] === truth[i];
+    exited[at]! += 1;
+    if (right) {
+      exitedRight[at]! += 1;
+      overall += 1;
+    }
+    if (labels.some((l) => l[i] === truth[i])) ideal += 1;
+  }
+  const report: Report = {
+    samples: n,
+    stages: stages.map((s, j) => ({
+      name: s.name,
+      exitRate: exited[j]! / n,
+      accuracyAll: labels[j]!.filter((v, i) => v === truth[i]).length / n,
+      accuracyExited: exited[j] ? exitedRight[j]! / exited[j]! : 0,
+    })),
+    overall: overall / n,
+    ideal: ideal / n,
+  };
+  return { report, closest };
+}
+
+function expectReport(actual: Report, expected: Report): void {
+  expect(actual.samples).toBe(expected.samples);
+  expect(actual.stages.map((s) => s.name)).toEqual(expected.stages.map((s) => s.name));
+  actual.stages.forEach((s, j) => {
+    const e = expected.stages[j]!;
+    expect(s.exitRate).toBeCloseTo(e.exitRate, 12);
+    expect(s.accuracyAll).toBeCloseTo(e.accuracyAll, 12);
+    expect(s.accuracyExited).toBeCloseTo(e.accuracyExited, 12);
+  });
+  expect(actual.overall).toBeCloseTo(expected.overall, 12);
+  expect(actual.ideal).toBeCloseTo(expected.ideal, 12);
+}
+
+const pct = (v: number) => `${(v * 100).toFixed(2)}%`;
 
 describe("ddnn eval", () => {
   let bundle: string;
   let images: string;
   let labels: string;
   const n = 200;
+  const stages = smallStages();
+  const px = Uint8Array.from({ length: n * 16 }, (_, i) => (i * 37 + (i >> 4) * 11) % 256);
+  const truth = Uint8Array.from({ length: n }, (_, i) => i % 3);
 
   beforeAll(() => {
-    bundle = writeBundle(smallStages()).dir;
+    bundle = writeBundle(stages).dir;
     const dir = tempDir();
     images = join(dir, "images.gz");
     labels = join(dir, "labels");
-    const px = Uint8Array.from({ length: n * 16 }, (_, i) => (i * 37 + (i >> 4) * 11) % 256);
     writeFileSync(images, gzipSync(encodeIdx([n, 4, 4], px)));
-    writeFileSync(
-      labels,
-      encodeIdx(
-        [n],
-        Uint8Array.from({ length: n }, (_, i) => i % 3),
-      ),
-    );
+    writeFileSync(labels, encodeIdx([n], truth));
   });
 
   it("prints one JSON object in the documented shape", async () => {
@@ -40,13 +134,15 @@ describe("ddnn eval", () => {
       "--json",
     ]);
     expect(r.code).toBe(0);
-    const report = JSON.parse(r.stdout);
+    const report = JSON.parse(r.stdout) as Report;
     expect(Object.keys(report)).toEqual(["samples", "stages", "overall", "ideal"]);
-    expect(report.samples).toBe(n);
-    expect(report.stages.map((s: { name: string }) => s.name)).toEqual(["device", "server"]);
-    const rates = report.stages.reduce((a: number, s: { exitRate: number }) => a + s.exitRate, 0);
-    expect(rates).toBeCloseTo(1, 12);
-    expect(report.ideal).toBeGreaterThanOrEqual(report.overall);
+    const expected = referenceReport(stages, px, truth, n, [0.5]);
+    // No sample sits so near the threshold that float32 against float64 could move its exit.
+    expect(expected.closest).toBeGreaterThan(1e-4);
+    // Both exits take part, so a wrong exit rule or a swapped stage shows in the numbers.
+    expect(expected.report.stages[0]!.exitRate).toBeGreaterThan(0.05);
+    expect(expected.report.stages[0]!.exitRate).toBeLessThan(0.95);
+    expectReport(report, expected.report);
   });
 
   it("prints the accuracy table, honours --limit and --threshold, and reads .tar.gz bundles", async () => {
@@ -66,8 +162,21 @@ describe("ddnn eval", () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/samples 50/);
     expect(r.stdout).toMatch(/device < 1, server: always/);
-    expect(r.stdout).toMatch(/device\s+100\.00%/);
-    expect(r.stdout).toMatch(/Overall \d+\.\d\d%\s+Ideal \d+\.\d\d%/);
+    // Threshold 1 sends every one of the 50 samples out at the device.
+    const { report } = referenceReport(stages, px, truth, 50, [1]);
+    const device = report.stages[0]!;
+    const server = report.stages[1]!;
+    expect(device.exitRate).toBe(1);
+    const row = (name: string) =>
+      r.stdout
+        .split("\n")
+        .find((l) => l.startsWith(`${name} `))
+        ?.trim()
+        .split(/\s+/)
+        .slice(1, 4);
+    expect(row("device")).toEqual([pct(1), pct(device.accuracyAll), pct(device.accuracyExited)]);
+    expect(row("server")).toEqual([pct(0), pct(server.accuracyAll), "-"]);
+    expect(r.stdout).toContain(`Overall ${pct(report.overall)}   Ideal ${pct(report.ideal)}`);
   });
 
   it("sweeps the first exit's threshold from 0.05 to 0.95", async () => {
@@ -121,7 +230,7 @@ describe("ddnn eval", () => {
     }
   });
 
-  it("refuses images that do not fit the bundle and a broken bundle, exit code 1 or 2", async () => {
+  it("refuses images that do not fit the bundle and a broken bundle with one line, exit code 2", async () => {
     const dir = tempDir();
     const wrong = join(dir, "wrong");
     writeFileSync(wrong, encodeIdx([2, 5, 5], new Uint8Array(50)));
@@ -136,7 +245,7 @@ describe("ddnn eval", () => {
       },
     }).dir;
     const b = await ddnn(["eval", "--bundle", broken, "--images", images, "--labels", labels]);
-    expect(b.code).toBe(1);
-    expect(b.stderr).toMatch(/ddnn\.json: labels: needs at least two labels/);
+    expect(b.code).toBe(2);
+    expect(b.stderr).toMatch(/^ddnn: \S+ddnn\.json: labels: needs at least two labels[^\n]*\n$/);
   });
 });

@@ -1,8 +1,7 @@
 #!/usr/bin/env node
-import { BundleError } from "../core/bundle/manifest.js";
-import { ConfigError } from "../core/config.js";
 import { UsageError } from "./args.js";
 import { runEval } from "./eval.js";
+import { describeFailure } from "./failure.js";
 import { runOperator } from "./operator.js";
 import { isTier, runTier } from "./tiers.js";
 import { runUp } from "./up.js";
@@ -51,15 +50,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const known =
-      err instanceof UsageError ||
-      err instanceof BundleError ||
-      err instanceof ConfigError ||
-      err instanceof RangeError;
-    process.stderr.write(
-      `ddnn: ${known ? (err as Error).message : String((err as Error)?.stack ?? err)}\n`,
-    );
+    const failure = describeFailure(err);
+    process.stderr.write(failure.text);
     // Exit now: a tier that failed half-way may still hold worker threads and a reconnecting client.
-    process.exit(err instanceof UsageError || err instanceof ConfigError ? 2 : 1);
+    process.exit(failure.code);
   },
 );

@@ -67,9 +67,18 @@ export async function runTier(
   process.stderr.write(
     `${JSON.stringify({ msg: "configuration", tier: name, config: printable({ ...config, ...(typeof config.broker === "string" ? { broker: safeBrokerUrl(config.broker) } : {}) }, tier.fields) })}\n`,
   );
+  // Signals are heard from the start: one that comes while the tier starts stops it once it is up.
+  let signalled: ((signal: string) => void) | undefined;
+  let early: string | undefined;
+  const onSignal = (signal: string) => {
+    if (signalled) signalled(signal);
+    else early ??= signal;
+  };
+  process.once("SIGTERM", () => onSignal("SIGTERM"));
+  process.once("SIGINT", () => onSignal("SIGINT"));
   const running = await tier.start(config);
   return new Promise((resolve) => {
-    const stop = (signal: string) => {
+    signalled = (signal: string) => {
       process.stderr.write(
         `${JSON.stringify({ msg: "shutting down: answering in-flight requests", signal })}\n`,
       );
@@ -78,7 +87,6 @@ export async function runTier(
         () => resolve(1),
       );
     };
-    process.once("SIGTERM", () => stop("SIGTERM"));
-    process.once("SIGINT", () => stop("SIGINT"));
+    if (early) signalled(early);
   });
 }

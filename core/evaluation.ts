@@ -1,3 +1,4 @@
+import { ConfigError } from "./config.js";
 import type { ExitPolicy } from "./exit.js";
 import type { FullResult } from "./pipeline.js";
 
@@ -46,7 +47,7 @@ export function accuracyReport(
   stageNames: readonly string[],
 ): AccuracyReport {
   const n = result.samples;
-  if (truth.length < n) throw new RangeError(`${truth.length} labels for ${n} samples`);
+  if (truth.length < n) throw new ConfigError(`${truth.length} labels for ${n} samples`);
   const { exitStage, label } = adaptiveDecisions(result, policy);
   const k = stageNames.length;
   const exited = new Array<number>(k).fill(0);

@@ -4,6 +4,7 @@ import type { Ort } from "./bundle/backend.js";
 import type { Manifest } from "./bundle/manifest.js";
 import type { VerifiedBundle } from "./bundle/read.js";
 import { loadBundle, type Stage, type StageOptions } from "./bundle/stages.js";
+import { ConfigError } from "./config.js";
 import { argmax, ExitPolicy, normalizedEntropy } from "./exit.js";
 import { preprocess } from "./preprocess.js";
 
@@ -69,9 +70,9 @@ export function exitPolicyFor(
   const names = manifest.stages.map((s) => s.name);
   for (const name of Object.keys(overrides)) {
     const i = names.indexOf(name);
-    if (i === -1) throw new RangeError(`unknown stage "${name}" (stages: ${names.join(", ")})`);
+    if (i === -1) throw new ConfigError(`unknown stage "${name}" (stages: ${names.join(", ")})`);
     if (i === names.length - 1)
-      throw new RangeError(
+      throw new ConfigError(
         `stage "${name}" is the last stage; it always answers and has no threshold`,
       );
   }

@@ -1,4 +1,5 @@
 /** Contract 3: MQTT topic names. */
+import { ConfigError } from "./config.js";
 
 /** `ns/name` as written in frame headers and configuration. */
 export interface ModelRef {
@@ -13,7 +14,7 @@ export function parseModelRef(ref: string): ModelRef {
   const [namespace, name, ...rest] = ref.split("/");
   const ok = (s: string | undefined): s is string => !!s && level.test(s) && !s.includes("\0");
   if (!ok(namespace) || !ok(name) || rest.length > 0) {
-    throw new RangeError(`model "${ref}" must be <namespace>/<name> without MQTT wildcards`);
+    throw new ConfigError(`model "${ref}" must be <namespace>/<name> without MQTT wildcards`);
   }
   return { namespace, name };
 }
@@ -35,7 +36,7 @@ export function sharedRequestFilter(model: ModelRef, stage: string): string {
 /** Default reply topic of a device: `ddnn/<namespace>/<model>/reply/<device id>`. */
 export function replyTopic(model: ModelRef, deviceId: string): string {
   if (!level.test(deviceId))
-    throw new RangeError(`device id "${deviceId}" must not contain / + # or NUL`);
+    throw new ConfigError(`device id "${deviceId}" must not contain / + # or NUL`);
   return `ddnn/${model.namespace}/${model.name}/reply/${deviceId}`;
 }
 

@@ -5,6 +5,7 @@ import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
 import { openBundleSource } from "../core/bundle/source.js";
 import { openStages } from "../core/bundle/stages.js";
+import { ConfigError } from "../core/config.js";
 import { readIdx } from "../core/dataset/idx.js";
 import { type TierMetrics, tierMetrics } from "../core/metrics.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
@@ -58,7 +59,7 @@ export async function startAgent(
   const { manifest } = bundle;
   const range = stageRange(manifest, config.stages, [0, 0]);
   if (range.from !== 0)
-    throw new RangeError("--stages: the device runs the first stage(s) of the bundle");
+    throw new ConfigError("--stages: the device runs the first stage(s) of the bundle");
   const model = resolveModel(manifest, config.model);
   const policy = exitPolicyFor(manifest, config.threshold);
   const only = Array.from({ length: range.to + 1 }, (_, i) => i);
@@ -66,7 +67,7 @@ export async function startAgent(
     config.alarm.map((a) => {
       const i = /^\d+$/.test(a) ? Number(a) : manifest.labels.indexOf(a);
       if (i < 0 || i >= manifest.labels.length)
-        throw new RangeError(
+        throw new ConfigError(
           `--alarm: "${a}" is not a label of the bundle (${manifest.labels.join(", ")})`,
         );
       return i;
@@ -129,7 +130,7 @@ export async function startAgent(
   let replayDone: Promise<void> = Promise.resolve();
   if (config.source.includes("replay")) {
     if (!config.replayImages)
-      throw new RangeError("--replay-images is required with --source replay");
+      throw new ConfigError("--replay-images is required with --source replay");
     const images = await readIdx(config.replayImages);
     const labels = config.replayLabels ? await readIdx(config.replayLabels) : undefined;
     const until = Date.now() + (hooks.replayWaitForUpstreamMs ?? 0);

@@ -5,7 +5,7 @@
  */
 import type { Logger } from "pino";
 import { z } from "zod";
-import type { FieldTable } from "../core/config.js";
+import { ConfigError, type FieldTable } from "../core/config.js";
 import { type RunningTier, startStageTier } from "../core/runtime/stage-tier.js";
 import {
   commonFields,
@@ -42,7 +42,7 @@ export function startGateway(
       tier: "edge",
       defaultRange: (k) => {
         if (k < 3)
-          throw new RangeError(
+          throw new ConfigError(
             `a ${k}-stage bundle has no middle stage for a gateway; pass --stages`,
           );
         return [1, k - 2];

@@ -16,6 +16,8 @@ export interface InferenceOptions {
   readonly model: ModelRef;
   readonly pool: WorkerPool;
   readonly metrics: TierMetrics;
+  /** The workers opened every stage (--full-model); otherwise inference over HTTP is refused. */
+  readonly fullModel: boolean;
 }
 
 const nested: z.ZodType<unknown[]> = z.lazy(() => z.array(z.union([z.number(), nested])));
@@ -88,6 +90,12 @@ export const inferencePlugin =
     app.post<{ Params: { name: string } }>("/v2/models/:name/infer", async (req, reply) => {
       if (!names.has(req.params.name))
         return reply.code(404).send({ error: `unknown model "${req.params.name}"` });
+      if (!o.fullModel) {
+        const own = o.pool.opened.map((i) => manifest.stages[i]?.name ?? String(i));
+        return reply.code(501).send({
+          error: `this server opened only the stages [${own.join(", ")}]; start it with --full-model true (DDNN_FULL_MODEL) to run the whole model over HTTP`,
+        });
+      }
       const parsed = inferRequest.safeParse(req.body);
       if (!parsed.success) {
         const issue = parsed.error.issues[0]!;

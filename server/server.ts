@@ -20,9 +20,11 @@ export function startServer(
       tier: "server",
       // By default the server runs every stage after the device's first one.
       defaultRange: (k) => [Math.min(1, k - 1), k - 1],
-      // Workers open every stage: MQTT requests start at the range, Server Only requests at 0.
-      open: (_range, k) => Array.from({ length: k }, (_, i) => i),
-      plugins: (ctx) => [inferencePlugin(ctx)],
+      // MQTT requests start at the range; Server Only requests (HTTP) start at stage 0, so the
+      // workers open the earlier stages only when the whole model is served.
+      open: (range, k) =>
+        Array.from({ length: k }, (_, i) => i).filter((i) => i >= range.from || config.fullModel),
+      plugins: (ctx) => [inferencePlugin({ ...ctx, fullModel: config.fullModel })],
     },
     log,
   );

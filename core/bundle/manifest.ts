@@ -114,7 +114,7 @@ export class BundleError extends Error {
   constructor(
     readonly file: string,
     readonly field: string | undefined,
-    detail: string,
+    readonly detail: string,
   ) {
     super(field === undefined ? `${file}: ${detail}` : `${file}: ${field}: ${detail}`);
     this.name = "BundleError";

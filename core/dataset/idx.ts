@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { gunzipSync } from "node:zlib";
+import { ConfigError } from "../config.js";
 
 /** An idx file (the MNIST format): unsigned bytes with a shape. */
 export interface IdxArray {
@@ -12,30 +13,45 @@ const IDX_U8 = 0x08;
 
 /** Reads an idx file, gzipped or not. Only the unsigned-byte element type is supported. */
 export async function readIdx(path: string): Promise<IdxArray> {
-  const raw = await readFile(path);
+  let raw: Uint8Array;
+  try {
+    raw = await readFile(path);
+  } catch (err) {
+    throw new ConfigError(
+      `${path}: cannot read the idx file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
+  }
   return parseIdx(raw, path);
 }
 
+/** Parses idx bytes (gzipped or not); a file that is not one is the user's to fix (ConfigError). */
 export function parseIdx(raw: Uint8Array, name = "idx"): IdxArray {
-  const bytes = raw[0] === 0x1f && raw[1] === 0x8b ? new Uint8Array(gunzipSync(raw)) : raw;
+  let bytes = raw;
+  if (raw[0] === 0x1f && raw[1] === 0x8b) {
+    try {
+      bytes = new Uint8Array(gunzipSync(raw));
+    } catch (err) {
+      throw new ConfigError(`${name}: not a readable gzip file (${(err as Error).message})`);
+    }
+  }
   if (bytes.length < 4 || bytes[0] !== 0 || bytes[1] !== 0) {
-    throw new Error(`${name}: not an idx file (bad magic number)`);
+    throw new ConfigError(`${name}: not an idx file (bad magic number)`);
   }
   if (bytes[2] !== IDX_U8) {
-    throw new Error(
+    throw new ConfigError(
       `${name}: idx element type 0x${(bytes[2] ?? 0).toString(16)} is not supported (only unsigned bytes, 0x08)`,
     );
   }
   const rank = bytes[3] ?? 0;
-  if (rank < 1) throw new Error(`${name}: idx file has no dimensions`);
+  if (rank < 1) throw new ConfigError(`${name}: idx file has no dimensions`);
   const headerLength = 4 + 4 * rank;
-  if (bytes.length < headerLength) throw new Error(`${name}: idx header is truncated`);
+  if (bytes.length < headerLength) throw new ConfigError(`${name}: idx header is truncated`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const shape: number[] = [];
   for (let i = 0; i < rank; i++) shape.push(view.getUint32(4 + 4 * i, false));
   const count = shape.reduce((a, b) => a * b, 1);
   if (bytes.length - headerLength < count) {
-    throw new Error(
+    throw new ConfigError(
       `${name}: idx body holds ${bytes.length - headerLength} bytes, shape [${shape.join(", ")}] needs ${count}`,
     );
   }

@@ -39,7 +39,9 @@ function streamFor(url: URL, ca: string | undefined): () => net.Socket {
     };
   }
   if (url.protocol !== "mqtt:" && url.protocol !== "tcp:") {
-    throw new RangeError(`broker URL ${url.protocol}// is not supported (use mqtt:// or mqtts://)`);
+    throw new ConfigError(
+      `broker URL ${url.protocol}// is not supported (use mqtt:// or mqtts://)`,
+    );
   }
   if (ca !== undefined) refuseCa(url.protocol);
   return () =>

@@ -4,6 +4,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import type { BackendChoice } from "../bundle/backend.js";
+import { BundleError } from "../bundle/manifest.js";
 import type { VerifiedBundle } from "../bundle/read.js";
 import { openStages } from "../bundle/stages.js";
 import { ExitPolicy } from "../exit.js";
@@ -64,5 +65,14 @@ async function run(pipeline: Pipeline, msg: WorkerRequest, noEarlyExit: ExitPoli
 }
 
 main().catch((err: unknown) => {
-  port.postMessage({ type: "fatal", message: (err as Error).message } satisfies WorkerReply);
+  // A bad stage file is the user's to fix: hand its parts over so the pool rethrows a BundleError.
+  const bundle =
+    err instanceof BundleError
+      ? { file: err.file, field: err.field, detail: err.detail }
+      : undefined;
+  port.postMessage({
+    type: "fatal",
+    message: (err as Error).message,
+    ...(bundle ? { bundle } : {}),
+  } satisfies WorkerReply);
 });

@@ -113,7 +113,7 @@ export function stageRange(
   if (!names || names.length === 0) {
     const [from, to] = fallback;
     if (from < 0 || to >= all.length || from > to)
-      throw new RangeError(
+      throw new ConfigError(
         `this tier has no default stages in a ${all.length}-stage bundle; pass --stages`,
       );
     return { from, to };
@@ -121,12 +121,12 @@ export function stageRange(
   const idx = names.map((n) => {
     const i = all.indexOf(n);
     if (i === -1)
-      throw new RangeError(`--stages: the bundle has no stage "${n}" (stages: ${all.join(", ")})`);
+      throw new ConfigError(`--stages: the bundle has no stage "${n}" (stages: ${all.join(", ")})`);
     return i;
   });
   idx.forEach((v, k) => {
     if (k > 0 && v !== (idx[k - 1] as number) + 1)
-      throw new RangeError(
+      throw new ConfigError(
         `--stages: ${names.join(", ")} are not consecutive stages of the bundle`,
       );
   });

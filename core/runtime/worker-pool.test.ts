@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { type FixtureStage, writeBundle } from "../../test/support/bundle-fixture.js";
+import { BundleError } from "../bundle/manifest.js";
 import { readBundle } from "../bundle/read.js";
 import { isForward, Pipeline } from "../pipeline.js";
 import { type PoolError, WorkerPool } from "./worker-pool.js";
@@ -111,9 +112,53 @@ describe("WorkerPool", () => {
     );
     const closing = pool.close(2000);
     pool.crashOne(5);
-    const settled = await Promise.allSettled(pending);
+    // Every request settles well within close()'s bound: none is left waiting forever.
+    const settled = await Promise.race([
+      Promise.allSettled(pending),
+      new Promise<"hung">((r) => setTimeout(() => r("hung"), 5000)),
+    ]);
     await closing;
-    expect(settled).toHaveLength(64);
+    expect(settled).not.toBe("hung");
+    const results = settled as PromiseSettledResult<Awaited<(typeof pending)[number]>>[];
+    // Each one is either answered by the stage or refused with a reason naming the shutdown.
+    for (const r of results) {
+      if (r.status === "fulfilled") expect(r.value.result.stage).toBe(1);
+      else
+        expect([(r.reason as PoolError).code, (r.reason as Error).message]).toEqual([
+          "internal",
+          expect.stringMatching(/exited \(code 5\)|pool closed/),
+        ]);
+    }
+    // The crash took the batch it held; with no worker left (none is replaced while closing),
+    // what was queued behind it is refused when close() gives up, not left waiting.
+    const reasons = results.flatMap((r) =>
+      r.status === "rejected" ? [(r.reason as Error).message] : [],
+    );
+    expect(reasons.some((m) => /exited \(code 5\)/.test(m))).toBe(true);
+  });
+
+  it("fails to start with the bundle's error when a stage cannot be opened, and replaces no worker", async () => {
+    const dir = writeBundle(stages).dir;
+    const bundle = await readBundle(dir);
+    const broken = {
+      ...bundle,
+      stageBytes: [bundle.stageBytes[0]!, new TextEncoder().encode("not onnx")],
+    };
+    const exits: number[] = [];
+    const failed = await WorkerPool.start({
+      bundle: broken,
+      only: [1],
+      thresholds: [0.5, undefined],
+      workers: 3,
+      maxBatch: 8,
+      maxDelayMs: 0,
+      maxQueue: 10,
+      onWorkerExit: (e) => exits.push(e.code),
+    }).catch((err: unknown) => err);
+    expect(failed).toBeInstanceOf(BundleError);
+    expect((failed as BundleError).message).toMatch(/server\.onnx.*not a loadable ONNX model/);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(exits).toEqual([]);
   });
 
   it("refuses work beyond the queue bound as overloaded and expired work as deadline_exceeded", async () => {

@@ -11,6 +11,7 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import type { BackendChoice } from "../bundle/backend.js";
+import { BundleError } from "../bundle/manifest.js";
 import type { VerifiedBundle } from "../bundle/read.js";
 import type { RangeResult } from "../pipeline.js";
 import type { StageWorkerData } from "./stage-worker.js";
@@ -31,7 +32,12 @@ export type WorkerReply =
   | { type: "ready"; backend: string | undefined; shapes: Record<number, number[]> }
   | { type: "done"; batch: number; results: RangeResult[] }
   | { type: "failed"; batch: number; message: string }
-  | { type: "fatal"; message: string };
+  | {
+      type: "fatal";
+      message: string;
+      /** Set when the worker could not open a stage of the bundle. */
+      bundle?: { file: string; field: string | undefined; detail: string };
+    };
 
 export type PoolErrorCode = "overloaded" | "deadline_exceeded" | "internal";
 
@@ -118,6 +124,8 @@ export class WorkerPool {
   private nextBatch = 1;
   private closing = false;
   private restarts = 0;
+  /** Set once every first worker is ready; before that a worker that exits is not replaced. */
+  private started = false;
   backend: string | undefined;
   private shapes: Record<number, number[]> = {};
 
@@ -127,14 +135,24 @@ export class WorkerPool {
     if (options.workers < 1 || options.maxBatch < 1)
       throw new RangeError("a pool needs at least one worker and maxBatch >= 1");
     const pool = new WorkerPool(options);
-    try {
-      await Promise.all(Array.from({ length: options.workers }, (_, i) => pool.spawn(i)));
-    } catch (err) {
+    // Every worker is heard from before any is stopped: terminating a worker (or exiting the
+    // process) while another one is still inside onnxruntime's session creation aborts natively.
+    const started = await Promise.allSettled(
+      Array.from({ length: options.workers }, (_, i) => pool.spawn(i)),
+    );
+    const failed = started.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed) {
       // No half-started pool keeps respawning workers behind the caller's back.
       await pool.close(0);
-      throw err;
+      throw failed.reason;
     }
+    pool.started = true;
     return pool;
+  }
+
+  /** Stage indices the workers open. */
+  get opened(): readonly number[] {
+    return this.options.only;
   }
 
   /** Per-sample input shape of a stage the workers opened (-1 where the model leaves a dimension open). */
@@ -228,8 +246,14 @@ export class WorkerPool {
             this.pump();
             break;
           case "fatal":
-            reject(new Error(`inference worker could not start: ${msg.message}`));
-            void worker.terminate();
+            reject(
+              msg.bundle
+                ? new BundleError(msg.bundle.file, msg.bundle.field, msg.bundle.detail)
+                : new Error(`inference worker could not start: ${msg.message}`),
+            );
+            // A replacement that cannot start exits, and its exit schedules the next attempt;
+            // at start-up the pool stops every worker itself once all have answered.
+            if (this.started) void worker.terminate();
             break;
           case "done":
             this.finish(slot, msg.batch, (p, i) => {
@@ -277,6 +301,8 @@ export class WorkerPool {
   private onExit(slot: Slot, code: number): void {
     if (slot.exited) return;
     slot.exited = true;
+    // A first worker that never got ready fails the pool's start instead of being replaced.
+    if (!this.started && !slot.ready) return;
     const jobs = slot.busy?.jobs ?? [];
     slot.busy = undefined;
     slot.ready = false;
