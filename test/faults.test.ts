@@ -512,6 +512,9 @@ describe("faults against a real Mosquitto: no request ends without a result", ()
         ["kind-result", "bad_frame", frame(h("kind-result", { kind: "result" }), body)],
         ["no-digest", "bad_frame", frame(h("no-digest", { digest: undefined }), body)],
         ["deadline-string", "bad_frame", frame(h("deadline-string", { deadline: "soon" }), body)],
+        // The reply carries the request's timings on: a bad one would make the reply undecodable.
+        ["timings-string", "bad_frame", frame(h("timings-string", { timings: { x: "y" } }), body)],
+        ["timings-array", "bad_frame", frame(h("timings-array", { timings: [1, 2] }), body)],
         [
           "unknown-model",
           "unknown_model",
@@ -599,8 +602,10 @@ describe("faults against a real Mosquitto: no request ends without a result", ()
       }
       // One valid request with an unknown extra field: extra fields are allowed.
       fuzz.publish(fuzz.request("extra-field", 3, { colour: "blue", sentAt: Date.now() }));
+      // Timings of the tiers before are handed on in the reply, beside the server's own.
+      fuzz.publish(fuzz.request("timings", 4, { timings: { device: 0.25, edge: 1.5 } }));
 
-      await fuzz.waitAll([...answerable.map(([id]) => id), "extra-field"]);
+      await fuzz.waitAll([...answerable.map(([id]) => id), "extra-field", "timings"]);
       await good.waitAll(goodIds);
       for (const [id, code] of answerable) {
         const got = fuzz.replies.get(id)!;
@@ -616,13 +621,19 @@ describe("faults against a real Mosquitto: no request ends without a result", ()
         status: "ok",
         label: serverAnswer[3]!.label,
       });
+      for (const id of ["timings-string", "timings-array"])
+        expect((fuzz.replies.get(id)![0]!.error as { message: string }).message).toMatch(/timings/);
+      const timed = fuzz.replies.get("timings")![0]!;
+      expect(timed).toMatchObject({ status: "ok", label: serverAnswer[4]!.label });
+      expect(timed.timings).toMatchObject({ device: 0.25, edge: 1.5 });
+      expect((timed.timings as Record<string, number>).server).toBeGreaterThan(0);
       goodIds.forEach((id, n) => {
         const reply = good.replies.get(id)!;
         expect(reply).toHaveLength(1);
         expect([reply[0]!.status, reply[0]!.label]).toEqual(["ok", serverAnswer[n % 10]!.label]);
       });
       // Nothing else came back to the fuzzer: dropped frames got no reply.
-      const expectedIds = new Set([...answerable.map(([id]) => id), "extra-field"]);
+      const expectedIds = new Set([...answerable.map(([id]) => id), "extra-field", "timings"]);
       expect([...fuzz.replies.keys()].filter((id) => !expectedIds.has(id))).toEqual([]);
       expect(fuzz.unreadable).toEqual([]);
       const want = 3 * unanswerable.length;

@@ -163,7 +163,7 @@ export class StageService {
         );
       }
       const timings = {
-        ...(isRecord(header.timings) ? header.timings : {}),
+        ...header.timings,
         [this.o.tier]: round(compute),
         [`${this.o.tier}Queue`]: round(queueMs),
       };
@@ -287,10 +287,6 @@ function readableIds(payload: Buffer): [string?, string?] {
   } catch {
     return [];
   }
-}
-
-function isRecord(v: unknown): v is Record<string, number> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 function round(ms: number): number {

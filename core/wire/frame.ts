@@ -70,6 +70,8 @@ export const requestHeaderSchema = z.looseObject({
     ),
   deadline: z.number().finite().optional(),
   sentAt: z.number().finite().optional(),
+  /** Milliseconds spent by the tiers before this one; each tier adds its own to the reply. */
+  timings: z.record(z.string(), z.number().finite()).optional(),
   ...tensorHeaderSchema.shape,
 });
 export type RequestHeader = z.infer<typeof requestHeaderSchema>;
