@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 300_000,
     pool: "forks",
+    // Processes and inference workers run from dist/: rebuild it when a source is newer.
+    globalSetup: ["test/support/fresh-dist.ts"],
   },
 });
