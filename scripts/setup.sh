@@ -4,7 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(python3-torch python3-onnx python3-numpy python3-pytest dataset-fashion-mnist mosquitto python3-paho-mqtt openssl)
+# The trainer's and the tests' Python side (Debian's /usr/bin/python3) and the data set, then the
+# package of every program the tests run (scripts/programs.txt).
+python_packages=(python3-torch python3-onnx python3-numpy python3-pytest python3-paho-mqtt dataset-fashion-mnist)
+mapfile -t program_table < <(grep -vE '^\s*(#|$)' scripts/programs.txt)
+program_packages=()
+for row in "${program_table[@]}"; do program_packages+=("$(awk '{ print $2 }' <<<"$row")"); done
+mapfile -t apt_packages < <(printf '%s\n' "${python_packages[@]}" "${program_packages[@]}" | sort -u)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +21,23 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# A program the tests need that is still missing stops here, named with its package: never a
+# test that times out waiting for it.
+absent=()
+for row in "${program_table[@]}"; do
+  read -r program package <<<"$row"
+  command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || absent+=("$program (Debian package $package)")
+done
+/usr/bin/python3 -c 'import torch, onnx, numpy, pytest, paho.mqtt' 2>/dev/null ||
+  absent+=("/usr/bin/python3 modules torch, onnx, numpy, pytest, paho.mqtt (Debian packages ${python_packages[*]:0:5})")
+for f in t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz; do
+  [ -f "/usr/share/datasets/fashion-mnist/$f" ] || absent+=("/usr/share/datasets/fashion-mnist/$f (Debian package dataset-fashion-mnist)")
+done
+if ((${#absent[@]})); then
+  printf 'setup: missing after install: %s\n' "${absent[@]}" >&2
+  exit 1
 fi
 
 # npm ci only when the lock file changed since the last install (node_modules/.package-lock.json

@@ -28,6 +28,7 @@ import {
 } from "./support/bundle-fixture.js";
 import { waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
+import { requireProgram } from "./support/programs.js";
 import { python, root } from "./support/run.js";
 
 const exec = promisify(execFile);
@@ -423,6 +424,9 @@ describe("Mosquitto's command-line clients", () => {
     const requestFile = join(dir, "request.bin");
     writeFileSync(requestFile, Buffer.concat([Buffer.from("DDN1"), length, header, body]));
 
+    // Missing clients fail here, naming mosquitto-clients, not as a wait that times out.
+    requireProgram("mosquitto_sub");
+    requireProgram("mosquitto_pub");
     const port = String(mosquitto.port);
     // stdbuf: mosquitto_sub's stdout is a pipe here; without it the SUBACK line stays buffered.
     const sub = spawn("stdbuf", [
