@@ -1,7 +1,7 @@
-import * as http from "node:http";
-import * as https from "node:https";
+import { BundleDownloadError, downloadBundle, maskUrl } from "../core/bundle/download.js";
 import { BundleError } from "../core/bundle/manifest.js";
 import { readBundleArchive } from "../core/bundle/read.js";
+import type { BundleSourceOptions } from "../core/bundle/source.js";
 import { type KubeClient, KubeError } from "./kube.js";
 import { type BundleFacts, bundleFacts } from "./placement.js";
 import type { BundleSource } from "./spec.js";
@@ -12,6 +12,10 @@ import type { BundleSource } from "./spec.js";
  * manifest, and the manifest's digest against spec.bundle.sha256. Verified bundles are cached by
  * (source, digest), since the digest pins every byte; failures are kept for a short while so a
  * burst of reconciles does not refetch a broken bundle.
+ *
+ * URLs are downloaded and unpacked by the tiers' own code (core/bundle `downloadBundle` and
+ * `readBundleArchive`, with the same size caps, timeout and proxy variables), so the verdict here
+ * is the one every pod will reach.
  */
 
 export type VerifyFailure =
@@ -28,13 +32,14 @@ export type BundleFetcher = (url: string) => Promise<Uint8Array>;
 
 export interface BundleVerifierOptions {
   client: KubeClient;
+  /** Replaces the download of URL sources (default: the tiers' `downloadBundle`). */
   fetch?: BundleFetcher;
+  /** Download and unpack limits; the defaults are the tiers' defaults. */
+  limits?: BundleSourceOptions;
   /** How long a failed verification is reused before the next fetch. */
   failureTtlMs?: number;
 }
 
-// Bundles are held in memory (and unpacked there): keep well inside the operator's memory limit.
-const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 const CACHE_SIZE = 64;
 
 export class BundleVerifier {
@@ -43,13 +48,14 @@ export class BundleVerifier {
   private readonly fetch: BundleFetcher;
 
   constructor(private readonly options: BundleVerifierOptions) {
-    this.fetch = options.fetch ?? fetchBundle;
+    this.fetch = options.fetch ?? ((url) => downloadBundle(url, options.limits));
   }
 
   async verify(namespace: string, source: BundleSource): Promise<Verification> {
-    const where =
-      source.url ?? `configmap ${namespace}/${source.configMap?.name}[${source.configMap?.key}]`;
-    const key = `${where}|${source.sha256}`;
+    const configMap = `configmap ${namespace}/${source.configMap?.name}[${source.configMap?.key}]`;
+    // Messages never show a URL's credentials; the cache tells URLs apart by them.
+    const where = source.url ? maskUrl(source.url) : configMap;
+    const key = `${source.url ?? configMap}|${source.sha256}`;
     const hit = this.verified.get(key);
     if (hit) return { ok: true, facts: hit };
     const miss = this.failed.get(key);
@@ -79,7 +85,11 @@ export class BundleVerifier {
         return {
           ok: false,
           reason: "FetchFailed",
-          message: `cannot fetch ${where}: ${(err as Error).message}`,
+          // The downloader's messages name the URL already, as the tiers print them.
+          message:
+            err instanceof BundleDownloadError
+              ? err.message
+              : `cannot fetch ${where}: ${(err as Error).message}`,
         };
       }
     } else {
@@ -116,7 +126,7 @@ export class BundleVerifier {
       bytes = new Uint8Array(Buffer.from(b64, "base64"));
     }
     try {
-      const bundle = await readBundleArchive(bytes, where);
+      const bundle = await readBundleArchive(bytes, where, this.options.limits);
       if (bundle.digest !== source.sha256) {
         return {
           ok: false,
@@ -131,78 +141,4 @@ export class BundleVerifier {
       return { ok: false, reason: "InvalidBundle", message };
     }
   }
-}
-
-/**
- * GETs a URL into memory, following redirects. Honors HTTP_PROXY / NO_PROXY for http:// URLs
- * (a plain forward proxy); https:// URLs are fetched directly.
- */
-export async function fetchBundle(url: string, redirects = 5): Promise<Uint8Array> {
-  const target = new URL(url);
-  if (target.protocol !== "http:" && target.protocol !== "https:")
-    throw new Error(`unsupported URL scheme ${target.protocol}`);
-  const proxy = target.protocol === "http:" ? proxyFor(target) : undefined;
-  const options: http.RequestOptions = proxy
-    ? {
-        hostname: proxy.hostname,
-        port: proxy.port || 80,
-        path: target.href,
-        headers: { Host: target.host },
-      }
-    : {
-        hostname: target.hostname.replace(/^\[|\]$/g, ""),
-        port: target.port || (target.protocol === "https:" ? 443 : 80),
-        path: target.pathname + target.search,
-      };
-  const get = target.protocol === "https:" && !proxy ? https.get : http.get;
-  return new Promise<Uint8Array>((resolve, reject) => {
-    const req = get({ ...options, timeout: 60_000 }, (res) => {
-      const code = res.statusCode ?? 0;
-      if (code >= 300 && code < 400 && res.headers.location && redirects > 0) {
-        res.resume();
-        fetchBundle(new URL(res.headers.location, target).href, redirects - 1).then(
-          resolve,
-          reject,
-        );
-        return;
-      }
-      if (code !== 200) {
-        res.resume();
-        reject(new Error(`HTTP ${code}`));
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on("data", (c: Buffer) => {
-        size += c.length;
-        if (size > MAX_BUNDLE_BYTES)
-          req.destroy(new Error(`larger than ${MAX_BUNDLE_BYTES} bytes`));
-        else chunks.push(c);
-      });
-      res.on("end", () => resolve(new Uint8Array(Buffer.concat(chunks))));
-      res.on("error", reject);
-    });
-    req.on("timeout", () => req.destroy(new Error("timed out after 60 s")));
-    req.on("error", reject);
-  });
-}
-
-function proxyFor(target: URL): URL | undefined {
-  const raw = process.env.HTTP_PROXY ?? process.env.http_proxy;
-  if (!raw) return undefined;
-  const noProxy = (process.env.NO_PROXY ?? process.env.no_proxy ?? "")
-    .split(",")
-    .map((s) => s.trim().toLowerCase())
-    .filter(Boolean);
-  const host = target.hostname.toLowerCase();
-  if (
-    noProxy.some(
-      (n) =>
-        n === "*" ||
-        host === n.replace(/^\./, "") ||
-        host.endsWith(n.startsWith(".") ? n : `.${n}`),
-    )
-  )
-    return undefined;
-  return new URL(raw);
 }

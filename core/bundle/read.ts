@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { BundleError, MANIFEST_FILE, type Manifest, parseManifest } from "./manifest.js";
-import { readTarGz } from "./tar.js";
+import { readTarGz, type UnpackOptions } from "./tar.js";
 
 /** A bundle whose manifest parsed and whose every file matched its sha256. */
 export interface VerifiedBundle {
@@ -31,14 +31,17 @@ export function sha256Hex(bytes: Uint8Array): string {
 }
 
 /** Reads a bundle directory or .tar.gz, validates the manifest and verifies every digest. */
-export async function readBundle(path: string): Promise<VerifiedBundle> {
+export async function readBundle(
+  path: string,
+  options: UnpackOptions = {},
+): Promise<VerifiedBundle> {
   let info: Awaited<ReturnType<typeof stat>>;
   try {
     info = await stat(path);
   } catch {
     throw new BundleError(path, undefined, "no such bundle directory or archive");
   }
-  if (!info.isDirectory()) return readBundleArchive(await readFile(path), path);
+  if (!info.isDirectory()) return readBundleArchive(await readFile(path), path, options);
   return verify(
     path,
     false,
@@ -51,12 +54,16 @@ export async function readBundle(path: string): Promise<VerifiedBundle> {
   );
 }
 
-/** Reads a bundle from the bytes of a .tar.gz (as fetched from a URL or a ConfigMap). */
+/**
+ * Reads a bundle from the bytes of a .tar.gz (as fetched from a URL or a ConfigMap), refusing
+ * one that unpacks to more than `options.maxUnpackedBytes` (default 256 MiB).
+ */
 export async function readBundleArchive(
   archive: Uint8Array,
   source: string,
+  options: UnpackOptions = {},
 ): Promise<VerifiedBundle> {
-  const files = readTarGz(archive, source);
+  const files = await readTarGz(archive, source, options);
   const prefix = archivePrefix(files, source);
   return verify(
     source,
