@@ -3,21 +3,20 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { FastifyInstance } from "fastify";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
-import { openBundleSource } from "../core/bundle/source.js";
 import { openStages } from "../core/bundle/stages.js";
 import { ConfigError } from "../core/config.js";
 import { readIdx } from "../core/dataset/idx.js";
-import { type TierMetrics, tierMetrics } from "../core/metrics.js";
-import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
-import { healthPlugin, httpApp, listen, metricsPlugin } from "../core/runtime/http.js";
+import type { TierMetrics } from "../core/metrics.js";
+import { Pipeline } from "../core/pipeline.js";
 import { OffloadClient } from "../core/runtime/offload-client.js";
 import {
-  checkBrokerConfig,
-  connectTierBroker,
-  makeLogger,
-  resolveModel,
-  stageRange,
-} from "../core/runtime/tier.js";
+  openTier,
+  ownBrokerConnection,
+  type Resources,
+  serveTierHttp,
+  startUp,
+} from "../core/runtime/startup.js";
+import { makeLogger, stageRange } from "../core/runtime/tier.js";
 import { modelKey, replyTopic } from "../core/topics.js";
 import { Agent, type Answer } from "./agent.js";
 import type { AgentConfig } from "./config.js";
@@ -33,6 +32,8 @@ export interface RunningAgent {
   readonly offload: OffloadClient;
   /** Resolves when the replay source has answered every image (immediately without one). */
   readonly replayDone: Promise<void>;
+  /** What the agent holds, released in reverse order by close(). */
+  readonly resources: Resources;
   close(): Promise<void>;
 }
 
@@ -54,124 +55,122 @@ export async function startAgent(
   hooks: AgentHooks = {},
   log: Logger = makeLogger(config.logLevel, "device"),
 ): Promise<RunningAgent> {
-  checkBrokerConfig(config);
-  const bundle = await openBundleSource(config.bundle, config.bundleDigest);
-  const { manifest } = bundle;
-  const range = stageRange(manifest, config.stages, [0, 0]);
-  if (range.from !== 0)
-    throw new ConfigError("--stages: the device runs the first stage(s) of the bundle");
-  const model = resolveModel(manifest, config.model);
-  const policy = exitPolicyFor(manifest, config.threshold);
-  const only = Array.from({ length: range.to + 1 }, (_, i) => i);
-  const alarms = new Set(
-    config.alarm.map((a) => {
-      const i = /^\d+$/.test(a) ? Number(a) : manifest.labels.indexOf(a);
-      if (i < 0 || i >= manifest.labels.length)
-        throw new ConfigError(
-          `--alarm: "${a}" is not a label of the bundle (${manifest.labels.join(", ")})`,
-        );
-      return i;
-    }),
-  );
-  const stages = await openStages(bundle, { only, backend: config.backend, intraOpThreads: 1 });
-  const pipeline = new Pipeline(bundle, stages, policy);
-  const metrics = tierMetrics("device", modelKey(model));
-  let client: MqttClient;
-  try {
-    client = connectTierBroker(config, `ddnn-device-${config.deviceId}`, metrics, log);
-  } catch (err) {
-    // A bad broker configuration (CA file, URL) must not leave the sessions open.
-    await pipeline.release();
-    throw err;
-  }
-  const offload = new OffloadClient({
-    client,
-    model,
-    digest: bundle.digest,
-    replyTo: replyTopic(model, config.deviceId),
-    encoding: { dtype: config.dtype, compression: config.compression },
-    idPrefix: config.deviceId,
-  });
-  client.on("close", () => {
-    // Requests waiting on a dead connection will not be answered: answer them locally now.
-    offload.failAll("broker_unreachable", "connection to the broker closed");
-  });
-  offload.start((err) => log.warn({ err }, "could not subscribe to the reply topic"));
-  const agent = new Agent({
-    pipeline,
-    to: range.to,
-    offload,
-    client,
-    model,
-    deviceId: config.deviceId,
-    deadlineMs: config.deadlineMs,
-    alarms,
-    metrics,
-    log,
-  });
-
-  const app = httpApp();
-  // Ready as soon as the device stages are loaded: without a broker the agent still answers (degraded).
-  await app.register(healthPlugin(() => []));
-  await app.register(metricsPlugin(metrics.registry));
-  if (config.source.includes("http")) await app.register(inferRoute(agent, manifest));
-  const port = await listen(app, config.httpPort, config.httpHost);
-  let stopMqttInput: (() => Promise<void>) | undefined;
-  if (config.source.includes("mqtt")) {
-    stopMqttInput = await mqttInput(
-      agent,
+  if (config.source.includes("replay") && !config.replayImages)
+    throw new ConfigError("--replay-images is required with --source replay");
+  return startUp(async (resources) => {
+    const { bundle, model, policy, metrics } = await openTier(config, "device");
+    const { manifest } = bundle;
+    const range = stageRange(manifest, config.stages, [0, 0]);
+    if (range.from !== 0)
+      throw new ConfigError("--stages: the device runs the first stage(s) of the bundle");
+    const alarms = new Set(
+      config.alarm.map((a) => {
+        const i = /^\d+$/.test(a) ? Number(a) : manifest.labels.indexOf(a);
+        if (i < 0 || i >= manifest.labels.length)
+          throw new ConfigError(
+            `--alarm: "${a}" is not a label of the bundle (${manifest.labels.join(", ")})`,
+          );
+        return i;
+      }),
+    );
+    const only = Array.from({ length: range.to + 1 }, (_, i) => i);
+    const stages = await openStages(bundle, { only, backend: config.backend, intraOpThreads: 1 });
+    const pipeline = resources.own("device stages", new Pipeline(bundle, stages, policy), (p) =>
+      p.release(),
+    );
+    const client = ownBrokerConnection(
+      resources,
+      config,
+      `ddnn-device-${config.deviceId}`,
+      metrics,
+      log,
+    );
+    const offload = resources.own(
+      "offload client",
+      new OffloadClient({
+        client,
+        model,
+        digest: bundle.digest,
+        replyTo: replyTopic(model, config.deviceId),
+        encoding: { dtype: config.dtype, compression: config.compression },
+        idPrefix: config.deviceId,
+      }),
+      // Whatever still waits for an upstream answer is answered locally.
+      (o) => o.failAll("broker_unreachable", "agent shutting down"),
+    );
+    client.on("close", () => {
+      // Requests waiting on a dead connection will not be answered: answer them locally now.
+      offload.failAll("broker_unreachable", "connection to the broker closed");
+    });
+    offload.start((err) => log.warn({ err }, "could not subscribe to the reply topic"));
+    const agent = new Agent({
+      pipeline,
+      to: range.to,
+      offload,
       client,
-      manifest,
-      config.inputTopic ?? `ddnn/${model.namespace}/${model.name}/input/${config.deviceId}`,
+      model,
+      deviceId: config.deviceId,
+      deadlineMs: config.deadlineMs,
+      alarms,
+      metrics,
       log,
+    });
+    const { app, port } = await serveTierHttp(resources, {
+      // Ready as soon as the device stages are loaded: without a broker the agent still answers (degraded).
+      ready: () => [],
+      registry: metrics.registry,
+      plugins: config.source.includes("http") ? [inferRoute(agent, manifest)] : [],
+      port: config.httpPort,
+      host: config.httpHost,
+    });
+    if (config.source.includes("mqtt")) {
+      resources.own(
+        "MQTT input",
+        await mqttInput(
+          agent,
+          client,
+          manifest,
+          config.inputTopic ?? `ddnn/${model.namespace}/${model.name}/input/${config.deviceId}`,
+          log,
+        ),
+        (stop) => stop(),
+      );
+    }
+    let replayDone: Promise<void> = Promise.resolve();
+    if (config.source.includes("replay") && config.replayImages) {
+      const images = await readIdx(config.replayImages);
+      const labels = config.replayLabels ? await readIdx(config.replayLabels) : undefined;
+      const abort = new AbortController();
+      const until = Date.now() + (hooks.replayWaitForUpstreamMs ?? 0);
+      while (!offload.subscribed && Date.now() < until) await sleep(10);
+      replayDone = replay(
+        agent,
+        images,
+        labels?.data,
+        config.fps,
+        config.loop,
+        hooks,
+        abort.signal,
+        log,
+      );
+      resources.own("replay", replayDone, async (done) => {
+        abort.abort();
+        await done.catch(() => {});
+      });
+    }
+    log.info(
+      {
+        device: config.deviceId,
+        model: modelKey(model),
+        stages: manifest.stages.slice(0, range.to + 1).map((s) => s.name),
+        sources: config.source,
+        port,
+        backend: stages[0]?.runtime.backend,
+      },
+      "device agent ready",
     );
-  }
-  const abort = new AbortController();
-  let replayDone: Promise<void> = Promise.resolve();
-  if (config.source.includes("replay")) {
-    if (!config.replayImages)
-      throw new ConfigError("--replay-images is required with --source replay");
-    const images = await readIdx(config.replayImages);
-    const labels = config.replayLabels ? await readIdx(config.replayLabels) : undefined;
-    const until = Date.now() + (hooks.replayWaitForUpstreamMs ?? 0);
-    while (!offload.subscribed && Date.now() < until) await sleep(10);
-    replayDone = replay(
-      agent,
-      images,
-      labels?.data,
-      config.fps,
-      config.loop,
-      hooks,
-      abort.signal,
-      log,
-    );
-  }
-  log.info(
-    {
-      device: config.deviceId,
-      model: modelKey(model),
-      stages: manifest.stages.slice(0, range.to + 1).map((s) => s.name),
-      sources: config.source,
-      port,
-      backend: stages[0]?.runtime.backend,
-    },
-    "device agent ready",
-  );
-  let closing: Promise<void> | undefined;
-  const close = () => {
-    closing ??= (async () => {
-      abort.abort();
-      await replayDone.catch(() => {});
-      await stopMqttInput?.();
-      await app.close();
-      offload.failAll("broker_unreachable", "agent shutting down");
-      // Force when disconnected: unacknowledged QoS 1 messages would hold end() forever.
-      await client.endAsync(!client.connected);
-      await pipeline.release();
-    })();
-    return closing;
-  };
-  return { agent, port, client, metrics, app, pipeline, offload, replayDone, close };
+    return { agent, port, client, metrics, app, pipeline, offload, replayDone };
+  });
 }
 
 /** Feeds idx images to the agent at `fps`, each answered concurrently like frames of a camera. */

@@ -31,7 +31,6 @@ export async function openStages(
   bundle: VerifiedBundle,
   options: StageOptions = {},
 ): Promise<Stage[]> {
-  const { manifest } = bundle;
   const runtime = await loadRuntime(options.backend);
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: "all",
@@ -42,6 +41,26 @@ export async function openStages(
       : { intraOpNumThreads: options.intraOpThreads, interOpNumThreads: 1 }),
   };
   const stages: Stage[] = [];
+  const sessions: ort.InferenceSession[] = [];
+  try {
+    await openEach(bundle, options, runtime, sessionOptions, stages, sessions);
+  } catch (err) {
+    // Every session opened so far (the failing stage's too) is released, not left to the GC.
+    await Promise.allSettled(sessions.map((s) => s.release()));
+    throw err;
+  }
+  return stages;
+}
+
+async function openEach(
+  bundle: VerifiedBundle,
+  options: StageOptions,
+  runtime: Runtime,
+  sessionOptions: ort.InferenceSession.SessionOptions,
+  stages: Stage[],
+  sessions: ort.InferenceSession[],
+): Promise<void> {
+  const { manifest } = bundle;
   let previousFeatures: readonly Dim[] = ["batch", ...manifest.input.shape];
   for (const [i, spec] of manifest.stages.entries()) {
     if (options.only && !options.only.includes(i)) {
@@ -53,6 +72,7 @@ export async function openStages(
     let session: ort.InferenceSession;
     try {
       session = await runtime.ort.InferenceSession.create(bundle.stageBytes[i]!, sessionOptions);
+      sessions.push(session);
     } catch (err) {
       throw new BundleError(
         file,
@@ -116,7 +136,6 @@ export async function openStages(
       sampleShape: sampleShape.map((d) => (typeof d === "number" && d > 0 ? d : -1)),
     });
   }
-  return stages;
 }
 
 function tensorMeta(

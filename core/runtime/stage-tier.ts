@@ -7,25 +7,23 @@ import type { FastifyInstance, FastifyPluginAsync } from "fastify";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
 import type { VerifiedBundle } from "../bundle/read.js";
-import { openBundleSource } from "../bundle/source.js";
-import { type TierMetrics, tierMetrics } from "../metrics.js";
-import { exitPolicyFor } from "../pipeline.js";
+import type { TierMetrics } from "../metrics.js";
 import { type ModelRef, modelKey } from "../topics.js";
 import type { Compression, WireDtype } from "../wire/frame.js";
-import { healthPlugin, httpApp, listen, metricsPlugin } from "./http.js";
 import { StageService } from "./stage-service.js";
-import { checkBrokerConfig, connectTierBroker, resolveModel, stageRange } from "./tier.js";
+import {
+  openTier,
+  ownBrokerConnection,
+  type Resources,
+  serveTierHttp,
+  startUp,
+  type TierBasics,
+} from "./startup.js";
+import { stageRange } from "./tier.js";
 import { WorkerPool } from "./worker-pool.js";
 
-export interface StageTierConfig {
-  bundle: string;
-  bundleDigest?: string | undefined;
-  model?: string | undefined;
-  broker: string;
-  brokerUsername?: string | undefined;
-  brokerPassword?: string | undefined;
+export interface StageTierConfig extends TierBasics {
   stages?: string[] | undefined;
-  threshold: Record<string, number>;
   httpPort: number;
   httpHost: string;
   backend: "auto" | "native" | "wasm";
@@ -63,53 +61,52 @@ export interface RunningTier {
   readonly metrics: TierMetrics;
   readonly app: FastifyInstance;
   readonly service: StageService;
-  /** Stops taking requests, answers those in flight, then stops HTTP, workers and MQTT. */
+  /** What the tier holds, released in reverse order by close(). */
+  readonly resources: Resources;
+  /** Stops HTTP, stops taking requests and answers those in flight, then stops MQTT and workers. */
   close(): Promise<void>;
 }
 
-export async function startStageTier(
+export function startStageTier(
   config: StageTierConfig,
   spec: StageTierSpec,
   log: Logger,
 ): Promise<RunningTier> {
-  checkBrokerConfig(config);
-  const bundle = await openBundleSource(config.bundle, config.bundleDigest);
-  const { manifest } = bundle;
-  const k = manifest.stages.length;
-  const range = stageRange(manifest, config.stages, spec.defaultRange(k));
-  const model = resolveModel(manifest, config.model);
-  const policy = exitPolicyFor(manifest, config.threshold);
-  const metrics = tierMetrics(spec.tier, modelKey(model));
-  const only =
-    spec.open?.(range, k) ??
-    Array.from({ length: range.to - range.from + 1 }, (_, i) => range.from + i);
-  const pool = await WorkerPool.start({
-    bundle,
-    only,
-    thresholds: policy.thresholds,
-    workers: config.workers,
-    maxBatch: config.maxBatch,
-    maxDelayMs: config.maxDelayMs,
-    maxQueue: config.maxQueue,
-    backend: config.backend,
-    onWorkerExit: (e) => {
-      metrics.workerRestarts.inc();
-      log.warn(e, "inference worker exited; replacing it");
-    },
-  });
-  let client: MqttClient | undefined;
-  let app: FastifyInstance | undefined;
-  let service: StageService;
-  let port: number;
-  try {
-    client = connectTierBroker(
+  return startUp(async (resources) => {
+    const { bundle, model, policy, metrics } = await openTier(config, spec.tier);
+    const { manifest } = bundle;
+    const k = manifest.stages.length;
+    const range = stageRange(manifest, config.stages, spec.defaultRange(k));
+    const only =
+      spec.open?.(range, k) ??
+      Array.from({ length: range.to - range.from + 1 }, (_, i) => range.from + i);
+    const pool = resources.own(
+      "inference workers",
+      await WorkerPool.start({
+        bundle,
+        only,
+        thresholds: policy.thresholds,
+        workers: config.workers,
+        maxBatch: config.maxBatch,
+        maxDelayMs: config.maxDelayMs,
+        maxQueue: config.maxQueue,
+        backend: config.backend,
+        onWorkerExit: (e) => {
+          metrics.workerRestarts.inc();
+          log.warn(e, "inference worker exited; replacing it");
+        },
+      }),
+      // Finishes what is queued and in flight (the service has drained by then).
+      (p) => p.close(),
+    );
+    const client = ownBrokerConnection(
+      resources,
       config,
       `ddnn-${spec.tier}-${model.name}-${process.pid}`,
       metrics,
       log,
     );
-    const mqtt = client;
-    service = new StageService({
+    const service = new StageService({
       client,
       bundle,
       model,
@@ -124,53 +121,36 @@ export async function startStageTier(
       metrics,
       log,
     });
+    // Stops taking requests and answers those in flight before the connection goes.
+    resources.own("request subscription", service, (s) => s.drain());
     service.start();
-
-    app = httpApp(config.maxFrameBytes * 4);
-    await app.register(
-      healthPlugin(() => [
+    const { app, port } = await serveTierHttp(resources, {
+      ready: () => [
         ...(pool.readyWorkers === 0 ? ["no inference worker ready"] : []),
-        ...(mqtt.connected ? [] : ["broker disconnected"]),
-        ...(mqtt.connected && !service.subscribed
+        ...(client.connected ? [] : ["broker disconnected"]),
+        ...(client.connected && !service.subscribed
           ? ["not subscribed to the request topic yet"]
           : []),
-      ]),
+      ],
+      registry: metrics.registry,
+      plugins: spec.plugins?.({ bundle, model, pool, metrics }) ?? [],
+      port: config.httpPort,
+      host: config.httpHost,
+      bodyLimit: config.maxFrameBytes * 4,
+    });
+    log.info(
+      {
+        model: modelKey(model),
+        bundle: `${manifest.name} ${manifest.version}`,
+        digest: bundle.digest,
+        stages: manifest.stages.slice(range.from, range.to + 1).map((s) => s.name),
+        subscription: service.subscription,
+        workers: config.workers,
+        backend: pool.backend,
+        port,
+      },
+      `${spec.tier} ready`,
     );
-    await app.register(metricsPlugin(metrics.registry));
-    for (const plugin of spec.plugins?.({ bundle, model, pool, metrics }) ?? [])
-      await app.register(plugin);
-    port = await listen(app, config.httpPort, config.httpHost);
-  } catch (err) {
-    // Nothing half-started may keep the process alive: workers, the reconnecting client, the port.
-    await app?.close().catch(() => {});
-    client?.end(true);
-    await pool.close(0);
-    throw err;
-  }
-  log.info(
-    {
-      model: modelKey(model),
-      bundle: `${manifest.name} ${manifest.version}`,
-      digest: bundle.digest,
-      stages: manifest.stages.slice(range.from, range.to + 1).map((s) => s.name),
-      subscription: service.subscription,
-      workers: config.workers,
-      backend: pool.backend,
-      port,
-    },
-    `${spec.tier} ready`,
-  );
-
-  let closing: Promise<void> | undefined;
-  const close = () => {
-    closing ??= (async () => {
-      await service.drain();
-      await app.close();
-      await pool.close();
-      // Force when disconnected: unacknowledged QoS 1 messages would hold end() forever.
-      await client.endAsync(!client.connected);
-    })();
-    return closing;
-  };
-  return { port, bundle, pool, client, metrics, app, service, close };
+    return { port, bundle, pool, client, metrics, app, service };
+  });
 }

@@ -1,0 +1,140 @@
+/**
+ * The one start-up path of every tier (server, gateway, device agent): each resource is owned by
+ * a `Resources` stack the moment it is acquired, so a failure at any later step releases exactly
+ * what was acquired, in reverse order, and the same stack is the tier's orderly shutdown.
+ * (An AsyncDisposableStack, which Node 20 lacks.)
+ */
+import type { FastifyInstance, FastifyPluginAsync } from "fastify";
+import type { MqttClient } from "mqtt";
+import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import type { VerifiedBundle } from "../bundle/read.js";
+import { openBundleSource } from "../bundle/source.js";
+import type { ExitPolicy } from "../exit.js";
+import { type TierMetrics, tierMetrics } from "../metrics.js";
+import { exitPolicyFor } from "../pipeline.js";
+import { type ModelRef, modelKey } from "../topics.js";
+import { healthPlugin, httpApp, listen, metricsPlugin, type Readiness } from "./http.js";
+import { checkBrokerConfig, connectTierBroker, resolveModel } from "./tier.js";
+
+type Release = () => Promise<void> | void;
+
+export class Resources {
+  private readonly held: { name: string; release: Release }[] = [];
+  private releasing: Promise<void> | undefined;
+
+  /** Records how to release `thing`, acquired just now; returns it. */
+  own<T>(name: string, thing: T, release: (thing: T) => Promise<void> | void): T {
+    if (this.releasing) throw new Error(`cannot acquire ${name}: the tier is shutting down`);
+    this.held.push({ name, release: () => release(thing) });
+    return thing;
+  }
+
+  /** What is held, oldest first (for tests and logs). */
+  get names(): string[] {
+    return this.held.map((h) => h.name);
+  }
+
+  /**
+   * Releases everything, newest first, each step awaited. A step that fails does not stop the
+   * others; the first failure is rethrown at the end. Calling it again returns the same promise.
+   */
+  release(): Promise<void> {
+    this.releasing ??= (async () => {
+      let first: unknown;
+      for (const { name, release } of this.held.splice(0).reverse()) {
+        try {
+          await release();
+        } catch (err) {
+          first ??= new Error(`releasing ${name}: ${(err as Error).message}`, { cause: err });
+        }
+      }
+      if (first !== undefined) throw first;
+    })();
+    return this.releasing;
+  }
+}
+
+/**
+ * Runs a tier's start-up with a fresh stack. If `build` throws, everything it acquired is
+ * released before the error is rethrown; otherwise the tier closes by releasing the stack.
+ */
+export async function startUp<T extends object>(
+  build: (resources: Resources) => Promise<T>,
+): Promise<T & { resources: Resources; close(): Promise<void> }> {
+  const resources = new Resources();
+  let built: T;
+  try {
+    built = await build(resources);
+  } catch (err) {
+    // Nothing half-started may keep the process alive: workers, a reconnecting client, a port.
+    await resources.release().catch(() => {});
+    throw err;
+  }
+  return Object.assign(built, { resources, close: () => resources.release() });
+}
+
+/** Configuration every tier shares at start-up. */
+export interface TierBasics {
+  bundle: string;
+  bundleDigest?: string | undefined;
+  model?: string | undefined;
+  broker: string;
+  brokerUsername?: string | undefined;
+  brokerPassword?: string | undefined;
+  brokerCa?: string | undefined;
+  threshold: Record<string, number>;
+}
+
+/** The first steps of every tier: broker settings checked, bundle verified, model, exits, metrics. */
+export async function openTier(
+  config: TierBasics,
+  tier: string,
+): Promise<{
+  bundle: VerifiedBundle;
+  model: ModelRef;
+  policy: ExitPolicy;
+  metrics: TierMetrics;
+}> {
+  // Wrong broker settings stop the tier before it loads a model.
+  checkBrokerConfig(config);
+  const bundle = await openBundleSource(config.bundle, config.bundleDigest);
+  const model = resolveModel(bundle.manifest, config.model);
+  const policy = exitPolicyFor(bundle.manifest, config.threshold);
+  return { bundle, model, policy, metrics: tierMetrics(tier, modelKey(model)) };
+}
+
+/** The tier's broker connection, owned by `resources`. */
+export function ownBrokerConnection(
+  resources: Resources,
+  config: TierBasics,
+  clientIdPrefix: string,
+  metrics: TierMetrics,
+  log: Logger,
+): MqttClient {
+  return resources.own(
+    "broker connection",
+    connectTierBroker(config, clientIdPrefix, metrics, log),
+    // Force when disconnected: unacknowledged QoS 1 messages would hold end() forever.
+    (client) => client.endAsync(!client.connected),
+  );
+}
+
+/** /healthz, /readyz, /metrics and the tier's own routes, listening; owned by `resources`. */
+export async function serveTierHttp(
+  resources: Resources,
+  o: {
+    readonly ready: Readiness;
+    readonly registry: Registry;
+    readonly plugins?: readonly FastifyPluginAsync[];
+    readonly port: number;
+    readonly host: string;
+    readonly bodyLimit?: number;
+  },
+): Promise<{ app: FastifyInstance; port: number }> {
+  const app = resources.own("HTTP server", httpApp(o.bodyLimit), (a) => a.close());
+  await app.register(healthPlugin(o.ready));
+  await app.register(metricsPlugin(o.registry));
+  for (const plugin of o.plugins ?? []) await app.register(plugin);
+  return { app, port: await listen(app, o.port, o.host) };
+}
