@@ -6,7 +6,7 @@ import { connectAsync } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type EmbeddedBroker, startEmbeddedBroker } from "../cli/broker.js";
 import { encodeIdx } from "../core/dataset/idx.js";
-import { Pipeline } from "../core/pipeline.js";
+import { isForward, Pipeline } from "../core/pipeline.js";
 import { makeLogger } from "../core/runtime/tier.js";
 import { agentSchema } from "../device-agent/config.js";
 import { pixelsToPng } from "../device-agent/image.js";
@@ -95,11 +95,28 @@ describe("device agent over HTTP", () => {
         expect(Object.keys(a.timings)).toEqual(["device", "comm", "upstream", "total"]);
       }
     }
-    // JPEG is lossy: a flat grey image decodes back to (almost) the same grey.
-    const grey = new Uint8Array(36 * 4).fill(128);
-    const encoded = jpeg.encode({ data: grey, width: 6, height: 6 }, 95).data;
-    const res = await post(new Uint8Array(encoded), "image/jpeg");
-    expect(res.status).toBe(200);
+    // JPEG is lossy, so the reference is what this JPEG decodes to (jpeg-js), made grey with the
+    // BT.601 weights: the agent must give the same answer as the pipeline on exactly those pixels.
+    for (let i = 0; i < 5; i++) {
+      const rgba = Uint8Array.from({ length: 36 * 4 }, (_, j) =>
+        j % 4 === 3 ? 255 : px[i * 36 + (j >> 2)]! ^ ((j % 4) * 40),
+      );
+      const encoded = new Uint8Array(jpeg.encode({ data: rgba, width: 6, height: 6 }, 90).data);
+      const decoded = jpeg.decode(encoded, { useTArray: true });
+      const grey = Uint8Array.from({ length: 36 }, (_, j) =>
+        Math.round(
+          0.299 * decoded.data[j * 4]! +
+            0.587 * decoded.data[j * 4 + 1]! +
+            0.114 * decoded.data[j * 4 + 2]!,
+        ),
+      );
+      const [want] = await reference.infer(grey, 1);
+      const res = await post(encoded, "image/jpeg");
+      expect(res.status).toBe(200);
+      const a = (await res.json()) as { label: number; stage: string; entropy: number };
+      expect([a.label, a.stage]).toEqual([want!.label, ["device", "server"][want!.stage]]);
+      expect(a.entropy).toBeCloseTo(want!.entropy, 5);
+    }
   });
 
   it("refuses a body that is not an image nor the right number of pixels", async () => {
@@ -128,17 +145,35 @@ describe("device agent over HTTP", () => {
     );
   });
 
-  it("serves health, readiness and metrics", async () => {
+  it("serves health, readiness and metrics that count exactly the requests served", async () => {
     const base = `http://127.0.0.1:${fog.agents[0]!.port}`;
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
     expect((await fetch(`${base}/readyz`)).status).toBe(200);
-    const metrics = await (await fetch(`${base}/metrics`)).text();
-    expect(metrics).toMatch(
-      /ddnn_exits_total\{stage="device",tier="device",model="default\/fixture"\} \d+/,
-    );
-    expect(metrics).toMatch(
-      /ddnn_offloads_total\{outcome="ok",tier="device",model="default\/fixture"\} \d+/,
-    );
+    const labels = 'tier="device",model="default/fixture"';
+    const read = async () => {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      const value = (name: string) =>
+        Number(new RegExp(`^${name} (\\d+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+      return {
+        deviceExits: value(`ddnn_exits_total\\{stage="device",${labels}\\}`),
+        offloads: value(`ddnn_offloads_total\\{outcome="ok",${labels}\\}`),
+      };
+    };
+    const before = await read();
+    const n = 24;
+    const px = pixels(n, 21);
+    const expected = await reference.infer(px, n);
+    for (let i = 0; i < n; i++)
+      expect(
+        (await post(px.subarray(i * 36, (i + 1) * 36), "application/octet-stream")).status,
+      ).toBe(200);
+    const after = await read();
+    const local = expected.filter((e) => e.stage === 0).length;
+    // Both paths were taken, so a metric that counted the wrong path would show.
+    expect(local).toBeGreaterThan(0);
+    expect(local).toBeLessThan(n);
+    expect(after.deviceExits - before.deviceExits).toBe(local);
+    expect(after.offloads - before.offloads).toBe(n - local);
   });
 });
 
@@ -216,13 +251,22 @@ describe("device agent sources and events", () => {
         ),
       );
       expect(Date.now() - started).toBeLessThan(1000);
+      // Exactly the samples the device's exit is not confident about are degraded; the rest
+      // are ordinary device answers.
+      const confident = expected.map((e) => !isForward(e));
+      expect(confident.some(Boolean)).toBe(true);
+      expect(confident.every(Boolean)).toBe(false);
       answers.forEach((a, i) => {
         expect(a.label).toBe((expected[i] as { label: number }).label);
-        if (a.degraded) expect(a.reason).toBe("broker_unreachable");
+        expect([i, a.degraded, a.reason]).toEqual([
+          i,
+          !confident[i],
+          confident[i] ? undefined : "broker_unreachable",
+        ]);
       });
-      expect(answers.some((a) => a.degraded)).toBe(true);
+      const degraded = confident.filter((c) => !c).length;
       expect(await agent.metrics.registry.getSingleMetricAsString("ddnn_degraded_total")).toMatch(
-        /reason="broker_unreachable".* \d+/,
+        new RegExp(`reason="broker_unreachable"[^\\n]* ${degraded}$`, "m"),
       );
     } finally {
       await agent.close();
