@@ -55,4 +55,20 @@ describe("how ddnn reports a failed command", () => {
     expect(malformed.code).toBe(2);
     expect(malformed.stderr).toBe(`ddnn: ${bad}: not an idx file (bad magic number)\n`);
   });
+
+  it("never prints the credentials of a bundle URL, neither in the configuration nor in the error", async () => {
+    for (const tier of ["server", "agent"]) {
+      const r = await ddnn([
+        tier,
+        "--bundle",
+        "http://alice:s3cret@127.0.0.1:1/b.tar.gz",
+        "--http-port",
+        "0",
+      ]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('"bundle":"http://***@127.0.0.1:1/b.tar.gz"');
+      expect(r.stderr).toMatch(/^ddnn: http:\/\/\*\*\*@127\.0\.0\.1:1\/b\.tar\.gz: /m);
+      expect(r.stderr).not.toMatch(/alice|s3cret/);
+    }
+  });
 });

@@ -1,4 +1,6 @@
 /** `ddnn server`, `ddnn gateway`, `ddnn agent`: one tier per process, as the operator runs them. */
+
+import { maskUrl } from "../core/bundle/download.js";
 import { type FieldTable, fieldHelp, loadConfig, printable } from "../core/config.js";
 import { safeBrokerUrl } from "../core/runtime/mqtt.js";
 import { makeLogger } from "../core/runtime/tier.js";
@@ -65,7 +67,19 @@ export async function runTier(
   }
   const config = tier.load(argv);
   process.stderr.write(
-    `${JSON.stringify({ msg: "configuration", tier: name, config: printable({ ...config, ...(typeof config.broker === "string" ? { broker: safeBrokerUrl(config.broker) } : {}) }, tier.fields) })}\n`,
+    `${JSON.stringify({
+      msg: "configuration",
+      tier: name,
+      config: printable(
+        {
+          ...config,
+          // URLs may carry credentials: the log shows neither user name nor password.
+          ...(typeof config.broker === "string" ? { broker: safeBrokerUrl(config.broker) } : {}),
+          ...(typeof config.bundle === "string" ? { bundle: maskUrl(config.bundle) } : {}),
+        },
+        tier.fields,
+      ),
+    })}\n`,
   );
   // Signals are heard from the start: one that comes while the tier starts stops it once it is up.
   let signalled: ((signal: string) => void) | undefined;
