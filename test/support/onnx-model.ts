@@ -116,7 +116,8 @@ export function stageWeights(m: StageModel): StageWeights {
 
 /** Serialises one stage as an ONNX model (opset 13). */
 export function stageOnnx(m: StageModel): Uint8Array {
-  const outputs = m.featureSize === undefined ? [m.logitsName] : [m.logitsName, m.featuresName ?? "features"];
+  const outputs =
+    m.featureSize === undefined ? [m.logitsName] : [m.logitsName, m.featuresName ?? "features"];
   if (outputs.includes(m.inputName) || new Set(outputs).size !== outputs.length)
     throw new Error(
       `stage model: input "${m.inputName}" and outputs [${outputs.join(", ")}] must have distinct names (ONNX forbids a duplicate definition)`,
