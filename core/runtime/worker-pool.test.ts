@@ -145,14 +145,9 @@ describe("WorkerPool", () => {
       stageBytes: [bundle.stageBytes[0]!, new TextEncoder().encode("not onnx")],
     };
     const exits: number[] = [];
-    const failed = await WorkerPool.start({
+    const failed = await start({
       bundle: broken,
-      only: [1],
-      thresholds: [0.5, undefined],
       workers: 3,
-      maxBatch: 8,
-      maxDelayMs: 0,
-      maxQueue: 10,
       onWorkerExit: (e) => exits.push(e.code),
     }).catch((err: unknown) => err);
     expect(failed).toBeInstanceOf(BundleError);
