@@ -42,8 +42,17 @@ export function microTime(d: Date): string {
   return d.toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
 }
 
+/** What one tryAcquireOrRenew found: we hold the lease, another holder does, or it failed. */
+type Attempt = "held" | "other" | "failed";
+
 export class LeaderElector {
   private leading = false;
+  /**
+   * Bumped when the attempt in flight must no longer count: a renewal past the renew deadline, a
+   * release. KubeClient requests cannot be cancelled, so a late answer still arrives; an attempt
+   * that sees the epoch moved neither writes the Lease nor touches what we know of it.
+   */
+  private epoch = 0;
   private observed: { record: string; at: number } | undefined;
   private lease: Lease | undefined;
   /** When the lease held by another expires, by our clock (0 when unknown). */
@@ -63,6 +72,7 @@ export class LeaderElector {
       throw new Error("leader election needs leaseDuration > renewDeadline > retryPeriod");
   }
 
+  /** True from onStartedLeading until leadership is lost or released; never true again after. */
   isLeader(): boolean {
     return this.leading;
   }
@@ -78,35 +88,42 @@ export class LeaderElector {
 
   /** Campaigns, then leads until the signal aborts or the lease is lost. */
   async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted && !this.leading) {
-      await this.attempt();
-      if (this.leading) break;
+    while (!signal.aborted) {
+      if ((await this.attempt()) === "held") break;
       // Poll every retryPeriod, but wake right when the holder's lease runs out.
       const untilExpiry = this.expiresAt - Date.now() + 5;
       const wait = this.retry * (1 + 0.2 * Math.random());
       await defaultDelay(untilExpiry > 0 ? Math.min(wait, untilExpiry) : wait, signal);
     }
     if (signal.aborted) return;
+    this.leading = true;
     this.options.onStartedLeading();
     let lastRenew = Date.now();
-    while (!signal.aborted) {
+    while (!signal.aborted && this.leading) {
       await defaultDelay(this.retry, signal);
-      if (signal.aborted) break;
+      if (signal.aborted || !this.leading) break;
       // A renew that hangs must not outlive the renew deadline: by then another replica may lead.
       const budget = Math.max(0, this.renewDeadline - (Date.now() - lastRenew));
       let timer: NodeJS.Timeout | undefined;
-      const renewed = await Promise.race([
+      const outcome = await Promise.race([
         this.attempt(),
-        new Promise<boolean>((resolve) => {
-          timer = setTimeout(() => resolve(false), budget);
+        new Promise<"timeout">((resolve) => {
+          timer = setTimeout(() => resolve("timeout"), budget);
         }),
       ]);
       clearTimeout(timer);
-      if (renewed) {
+      // Released while the attempt was in flight: a clean stop, not a loss.
+      if (!this.leading) return;
+      if (outcome === "held") {
         lastRenew = Date.now();
         continue;
       }
-      if (!this.leading || Date.now() - lastRenew > this.renewDeadline) {
+      if (
+        outcome === "timeout" ||
+        outcome === "other" ||
+        Date.now() - lastRenew >= this.renewDeadline
+      ) {
+        this.epoch++;
         this.leading = false;
         this.options.onStoppedLeading();
         return;
@@ -118,6 +135,7 @@ export class LeaderElector {
   async release(): Promise<void> {
     if (!this.leading || !this.lease) return;
     this.leading = false;
+    this.epoch++;
     const now = microTime(new Date());
     try {
       await this.client.replace(this.resource(), {
@@ -135,8 +153,10 @@ export class LeaderElector {
     }
   }
 
-  /** One tryAcquireOrRenew; true when we hold the lease afterwards. */
-  private async attempt(): Promise<boolean> {
+  /** One tryAcquireOrRenew. Only run() decides from its outcome whether we lead. */
+  private async attempt(): Promise<Attempt> {
+    const epoch = this.epoch;
+    const stale = () => epoch !== this.epoch;
     const me = this.options.identity;
     const now = new Date();
     const seconds = Math.max(1, Math.ceil(this.duration / 1000));
@@ -145,8 +165,8 @@ export class LeaderElector {
       try {
         lease = await this.client.get<Lease>(this.resource());
       } catch (err) {
-        if (!(err instanceof KubeError && err.status === 404)) throw err;
-        this.lease = await this.client.create<Lease>(
+        if (!(err instanceof KubeError && err.status === 404) || stale()) throw err;
+        const created = await this.client.create<Lease>(
           { ...this.resource(), name: undefined },
           {
             apiVersion: "coordination.k8s.io/v1",
@@ -161,18 +181,19 @@ export class LeaderElector {
             },
           },
         );
-        this.observe(this.lease.spec, now.getTime());
-        this.leading = true;
-        return true;
+        if (stale()) return "failed";
+        this.lease = created;
+        this.observe(created.spec, now.getTime());
+        return "held";
       }
+      if (stale()) return "failed";
       const spec = lease.spec ?? {};
       this.observe(spec, now.getTime());
       const holder = spec.holderIdentity ?? "";
       const heldFor = (spec.leaseDurationSeconds ?? seconds) * 1000;
       if (holder !== "" && holder !== me && this.observed!.at + heldFor > now.getTime()) {
         this.expiresAt = this.observed!.at + heldFor;
-        this.leading = false;
-        return false;
+        return "other";
       }
       const renewing = holder === me;
       const next: LeaseSpec = {
@@ -182,14 +203,17 @@ export class LeaderElector {
         renewTime: microTime(now),
         leaseTransitions: (spec.leaseTransitions ?? 0) + (renewing ? 0 : 1),
       };
-      this.lease = await this.client.replace<Lease>(this.resource(), { ...lease, spec: next });
-      this.observe(this.lease.spec, now.getTime());
-      this.leading = true;
-      return true;
+      const written = await this.client.replace<Lease>(this.resource(), { ...lease, spec: next });
+      if (stale()) return "failed";
+      this.lease = written;
+      this.observe(written.spec, now.getTime());
+      return "held";
     } catch (err) {
-      // A 409 means another candidate wrote first; anything else is reported and retried.
-      if (!(err instanceof KubeError && err.status === 409)) this.options.onError?.(err);
-      return false;
+      // A 409 means another candidate wrote first; anything else is reported and retried. An
+      // abandoned attempt's failure is nobody's concern any more.
+      if (!stale() && !(err instanceof KubeError && err.status === 409))
+        this.options.onError?.(err);
+      return "failed";
     }
   }
 

@@ -1,15 +1,22 @@
 /**
  * What the operator integration tests share: a control plane with the CRD, the operator's RBAC
  * and the namespaces installed; a loopback HTTP forward proxy that serves bundles for any URL
- * (so examples/ddnnmodel.yaml's http://models.fog.svc/... URL works unmodified); and helpers that
- * play the Deployment and DaemonSet controllers' part of writing workload status.
+ * (so examples/ddnnmodel.yaml's http://models.fog.svc/... URL works unmodified); a TCP proxy in
+ * front of the API server that can hold traffic; and helpers that play the Deployment and
+ * DaemonSet controllers' part of writing workload status.
  */
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, connect, createServer as createTcpServer, type Socket } from "node:net";
 import { join } from "node:path";
+import { KubeConfig } from "@kubernetes/client-node";
 import { KubeClient, type KubeObject } from "../../operator/kube.js";
-import { ControlPlane, type ControlPlaneOptions, REPO_ROOT } from "../cluster/control-plane.js";
+import {
+  ControlPlane,
+  type ControlPlaneOptions,
+  REPO_ROOT,
+  type User,
+} from "../cluster/control-plane.js";
 import { DEMO_BUNDLE } from "./demo-bundle.js";
 
 export const DEMO_DIGEST_URL = "http://models.fog.svc/demo-3stage-1.0.0.tar.gz";
@@ -169,4 +176,106 @@ export function operatorRequests(cp: ControlPlane, since = 0, agent?: string) {
     .slice(since)
     .filter((e) => e.verb !== "watch" && e.objectRef?.resource !== "leases")
     .filter((e) => agent === undefined || (e.userAgent ?? "").includes(agent));
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of the API server, as a congested link or a stalled node
+ * would be: bytes pass through untouched (TLS stays end to end with the API server), and while
+ * stalled every byte, in both directions and on open and new connections alike, is held until
+ * release() sends it on in order. A request sent meanwhile reaches the API server late and its
+ * answer comes back late; nothing is answered in the API server's place.
+ */
+export class StallingProxy {
+  private server: ReturnType<typeof createTcpServer> | undefined;
+  private stalled = false;
+  private readonly sockets = new Set<Socket>();
+  private readonly flushes = new Set<() => void>();
+  /** Bytes sent on to clients since the last release() (answers that arrived late). */
+  deliveredSinceRelease = 0;
+
+  constructor(private readonly target: URL) {}
+
+  /** Starts listening; returns the URL to use in place of the API server's. */
+  async start(): Promise<string> {
+    this.server = createTcpServer({ allowHalfOpen: true }, (client) => {
+      const upstream = connect({
+        host: this.target.hostname,
+        port: Number(this.target.port),
+        allowHalfOpen: true,
+      });
+      for (const s of [client, upstream]) {
+        this.sockets.add(s);
+        s.on("close", () => this.sockets.delete(s));
+        s.on("error", () => {
+          client.destroy();
+          upstream.destroy();
+        });
+      }
+      this.forward(client, upstream, false);
+      this.forward(upstream, client, true);
+    });
+    await new Promise<void>((r) => this.server!.listen(0, "127.0.0.1", r));
+    return `${this.target.protocol}//127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  private forward(from: Socket, to: Socket, toClient: boolean): void {
+    // null stands for the end of the stream: sent on as a FIN once what came before it is.
+    const queue: (Buffer | null)[] = [];
+    let ended = false;
+    const send = (chunk: Buffer | null) => {
+      if (to.destroyed) return;
+      if (chunk === null) {
+        to.end();
+        return;
+      }
+      to.write(chunk);
+      if (toClient) this.deliveredSinceRelease += chunk.length;
+    };
+    const take = (chunk: Buffer | null) => {
+      if (this.stalled || queue.length > 0) queue.push(chunk);
+      else send(chunk);
+    };
+    const flush = () => {
+      for (const chunk of queue.splice(0)) send(chunk);
+      if (ended) this.flushes.delete(flush);
+    };
+    this.flushes.add(flush);
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      take(null);
+      if (queue.length === 0) this.flushes.delete(flush);
+    };
+    from.on("data", take);
+    from.on("end", end);
+    from.on("close", end);
+  }
+
+  /** Holds every byte from now on, on open and new connections. */
+  stall(): void {
+    this.stalled = true;
+  }
+
+  /** Sends on what was held, then lets traffic through again. */
+  release(): void {
+    this.stalled = false;
+    this.deliveredSinceRelease = 0;
+    for (const flush of [...this.flushes]) flush();
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+}
+
+/** A kubeconfig of `user` that reaches the API server at `server` (a proxy in front of it). */
+export function kubeConfigVia(cp: ControlPlane, user: User, server: string): KubeConfig {
+  const doc = JSON.parse(readFileSync(cp.kubeconfigPath(user), "utf8")) as {
+    clusters: { cluster: { server: string } }[];
+  };
+  for (const c of doc.clusters) c.cluster.server = server;
+  const kc = new KubeConfig();
+  kc.loadFromString(JSON.stringify(doc));
+  return kc;
 }

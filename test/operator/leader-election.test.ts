@@ -1,12 +1,15 @@
 /**
  * Two real `ddnn operator` processes against a real kube-apiserver: exactly one writes, the other
  * takes over when the leader is killed (SIGKILL, so no release), the new leader's first pass over
- * an unchanged model writes nothing, and SIGTERM stops gracefully and releases the Lease.
+ * an unchanged model writes nothing, and SIGTERM stops gracefully and releases the Lease. And a
+ * leader whose renewal is held up (a stalled TCP proxy in front of the API server) gives up at the
+ * renew deadline and stays given up when the late answer arrives.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { KubeClient } from "../../operator/kube.js";
+import { KubeClient } from "../../operator/kube.js";
+import { LeaderElector } from "../../operator/leader.js";
 import { type ControlPlane, REPO_ROOT } from "../cluster/control-plane.js";
 import {
   adminClient,
@@ -14,7 +17,9 @@ import {
   DEMO_DIGEST_URL,
   demoBundleBytes,
   getOrUndefined,
+  kubeConfigVia,
   operatorRequests,
+  StallingProxy,
   sleep,
   startCluster,
   waitFor,
@@ -216,5 +221,74 @@ describe("leader election between two operator processes", () => {
     expect(await holder()).toBe("");
     expect(standby.output.join("")).toContain("SIGTERM: stopping");
     expect(standby.output.join("")).not.toContain(cp.tokens.operator);
+  });
+});
+
+describe("a lease renewal slower than the renew deadline", () => {
+  it("stops leading at the deadline, and the late answer neither renews the lease nor makes it leader again", async () => {
+    const lease = async () =>
+      (await getOrUndefined<{ spec: { holderIdentity?: string; renewTime?: string } }>(admin, {
+        apiVersion: "coordination.k8s.io/v1",
+        plural: "leases",
+        namespace: "ddnn-system",
+        name: "stalled-renew",
+      }))!;
+    const proxy = new StallingProxy(new URL(cp.server));
+    const client = new KubeClient(kubeConfigVia(cp, "admin", await proxy.start()), "stalled-renew");
+    const calls: string[] = [];
+    const deadline = 2000;
+    const retry = 250;
+    const elector = new LeaderElector(client, {
+      namespace: "ddnn-system",
+      name: "stalled-renew",
+      identity: "stalled",
+      leaseDurationMs: 3000,
+      renewDeadlineMs: deadline,
+      retryPeriodMs: retry,
+      onStartedLeading: () => calls.push("started"),
+      onStoppedLeading: () => calls.push("stopped"),
+    });
+    const stop = new AbortController();
+    const running = elector.run(stop.signal);
+    try {
+      await waitFor("leadership", () => calls.includes("started"), 10_000, 20);
+      const first = (await lease()).spec.renewTime;
+      await waitFor(
+        "a renewal through the proxy",
+        async () => (await lease()).spec.renewTime !== first,
+      );
+
+      proxy.stall();
+      const stalledAt = Date.now();
+      await waitFor(
+        "the renew deadline to end leadership",
+        () => calls.includes("stopped"),
+        10_000,
+        5,
+      );
+      const took = Date.now() - stalledAt;
+      expect(elector.isLeader()).toBe(false);
+      const atStop = await lease();
+      expect(atStop.spec.holderIdentity).toBe("stalled");
+
+      // The held renewal now reaches the API server, and its answer comes back.
+      proxy.release();
+      await waitFor("the late answer", () => proxy.deliveredSinceRelease > 0, 10_000, 5);
+      await sleep(1000);
+      expect.soft(elector.isLeader()).toBe(false);
+      expect.soft((await lease()).spec.renewTime).toBe(atStop.spec.renewTime);
+      expect(calls).toEqual(["started", "stopped"]);
+      await running;
+      process.stdout.write(
+        `stalled renewal: leadership ended ${took} ms after the stall (renewDeadline ${deadline} ms, retryPeriod ${retry} ms)\n`,
+      );
+      // The last renewal was at most one retryPeriod (plus its request) before the stall.
+      expect(took).toBeGreaterThanOrEqual(deadline - retry - 200);
+      expect(took).toBeLessThanOrEqual(deadline + 500);
+    } finally {
+      stop.abort();
+      client.close();
+      await proxy.stop();
+    }
   });
 });
