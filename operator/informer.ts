@@ -5,6 +5,9 @@ import { type KubeClient, KubeError, type KubeObject, type Resource } from "./ku
  * cache.ts but it never stops on its own: a 410 Gone relists at once, other errors relist after
  * an exponential backoff, a watch that goes silent longer than the server-side timeout plus a
  * margin is cut and resumed, and an AbortSignal stops it. The delay is injectable for tests.
+ *
+ * resourceVersions are opaque, as client-go treats them: they are only compared for equality,
+ * never ordered. What the watch delivers is the truth, in the order it comes.
  */
 
 export type InformerEvent = "ADDED" | "MODIFIED" | "DELETED";
@@ -44,9 +47,19 @@ export function objectKey(o: KubeObject): string {
   return m.namespace ? `${m.namespace}/${m.name}` : String(m.name);
 }
 
+/** A write of ours in flight: the versions the watch delivered for its key meanwhile. */
+interface PendingWrite {
+  relists: number;
+  delivered: Set<string>;
+  count: number;
+}
+
 export class Informer<T extends KubeObject = KubeObject> {
   private readonly store = new Map<string, T>();
   private readonly handlers: InformerHandler<T>[] = [];
+  private readonly writes = new Map<string, PendingWrite>();
+  /** Completed lists so far: a write in flight across one cannot tell how its answer compares. */
+  private relists = 0;
   private resourceVersion = "";
   private syncedResolve: (() => void) | undefined;
   private readonly syncedPromise: Promise<void>;
@@ -82,14 +95,35 @@ export class Informer<T extends KubeObject = KubeObject> {
   }
 
   /**
-   * Records an object we just wrote (the API server's answer), so a reconcile that runs before
-   * the watch event arrives does not write it again. Older versions never replace newer ones.
+   * Sends a write of one object (`send` resolves with the API server's answer) and keeps the
+   * answer in the cache, so a reconcile that runs before the watch delivers it does not write it
+   * again. Without ordering resourceVersions, the answer is kept only when it cannot hide a newer
+   * version: the watch did not deliver that version while the write was in flight (then the
+   * cache holds it or what followed it), and no relist completed meanwhile (its snapshot may be
+   * newer than the answer). The watch's next event for the object replaces it, as any event does.
    */
-  upsert(object: T): void {
-    const key = objectKey(object);
-    const current = this.store.get(key);
-    if (current && newer(current, object)) return;
-    this.store.set(key, object);
+  async write(namespace: string | undefined, name: string, send: () => Promise<T>): Promise<T> {
+    const key = namespace ? `${namespace}/${name}` : name;
+    let pending = this.writes.get(key);
+    if (!pending) {
+      pending = { relists: this.relists, delivered: new Set(), count: 0 };
+      this.writes.set(key, pending);
+    }
+    pending.count++;
+    try {
+      const answer = await send();
+      const version = answer.metadata?.resourceVersion;
+      if (
+        version &&
+        objectKey(answer) === key &&
+        pending.relists === this.relists &&
+        !pending.delivered.has(version)
+      )
+        this.store.set(key, answer);
+      return answer;
+    } finally {
+      if (--pending.count === 0) this.writes.delete(key);
+    }
   }
 
   start(signal: AbortSignal): void {
@@ -167,6 +201,7 @@ export class Informer<T extends KubeObject = KubeObject> {
       }
     }
     this.resourceVersion = list.metadata.resourceVersion ?? "";
+    this.relists++;
     if (!this.hasSynced) {
       this.hasSynced = true;
       this.syncedResolve?.();
@@ -201,13 +236,14 @@ export class Informer<T extends KubeObject = KubeObject> {
           if (rv) this.resourceVersion = rv;
           if (event.type === "BOOKMARK") return;
           const key = objectKey(event.object);
+          if (rv) this.writes.get(key)?.delivered.add(rv);
           if (event.type === "DELETED") {
             this.store.delete(key);
             this.emit("DELETED", event.object);
             return;
           }
-          const current = this.store.get(key);
-          if (current && newer(current, event.object)) return;
+          // The very version we hold already: the event of our own write, nothing new.
+          if (rv && this.store.get(key)?.metadata?.resourceVersion === rv) return;
           this.store.set(key, event.object);
           this.emit(event.type === "ADDED" ? "ADDED" : "MODIFIED", event.object);
         },
@@ -219,12 +255,4 @@ export class Informer<T extends KubeObject = KubeObject> {
     }
     return silent ? "silent" : "closed";
   }
-}
-
-/** True when `a` is a strictly newer version than `b` (resourceVersions are etcd revisions). */
-function newer(a: KubeObject, b: KubeObject): boolean {
-  const x = a.metadata?.resourceVersion;
-  const y = b.metadata?.resourceVersion;
-  if (!x || !y || !/^\d+$/.test(x) || !/^\d+$/.test(y)) return false;
-  return BigInt(x) > BigInt(y);
 }

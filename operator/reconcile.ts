@@ -97,13 +97,9 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
         const cache = ctx.owned[kind];
         if (isApplied(cache.get(namespace, objName), obj)) continue;
         try {
-          const result = await ctx.client.apply(
-            resourceOf(kind, namespace, objName),
-            obj,
-            FIELD_MANAGER,
-            true,
+          await cache.write(namespace, objName, () =>
+            ctx.client.apply(resourceOf(kind, namespace, objName), obj, FIELD_MANAGER, true),
           );
-          cache.upsert(result);
         } catch (err) {
           await ctx.events.record(
             model,
@@ -166,14 +162,14 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     (ctx.now ?? (() => new Date()))(),
     failure === undefined ? undefined : (failure as Error).message,
   );
-  if (!sameStatus(model.status, status)) {
-    const updated = await ctx.client.mergePatch(
-      { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
-      { status },
-      FIELD_MANAGER,
+  if (!sameStatus(model.status, status))
+    await ctx.models.write(namespace, name, () =>
+      ctx.client.mergePatch(
+        { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
+        { status },
+        FIELD_MANAGER,
+      ),
     );
-    ctx.models.upsert(updated);
-  }
 
   if (failure !== undefined) throw failure;
   await recordEvents(ctx, model, status, applied, deleted);

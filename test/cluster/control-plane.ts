@@ -128,6 +128,8 @@ export class ControlPlane {
     operator: randomBytes(24).toString("hex"),
   };
   server = "";
+  /** etcd's client URL (http on loopback), for tests that act on storage (compaction). */
+  etcdUrl = "";
   private etcd: ChildProcess | undefined;
   private apiserver: ChildProcess | undefined;
   private controllers: ChildProcess | undefined;
@@ -217,6 +219,7 @@ export class ControlPlane {
 
     const etcdClient = await freePort();
     const etcdPeer = await freePort();
+    this.etcdUrl = `http://127.0.0.1:${etcdClient}`;
     this.etcd = this.spawnLogged("etcd", etcdBinary(), [
       "--name=default",
       `--data-dir=${join(this.dir, "etcd")}`,
@@ -255,6 +258,7 @@ export class ControlPlane {
       "--audit-log-format=json",
       "--profiling=false",
       "--v=0",
+      ...(options.apiserverArgs ?? []),
     ]);
     this.writeKubeconfigs();
     await this.waitReady(120_000);
@@ -380,6 +384,31 @@ export class ControlPlane {
     const r = await this.kubectl(args, options);
     if (r.code !== 0) throw new Error(`kubectl ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
     return r.stdout;
+  }
+
+  /**
+   * Compacts etcd's history up to its current revision (through etcd's v3 JSON gateway; Debian's
+   * etcd-server ships no etcdctl), as the API server's periodic compaction would; returns the
+   * revision. A watch from an older resourceVersion that reaches etcd then fails with 410 Gone.
+   */
+  async compactEtcd(): Promise<number> {
+    const post = async (path: string, body: unknown) => {
+      const res = await fetch(`${this.etcdUrl}${path}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      const text = await res.text();
+      if (!res.ok) throw new Error(`etcd ${path}: ${res.status} ${text}`);
+      return JSON.parse(text) as { header?: { revision?: string } };
+    };
+    // Any range answers with the store's current revision in its header.
+    const range = await post("/v3/kv/range", { key: Buffer.from("/").toString("base64") });
+    const revision = Number(range.header?.revision);
+    if (!Number.isSafeInteger(revision) || revision < 1)
+      throw new Error(`etcd answered no revision: ${JSON.stringify(range)}`);
+    await post("/v3/kv/compaction", { revision: String(revision), physical: true });
+    return revision;
   }
 
   /** Audit events (ResponseComplete) of the operator's identity so far. */
