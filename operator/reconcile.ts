@@ -9,13 +9,28 @@ import {
 } from "./builders.js";
 import type { BundleVerifier } from "./bundle-source.js";
 import type { EventRecorder } from "./events.js";
-import type { Informer } from "./informer.js";
+import { type Informer, objectKey } from "./informer.js";
 import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
 import { planTiers } from "./placement.js";
 import type { ReconcileResult } from "./queue.js";
 import { isApplied, withAppliedHash } from "./semantic.js";
-import { API_VERSION, type DDNNModel, PLURAL, parseModel } from "./spec.js";
-import { type BundleCheck, condition, desiredStatus, type Observed, sameStatus } from "./status.js";
+import {
+  API_VERSION,
+  type DDNNModel,
+  type DDNNModelStatus,
+  ddnnModelStatusSchema,
+  KIND,
+  PLURAL,
+  parseModel,
+} from "./spec.js";
+import {
+  type BundleCheck,
+  condition,
+  desiredStatus,
+  invalidSpecStatus,
+  type Observed,
+  sameStatus,
+} from "./status.js";
 
 export type OwnedKind = (typeof OWNED_KINDS)[number]["kind"];
 
@@ -60,10 +75,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
   // Gone: owner references let the garbage collector remove what it owned.
   if (!raw || raw.metadata?.deletionTimestamp) return {};
   const parsed = parseModel(raw);
-  if (!parsed.ok) {
-    ctx.log.warn(`${key}: cannot read the object: ${parsed.error}`);
-    return {};
-  }
+  if (!parsed.ok) return reportInvalidSpec(ctx, raw, parsed.error);
   const model = parsed.model;
 
   const verification = await ctx.bundles.verify(namespace, model.spec.bundle);
@@ -162,20 +174,70 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     (ctx.now ?? (() => new Date()))(),
     failure === undefined ? undefined : (failure as Error).message,
   );
-  if (!sameStatus(model.status, status))
-    await ctx.models.write(namespace, name, () =>
-      ctx.client.mergePatch(
-        { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
-        { status },
-        FIELD_MANAGER,
-      ),
-    );
+  if (!sameStatus(model.status, status)) await writeStatus(ctx, namespace, name, status);
 
   if (failure !== undefined) throw failure;
   await recordEvents(ctx, model, status, applied, deleted);
   if (applied.length || deleted.length)
     ctx.log.info(`${key}: applied [${applied.join(", ")}] deleted [${deleted.join(", ")}]`);
   return check.ok ? {} : { requeueAfter: ctx.retryBundleMs ?? 30_000 };
+}
+
+/**
+ * A model the API server accepted but the operator cannot read: Ready=False/InvalidSpec with the
+ * parse error, and a Warning Event when that verdict is new. Owned objects are left as they are
+ * (what runs keeps running); the next change of the object brings the next pass.
+ */
+async function reportInvalidSpec(
+  ctx: ReconcileContext,
+  raw: KubeObject,
+  error: string,
+): Promise<ReconcileResult> {
+  const meta = raw.metadata ?? {};
+  const { name, namespace, uid } = meta;
+  // Only an object without identity (never one from the API server) has nowhere to report.
+  if (!name || !namespace || !uid) {
+    ctx.log.warn(`${objectKey(raw)}: cannot read the object: ${error}`);
+    return {};
+  }
+  const previous = ddnnModelStatusSchema.safeParse(raw.status ?? {});
+  const before = previous.success ? previous.data : {};
+  const status = invalidSpecStatus(
+    before,
+    meta.generation ?? 0,
+    error,
+    (ctx.now ?? (() => new Date()))(),
+  );
+  if (sameStatus(before, status)) return {};
+  ctx.log.warn(`${namespace}/${name}: invalid spec: ${error}`);
+  await writeStatus(ctx, namespace, name, status);
+  const was = condition(before, "Ready");
+  if (was?.reason !== "InvalidSpec" || was.message !== error) {
+    // The recorder needs only the object's identity, which an unreadable spec still has.
+    const subject = {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: { ...meta, name, namespace, uid, generation: meta.generation ?? 0 },
+    } as DDNNModel;
+    await ctx.events.record(subject, "Warning", "InvalidSpec", error);
+  }
+  return {};
+}
+
+/** Writes the model's status subresource and keeps the answer in the model cache. */
+async function writeStatus(
+  ctx: ReconcileContext,
+  namespace: string,
+  name: string,
+  status: DDNNModelStatus,
+): Promise<void> {
+  await ctx.models.write(namespace, name, () =>
+    ctx.client.mergePatch(
+      { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
+      { status },
+      FIELD_MANAGER,
+    ),
+  );
 }
 
 async function recordEvents(

@@ -6,7 +6,9 @@ import {
   type BundleCheck,
   deploymentReady,
   desiredStatus,
+  invalidSpecStatus,
   mergeConditions,
+  sameStatus,
   wantedConditions,
 } from "./status.js";
 
@@ -181,5 +183,40 @@ describe("mergeConditions", () => {
       t1,
     );
     expect(flipped[0]!.lastTransitionTime).toBe("2030-01-01T00:05:00Z");
+  });
+});
+
+describe("invalidSpecStatus", () => {
+  const t0 = new Date("2030-01-01T00:00:00Z");
+  const t1 = new Date("2030-01-01T00:05:00Z");
+  const running = desiredStatus(model, ok, all, t0);
+
+  it("sets Ready=False/InvalidSpec for this generation and keeps what it did not evaluate", () => {
+    const s = invalidSpecStatus(running, 4, "spec.bundle.url: bad", t1);
+    expect(s.observedGeneration).toBe(4);
+    expect(s.conditions![0]).toEqual({
+      type: "Ready",
+      status: "False",
+      reason: "InvalidSpec",
+      message: "spec.bundle.url: bad",
+      observedGeneration: 4,
+      lastTransitionTime: "2030-01-01T00:05:00Z",
+    });
+    // The other conditions still describe the generation they were computed for.
+    expect(s.conditions!.slice(1)).toEqual(running.conditions!.slice(1));
+    expect(s.bundleDigest).toBe(running.bundleDigest);
+    expect(s.devices).toEqual(running.devices);
+  });
+
+  it("is stable: the same error again changes nothing, another message keeps the transition time", () => {
+    const first = invalidSpecStatus(undefined, 1, "spec.x: bad", t0);
+    expect(first.conditions!.map((c) => c.type)).toEqual(["Ready"]);
+    expect(sameStatus(first, invalidSpecStatus(first, 1, "spec.x: bad", t1))).toBe(true);
+    const other = invalidSpecStatus(first, 2, "spec.y: bad", t1);
+    expect(other.conditions![0]).toMatchObject({
+      message: "spec.y: bad",
+      observedGeneration: 2,
+      lastTransitionTime: "2030-01-01T00:00:00Z",
+    });
   });
 });

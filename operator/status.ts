@@ -284,6 +284,32 @@ export function desiredStatus(
   return status;
 }
 
+/**
+ * The status of a model whose spec the operator cannot read (it passed the CRD's schema but not
+ * the operator's own parse): Ready=False with reason InvalidSpec and the parse error, for this
+ * generation. Nothing was evaluated, so every other condition and field stays as it was (each
+ * condition's observedGeneration says which generation it describes).
+ */
+export function invalidSpecStatus(
+  previous: DDNNModelStatus | undefined,
+  generation: number,
+  error: string,
+  now: Date,
+): DDNNModelStatus {
+  const before = previous ?? {};
+  const [ready] = mergeConditions(
+    before.conditions,
+    [{ type: "Ready", status: "False", reason: "InvalidSpec", message: error }],
+    generation,
+    now,
+  );
+  return {
+    ...before,
+    observedGeneration: generation,
+    conditions: [ready!, ...(before.conditions ?? []).filter((c) => c.type !== "Ready")],
+  };
+}
+
 export function sameStatus(a: DDNNModelStatus | undefined, b: DDNNModelStatus): boolean {
   return canonicalJson(a ?? {}) === canonicalJson(b);
 }

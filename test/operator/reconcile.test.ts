@@ -357,8 +357,15 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     const dir = writeBundle(
       [
         { ...smallStages()[0]!, name: "device" },
-        { ...smallStages()[0]!, name: "edge", inputName: "features", inShape: [6], seed: 8 },
-        { ...smallStages()[1]!, name: "server" },
+        {
+          ...smallStages()[0]!,
+          name: "edge",
+          inputName: "features",
+          inShape: [6],
+          featuresName: "edge_features",
+          seed: 8,
+        },
+        { ...smallStages()[1]!, name: "server", inputName: "edge_features" },
       ],
       { edit: (mf) => Object.assign(mf, { version: "2.0.0" }) },
     );
@@ -505,6 +512,111 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       "name",
     ]);
     expect(owned.trim()).toBe("");
+  });
+
+  it("a spec the API server accepts but the operator cannot read: Ready=False InvalidSpec, a Warning, nothing rolled out", async () => {
+    // The CRD checks URLs with CEL's RE2, where \s is ASCII whitespace only; the operator's own
+    // parser also counts a no-break space (U+00A0, as pasted from a web page) as whitespace.
+    const doc = parse(readFileSync(EXAMPLE, "utf8").split(/^---$/m)[1]!) as {
+      metadata: { name: string };
+      spec: { bundle: { url: string } };
+    };
+    doc.metadata.name = "bad-spec";
+    doc.spec.bundle.url = `${DEMO_DIGEST_URL}\u00a0`;
+    await cp.kubectlOk(["apply", "-f", "-"], { input: JSON.stringify(doc) });
+    const m = await waitFor("Ready=False/InvalidSpec", async () => {
+      const x = await model("bad-spec");
+      return cond(x, "Ready")?.reason === "InvalidSpec" ? x : undefined;
+    });
+    const ready = cond(m, "Ready")!;
+    expect(ready).toMatchObject({
+      status: "False",
+      observedGeneration: m.metadata.generation,
+      message: "spec.bundle.url: bundle.url must be an http:// or https:// URL",
+    });
+    expect(m.status?.observedGeneration).toBe(m.metadata.generation);
+    const warnings = async () =>
+      (
+        JSON.parse(
+          await cp.kubectlOk([
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=bad-spec,reason=InvalidSpec",
+            "-o",
+            "json",
+          ]),
+        ).items as { type: string; message: string }[]
+      ).map((e) => `${e.type} ${e.message}`);
+    expect(await warnings()).toEqual([`Warning ${ready.message}`]);
+    const owned = () =>
+      cp.kubectlOk([
+        "get",
+        "deployments,daemonsets,services,configmaps",
+        "-n",
+        NS,
+        "-l",
+        "fog.ddnn.io/model=bad-spec",
+        "-o",
+        "name",
+      ]);
+    expect((await owned()).trim()).toBe("");
+
+    // Nothing changed: a second reconcile writes nothing, not even an Event.
+    const { noop, seen } = await resync("fog/bad-spec");
+    expect(noop.flatMap((r) => r.requests)).toEqual([]);
+    expect(seen).toEqual([]);
+
+    // Another unreadable value: the message and observedGeneration follow, the transition time stays.
+    await cp.kubectlOk([
+      "patch",
+      "ddnn",
+      "bad-spec",
+      "-n",
+      NS,
+      "--type=merge",
+      "-p",
+      JSON.stringify({
+        spec: {
+          bundle: { url: DEMO_DIGEST_URL },
+          broker: { managed: null, external: { url: "mqtt://broker\u00a0.example:1883" } },
+        },
+      }),
+    ]);
+    const m2 = await waitFor("the new InvalidSpec message", async () => {
+      const x = await model("bad-spec");
+      return cond(x, "Ready")?.message.startsWith("spec.broker.external.url") ? x : undefined;
+    });
+    expect(m2.metadata.generation).toBeGreaterThan(m.metadata.generation);
+    expect(cond(m2, "Ready")).toMatchObject({
+      status: "False",
+      reason: "InvalidSpec",
+      observedGeneration: m2.metadata.generation,
+      lastTransitionTime: ready.lastTransitionTime,
+    });
+    expect(m2.status?.observedGeneration).toBe(m2.metadata.generation);
+    await waitFor("a Warning for the new message", async () => (await warnings()).length === 2);
+
+    // Readable again: the model rolls out like any other.
+    await cp.kubectlOk([
+      "patch",
+      "ddnn",
+      "bad-spec",
+      "-n",
+      NS,
+      "--type=merge",
+      "-p",
+      JSON.stringify({ spec: { broker: { managed: { kind: "mosquitto" }, external: null } } }),
+    ]);
+    const m3 = await waitFor("BundleVerified after the fix", async () => {
+      const x = await model("bad-spec");
+      return cond(x, "BundleVerified")?.status === "True" ? x : undefined;
+    });
+    expect(cond(m3, "Ready")!.reason).not.toBe("InvalidSpec");
+    await waitFor("the owned objects", async () => (await owned()).includes("deployment"));
+    await cp.kubectlOk(["delete", "ddnn", "bad-spec", "-n", NS, "--wait=false"]);
   });
 
   it("a bundle from a ConfigMap with an external TLS broker: credentials only by Secret reference, its CA mounted", async () => {
