@@ -4,6 +4,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
 import { z } from "zod";
+import { proxyEnvForPods } from "../operator/builders.js";
 import { consoleLogger, Operator } from "../operator/operator.js";
 import { parseFlags } from "./args.js";
 import { packageRoot } from "./paths.js";
@@ -139,10 +140,17 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   consoleLogger.info(
     `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg["broker-image"]}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg["lease-name"]}, ${cfg["lease-duration-ms"]}/${cfg["renew-deadline-ms"]}/${cfg["retry-period-ms"]} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg["resync-ms"]} ms`,
   );
+  // The tiers download bundles through the same proxy the operator verified them through.
+  const { proxy, skipped } = proxyEnvForPods(process.env);
+  for (const name of skipped)
+    consoleLogger.warn(
+      `${name} holds credentials: not copied into the tier Pods; give the Pods a proxy without them or set ${name} in their image`,
+    );
   const operator = new Operator({
     kubeConfig: kc,
     identity,
     images: { image, brokerImage: cfg["broker-image"] },
+    proxy,
     namespace: cfg.namespace,
     leaderElection: leaderElect
       ? {

@@ -6,6 +6,7 @@ import {
   buildOwnedObjects,
   buildServerDeployment,
   MOSQUITTO_CONF,
+  proxyEnvForPods,
 } from "./builders.js";
 import { planTiers } from "./placement.js";
 import type { DDNNModelSpecInput } from "./spec.js";
@@ -184,6 +185,31 @@ describe("builders", () => {
     // Without one, nothing is mounted and the image's CAs apply.
     const plain = buildServerDeployment(input(exampleSpec()));
     expect(envOf(plain).DDNN_BROKER_CA).toBeUndefined();
+  });
+
+  it("give every tier the operator's proxy, never one with credentials", () => {
+    const { proxy, skipped } = proxyEnvForPods({
+      https_proxy: "http://proxy.corp:3128",
+      HTTP_PROXY: "http://user:secret@proxy.corp:3128",
+      NO_PROXY: ".svc,10.0.0.0/8",
+    });
+    expect(proxy).toEqual({ HTTPS_PROXY: "http://proxy.corp:3128", NO_PROXY: ".svc,10.0.0.0/8" });
+    expect(skipped).toEqual(["HTTP_PROXY"]);
+    const objs = buildOwnedObjects({ ...input(), proxy });
+    const workloads = objs.filter((o) => o.kind === "Deployment" || o.kind === "DaemonSet");
+    const tiers = workloads.filter((w) => !w.metadata!.name!.endsWith("-broker"));
+    expect(tiers).toHaveLength(3);
+    for (const w of tiers) {
+      const env = envOf(w as V1Deployment);
+      expect([env.HTTPS_PROXY, env.NO_PROXY, env.HTTP_PROXY]).toEqual([
+        "http://proxy.corp:3128",
+        ".svc,10.0.0.0/8",
+        undefined,
+      ]);
+    }
+    expect(JSON.stringify(objs)).not.toContain("secret@");
+    // Without proxy settings nothing is added.
+    expect(envOf(buildServerDeployment(input())).HTTPS_PROXY).toBeUndefined();
   });
 
   it("mount a ConfigMap-held bundle", () => {

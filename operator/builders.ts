@@ -48,6 +48,31 @@ export interface BuildInput {
   bundle: BundleFacts;
   plan: TierPlan;
   images: OperatorImages;
+  /** HTTP_PROXY, HTTPS_PROXY, NO_PROXY for the tiers' bundle download (see proxyEnvForPods). */
+  proxy?: ProxyEnv;
+}
+
+/** Proxy variables by their conventional upper-case names. */
+export type ProxyEnv = Readonly<Partial<Record<"HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY", string>>>;
+
+/**
+ * The operator's own proxy settings, for the tier Pods: the operator verifies a bundle URL through
+ * them, so the Pods must download it the same way. A proxy URL with credentials is not copied (a
+ * Pod spec is no place for a secret); `skipped` names it so the operator can say so.
+ */
+export function proxyEnvForPods(env: Readonly<Record<string, string | undefined>>): {
+  proxy: ProxyEnv;
+  skipped: string[];
+} {
+  const proxy: Partial<Record<keyof ProxyEnv, string>> = {};
+  const skipped: string[] = [];
+  for (const name of ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"] as const) {
+    const value = env[name] ?? env[name.toLowerCase()];
+    if (value === undefined || value === "") continue;
+    if (name !== "NO_PROXY" && /\/\/[^/@]*@/.test(value)) skipped.push(name);
+    else proxy[name] = value;
+  }
+  return { proxy, skipped };
 }
 
 export type Component = Tier | "broker";
@@ -168,6 +193,7 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
   const ca = spec.broker.external?.caConfigMap;
   if (ca) out.push(env("DDNN_BROKER_CA", `${BROKER_CA_MOUNT}/${ca.key}`));
   out.push(env("DDNN_HTTP_PORT", httpPort));
+  for (const [name, value] of Object.entries(input.proxy ?? {})) out.push(env(name, value));
   return out;
 }
 

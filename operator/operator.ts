@@ -3,7 +3,13 @@ import { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import type { KubeConfig } from "@kubernetes/client-node";
 import Fastify, { type FastifyInstance } from "fastify";
-import { MANAGED_BY, MANAGED_BY_LABEL, type OperatorImages, OWNED_KINDS } from "./builders.js";
+import {
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  type OperatorImages,
+  OWNED_KINDS,
+  type ProxyEnv,
+} from "./builders.js";
 import { type BundleFetcher, BundleVerifier } from "./bundle-source.js";
 import { EventRecorder } from "./events.js";
 import { Informer, objectKey } from "./informer.js";
@@ -27,6 +33,8 @@ export interface OperatorOptions {
   /** Unique per process: the lease holder and the Events' reporting instance. */
   identity: string;
   images: OperatorImages;
+  /** Proxy variables written into the tier Pods (the operator's own, see proxyEnvForPods). */
+  proxy?: ProxyEnv;
   /** Watch one namespace; all namespaces when undefined. */
   namespace?: string;
   /** false: lead alone (one replica, or tests). */
@@ -225,6 +233,7 @@ export class Operator extends EventEmitter {
             owned: this.owned,
             bundles: this.bundles,
             images: this.options.images,
+            ...(this.options.proxy ? { proxy: this.options.proxy } : {}),
             events: this.events,
             log: this.log,
             retryBundleMs: this.options.retryBundleMs,

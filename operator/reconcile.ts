@@ -6,6 +6,7 @@ import {
   OWNED_KINDS,
   type OwnedObject,
   objectName,
+  type ProxyEnv,
 } from "./builders.js";
 import type { BundleVerifier } from "./bundle-source.js";
 import type { EventRecorder } from "./events.js";
@@ -45,6 +46,8 @@ export interface ReconcileContext {
   owned: Record<OwnedKind, Informer>;
   bundles: BundleVerifier;
   images: OperatorImages;
+  /** Proxy variables written into the tier Pods. */
+  proxy?: ProxyEnv;
   events: EventRecorder;
   log: Logger;
   now?: () => Date;
@@ -102,6 +105,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
         bundle: check.facts,
         plan: check.plan,
         images: ctx.images,
+        ...(ctx.proxy ? { proxy: ctx.proxy } : {}),
       }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
       for (const obj of desired) {
         const kind = obj.kind as OwnedKind;

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
-import { APPLIED_HASH_ANNOTATION } from "../../operator/builders.js";
+import { APPLIED_HASH_ANNOTATION, proxyEnvForPods } from "../../operator/builders.js";
 import type { KubeClient, KubeObject } from "../../operator/kube.js";
 import { Operator, type ReconcileReport } from "../../operator/operator.js";
 import type { Condition, DDNNModelStatus } from "../../operator/spec.js";
@@ -135,6 +135,8 @@ beforeAll(async () => {
     kubeConfig: cp.kubeConfig("operator"),
     identity: "reconcile-test",
     images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
+    // As `ddnn operator` does: the Pods get the proxy the operator verifies bundles through.
+    proxy: proxyEnvForPods(process.env).proxy,
     leaderElection: false,
     httpPort: 0,
     httpHost: "127.0.0.1",
@@ -200,6 +202,7 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_DEADLINE_MS: "250",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
       DDNN_HTTP_PORT: "8080",
+      HTTP_PROXY: process.env.HTTP_PROXY,
     };
     expect(server.spec.replicas).toBe(2);
     expect(server.spec.template.spec.containers[0]).toMatchObject({
