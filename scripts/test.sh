@@ -8,6 +8,7 @@ trap 'rm -rf "$reports"' EXIT
 
 bash scripts/setup.sh
 echo "== control plane"; bash scripts/control-plane.sh
+echo "== helm"; bash scripts/helm.sh
 echo "== typecheck"; npx --no-install tsc -p tsconfig.json --noEmit
 echo "== lint and format"; npx --no-install biome ci .
 echo "== build"; npm run build --silent

@@ -9,7 +9,6 @@
  */
 import { execFile } from "node:child_process";
 import {
-  existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -30,6 +29,7 @@ import {
   OPERATOR_USER,
   REPO_ROOT,
 } from "./cluster/control-plane.js";
+import { requireProgram } from "./support/programs.js";
 
 const CHART = join(REPO_ROOT, "charts", "ddnn-fog");
 const MONITORING_KINDS = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
@@ -281,44 +281,40 @@ describe("the chart's files", () => {
   });
 });
 
-/** Debian's `prometheus` package ships promtool; without it the PromQL check is skipped. */
-const promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].find((p) => existsSync(p));
-
 describe("PromQL", () => {
-  it.skipIf(!promtool)(
-    "every alert and dashboard query parses (promtool check rules)",
-    async () => {
-      const rule = one(await template(ALL_ON), "PrometheusRule") as K8sObject & {
-        spec: { groups: unknown[] };
-      };
-      // The dashboard's queries as recording rules, with Grafana's variables filled in.
-      const dashboard = JSON.parse(
-        readFileSync(join(CHART, "dashboards", "ddnn-fog.json"), "utf8"),
-      ) as { panels: { targets?: { expr: string }[] }[] };
-      const queries = dashboard.panels
-        .flatMap((p) => p.targets ?? [])
-        .map((t, i) => ({
-          record: `ddnn:dashboard_query_${i}`,
-          expr: t.expr
-            .replaceAll("$__rate_interval", "5m")
-            .replaceAll("$namespace", ".*")
-            .replaceAll("$model", ".*"),
-        }));
-      const dir = mkdtempSync(join(tmpdir(), "ddnn-promtool-"));
-      try {
-        const file = join(dir, "rules.yaml");
-        writeFileSync(
-          file,
-          stringify({ groups: [...rule.spec.groups, { name: "dashboard", rules: queries }] }),
-        );
-        const r = await run(promtool!, ["check", "rules", file]);
-        expect(r.code, r.stdout + r.stderr).toBe(0);
-        expect(r.stdout).toContain(`SUCCESS: ${8 + queries.length} rules found`);
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    },
-  );
+  it("every alert and dashboard query parses (promtool check rules)", async () => {
+    // Debian's `prometheus` package ships promtool; scripts/setup.sh installs it.
+    const promtool = requireProgram("promtool");
+    const rule = one(await template(ALL_ON), "PrometheusRule") as K8sObject & {
+      spec: { groups: unknown[] };
+    };
+    // The dashboard's queries as recording rules, with Grafana's variables filled in.
+    const dashboard = JSON.parse(
+      readFileSync(join(CHART, "dashboards", "ddnn-fog.json"), "utf8"),
+    ) as { panels: { targets?: { expr: string }[] }[] };
+    const queries = dashboard.panels
+      .flatMap((p) => p.targets ?? [])
+      .map((t, i) => ({
+        record: `ddnn:dashboard_query_${i}`,
+        expr: t.expr
+          .replaceAll("$__rate_interval", "5m")
+          .replaceAll("$namespace", ".*")
+          .replaceAll("$model", ".*"),
+      }));
+    const dir = mkdtempSync(join(tmpdir(), "ddnn-promtool-"));
+    try {
+      const file = join(dir, "rules.yaml");
+      writeFileSync(
+        file,
+        stringify({ groups: [...rule.spec.groups, { name: "dashboard", rules: queries }] }),
+      );
+      const r = await run(promtool, ["check", "rules", file]);
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      expect(r.stdout).toContain(`SUCCESS: ${8 + queries.length} rules found`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("helm lint and helm template", () => {
