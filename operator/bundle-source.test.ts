@@ -1,26 +1,15 @@
-/**
- * The operator's bundle verifier and the tiers' loader read a URL through the same downloader and
- * unpacker: for every URL they agree, so `BundleVerified=True` means the pods can load it too.
- */
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openBundleSource } from "../core/bundle/source.js";
-import { packBundle, smallStages, writeBundle } from "../test/support/bundle-fixture.js";
+import { packedSmallBundle } from "../test/support/bundle-fixture.js";
 import { type ForwardProxy, startForwardProxy } from "../test/support/http-proxy.js";
 import { BundleVerifier } from "./bundle-source.js";
 import { KubeClient } from "./kube.js";
 
 const MiB = 1024 * 1024;
-const f = writeBundle(smallStages());
-const archive = readFileSync(packBundle(f.dir));
-const digest = createHash("sha256")
-  .update(readFileSync(join(f.dir, "ddnn.json")))
-  .digest("hex");
+const { archive, digest } = packedSmallBundle();
 
 let server: Server;
 let base: string;

@@ -1,23 +1,12 @@
-/**
- * The tiers' bundle loader against a real HTTP server on 127.0.0.1 (and a real forwarding proxy):
- * what a pod sees when its DDNN_BUNDLE is an http(s) URL.
- */
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { packBundle, smallStages, writeBundle } from "../../test/support/bundle-fixture.js";
+import { packedSmallBundle } from "../../test/support/bundle-fixture.js";
 import { type ForwardProxy, startForwardProxy } from "../../test/support/http-proxy.js";
 import { openBundleSource } from "./source.js";
 
 const MiB = 1024 * 1024;
-const f = writeBundle(smallStages());
-const archive = readFileSync(packBundle(f.dir));
-const digest = createHash("sha256")
-  .update(readFileSync(join(f.dir, "ddnn.json")))
-  .digest("hex");
+const { archive, digest } = packedSmallBundle();
 
 /** What the origin saw: request lines with their Via header, and bytes of the big bodies sent. */
 const origin = { seen: [] as string[], sent: 0, closedEarly: false };

@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type StageModel, stageOnnx } from "./onnx-model.js";
@@ -107,4 +107,16 @@ export function packBundle(dir: string, nested = false): string {
   if (nested) execFileSync("tar", ["-czf", archive, "-C", join(dir, ".."), dir.split("/").pop()!]);
   else execFileSync("tar", ["-czf", archive, "-C", dir, "."]);
   return archive;
+}
+
+/** The small two-stage fixture packed as .tar.gz bytes, with the digest a DDNNModel or tier pins. */
+export function packedSmallBundle(): { dir: string; archive: Buffer; digest: string } {
+  const { dir } = writeBundle(smallStages());
+  return {
+    dir,
+    archive: readFileSync(packBundle(dir)),
+    digest: createHash("sha256")
+      .update(readFileSync(join(dir, "ddnn.json")))
+      .digest("hex"),
+  };
 }
