@@ -8,6 +8,8 @@
 # Environment: DDNN_CACHE_DIR (default ${XDG_CACHE_HOME:-~/.cache}/ddnn-fog), GOPROXY as set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/go-cache.sh
+source scripts/go-cache.sh
 module=test/cluster
 
 # etcd: Debian's package (3.4) is enough for kube-apiserver's tests.
@@ -37,12 +39,7 @@ if have_all; then
   exit 0
 fi
 
-command -v go >/dev/null 2>&1 || { echo "control-plane: needs Go >= 1.25 on PATH to build kube $version" >&2; exit 1; }
-go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
-if [ "${go_minor:-0}" -lt 25 ]; then
-  echo "control-plane: $(go env GOVERSION) is too old to build kube $version (needs Go >= 1.25)" >&2
-  exit 1
-fi
+require_go control-plane 25 "kube $version"
 
 minor=$(echo "$version" | sed -E 's/^v1\.([0-9]+)\..*/\1/')
 ldflags="-s -w"
@@ -50,23 +47,8 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $p.gitVersion=$version -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
 
-echo "control-plane: building ${binaries[*]} $version with $(go env GOVERSION) (once per machine)" >&2
-start=$(date +%s)
-tmp=$(mktemp -d "$cache.build.XXXXXX" 2>/dev/null || { mkdir -p "$cache" && mktemp -d "$cache.build.XXXXXX"; })
-trap 'rm -rf "$tmp"' EXIT
-(
-  cd "$module"
-  export GOFLAGS=-mod=mod CGO_ENABLED=0
-  nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl
-) >&2
-echo "$stamp" > "$tmp/.stamp"
-mkdir -p "$cache"
-rm -rf "$dest"
-mv "$tmp" "$dest"
-trap - EXIT
-seconds=$(($(date +%s) - start))
-echo "control-plane: built kube $version in ${seconds}s on $(nproc) cores -> $dest" >&2
+go_build_cached control-plane "$module" "$dest" "$stamp" "$ldflags" \
+  k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl
 echo "$dest"

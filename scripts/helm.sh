@@ -7,6 +7,8 @@
 # Environment: DDNN_CACHE_DIR (default ${XDG_CACHE_HOME:-~/.cache}/ddnn-fog), GOPROXY as set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/go-cache.sh
+source scripts/go-cache.sh
 module=test/helm
 
 version=$(awk '$1 == "helm.sh/helm/v3" { print $2; exit }' "$module/go.mod")
@@ -24,12 +26,7 @@ fi
 # The go directive of the module is the oldest Go that builds this helm release.
 need=$(awk '$1 == "go" { print $2; exit }' "$module/go.mod")
 need_minor=$(echo "$need" | sed -E 's/^1\.([0-9]+).*/\1/')
-command -v go >/dev/null 2>&1 || { echo "helm: needs Go >= $need on PATH to build helm $version" >&2; exit 1; }
-go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
-if [ "${go_minor:-0}" -lt "$need_minor" ]; then
-  echo "helm: $(go env GOVERSION) is too old to build helm $version (needs Go >= $need)" >&2
-  exit 1
-fi
+require_go helm "$need_minor" "helm $version"
 
 # The variables helm's own Makefile sets: the version `helm version` prints, and the Kubernetes
 # version that `helm template` and `helm lint` assume (from the k8s.io/client-go it is built with;
@@ -41,20 +38,5 @@ for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$k8s_minor"
 done
 
-echo "helm: building helm $version with $(go env GOVERSION) (once per machine)" >&2
-start=$(date +%s)
-tmp=$(mktemp -d "$cache.build.XXXXXX" 2>/dev/null || { mkdir -p "$cache" && mktemp -d "$cache.build.XXXXXX"; })
-trap 'rm -rf "$tmp"' EXIT
-(
-  cd "$module"
-  export GOFLAGS=-mod=mod CGO_ENABLED=0
-  nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp/helm" helm.sh/helm/v3/cmd/helm
-) >&2
-echo "$stamp" > "$tmp/.stamp"
-mkdir -p "$cache"
-rm -rf "$dest"
-mv "$tmp" "$dest"
-trap - EXIT
-seconds=$(($(date +%s) - start))
-echo "helm: built helm $version in ${seconds}s on $(nproc) cores -> $dest" >&2
+go_build_cached helm "$module" "$dest" "$stamp" "$ldflags" helm.sh/helm/v3/cmd/helm
 echo "$dest/helm"

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${DDNN_PYTHON:-/usr/bin/python3}
 reports=$(mktemp -d)
+# onnxruntime-node's telemetry writes under ~/.cache and $TMPDIR and tries to upload: not from tests.
+export ORT_DISABLE_TELEMETRY=1
 trap 'rm -rf "$reports"' EXIT
 
 bash scripts/setup.sh
