@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { UsageError } from "./args.js";
+import { runBundle } from "./bundle.js";
 import { runEval } from "./eval.js";
 import { describeFailure } from "./failure.js";
 import { runOperator } from "./operator.js";
@@ -19,6 +20,7 @@ Commands:
   gateway   the edge tier (middle stages)
   agent     the device tier (first stage, offload, local fallback)
   operator  the Kubernetes controller for DDNNModel resources
+  bundle    bundle pack DIR: verify a bundle, pack it as a ConfigMap (or .tar.gz) for a cluster
 
 Run "ddnn <command> --help" for a command's flags.
 `;
@@ -34,6 +36,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runUp(rest, out);
     case "operator":
       return runOperator(rest);
+    case "bundle":
+      return runBundle(rest, out);
     case undefined:
     case "help":
     case "--help":
