@@ -9,8 +9,14 @@ export function tierMetrics(tier: string, model: string) {
   const registry = new Registry();
   registry.setDefaultLabels({ tier, model });
   collectDefaultMetrics({ register: registry });
+  // Read at every scrape, so the gauge is the queue as it is now, not as the last answer left it.
+  let queued: () => number = () => 0;
   return {
     registry,
+    /** Where ddnn_queue_depth is read from (the tier's worker pool). */
+    watchQueue(source: () => number): void {
+      queued = source;
+    },
     requests: new Counter({
       name: "ddnn_requests_total",
       help: "Inference requests handled, by stage that answered or forwarded and outcome",
@@ -19,7 +25,7 @@ export function tierMetrics(tier: string, model: string) {
     }),
     exits: new Counter({
       name: "ddnn_exits_total",
-      help: "Samples answered, by the stage whose exit answered",
+      help: "Samples answered by this tier's own exits, by stage (summed over tiers: every answer once)",
       labelNames: ["stage"] as const,
       registers: [registry],
     }),
@@ -38,7 +44,7 @@ export function tierMetrics(tier: string, model: string) {
     }),
     batchSize: new Histogram({
       name: "ddnn_batch_size",
-      help: "Samples per inference batch",
+      help: "Samples per inference batch the workers ran (MQTT and HTTP), one observation per batch",
       buckets: [1, 2, 4, 8, 16, 32, 64, 128],
       registers: [registry],
     }),
@@ -46,6 +52,9 @@ export function tierMetrics(tier: string, model: string) {
       name: "ddnn_queue_depth",
       help: "Requests waiting for a worker",
       registers: [registry],
+      collect() {
+        this.set(queued());
+      },
     }),
     framesDropped: new Counter({
       name: "ddnn_frames_dropped_total",

@@ -118,7 +118,8 @@ export class Agent {
       labelName: manifest.labels[a.label] ?? String(a.label),
       stage: manifest.stages[a.stageIndex]?.name ?? String(a.stageIndex),
     };
-    this.o.metrics.exits.inc({ stage: answer.stage });
+    // Only the device's own exits: an upstream answer is counted by the tier whose exit gave it.
+    if (a.tier === "device") this.o.metrics.exits.inc({ stage: answer.stage });
     if (this.o.alarms.has(a.label) && this.o.client.connected) {
       const event = {
         kind: "alarm",

@@ -41,7 +41,6 @@ const service = new StageService({
   bundle,
   model,
   pool: {
-    queued: 0,
     submit: (job) =>
       Promise.resolve({
         result: { stage: job.from, label: 0, entropy: 1, stageMs: [] },

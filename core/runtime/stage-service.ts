@@ -23,8 +23,8 @@ import {
 import { decodeTensor, encodeTensor, type TensorEncoding } from "../wire/tensor.js";
 import { PoolError, type WorkerPool } from "./worker-pool.js";
 
-/** What the service needs of a worker pool: submitting one sample, and the queue depth for metrics. */
-export type StagePool = Pick<WorkerPool, "submit" | "queued">;
+/** What the service needs of a worker pool: submitting one sample. */
+export type StagePool = Pick<WorkerPool, "submit">;
 
 export interface StageServiceOptions {
   readonly client: MqttClient;
@@ -145,14 +145,13 @@ export class StageService {
       header = decoded.header;
       this.check(header);
       const data = decodeTensor(header, decoded.body, this.maxElements);
-      const { result, queueMs, batchSize } = await this.o.pool.submit({
+      const { result, queueMs } = await this.o.pool.submit({
         from: this.o.from,
         to: this.o.to,
         data,
         dims: header.shape,
         ...(header.deadline !== undefined ? { deadline: header.deadline } : {}),
       });
-      metrics.batchSize.observe(batchSize);
       let compute = 0;
       for (let s = this.o.from; s <= result.stage; s++) {
         const ms = result.stageMs[s] ?? 0;
@@ -201,7 +200,6 @@ export class StageService {
     } catch (err) {
       await this.fail(err, header);
     } finally {
-      metrics.queueDepth.set(this.o.pool.queued);
     }
   }
 

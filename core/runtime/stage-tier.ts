@@ -91,6 +91,7 @@ export function startStageTier(
         maxDelayMs: config.maxDelayMs,
         maxQueue: config.maxQueue,
         backend: config.backend,
+        onBatch: (b) => metrics.batchSize.observe(b.size),
         onWorkerExit: (e) => {
           metrics.workerRestarts.inc();
           log.warn(e, "inference worker exited; replacing it");
@@ -99,6 +100,7 @@ export function startStageTier(
       // Finishes what is queued and in flight (the service has drained by then).
       (p) => p.close(),
     );
+    metrics.watchQueue(() => pool.queued);
     const client = ownBrokerConnection(
       resources,
       config,

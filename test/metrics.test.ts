@@ -1,0 +1,154 @@
+/**
+ * Every tier's /metrics after a known run, against the run's own counts: each answer counted once
+ * over the tiers (by the tier whose exit gave it), batch sizes per batch (MQTT and HTTP), the queue
+ * as it is at scrape time, offloads and bytes as the devices saw them.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Pipeline } from "../core/pipeline.js";
+import { type FixtureStage, pseudoPixels, writeBundle } from "./support/bundle-fixture.js";
+import { type Fog, startFog } from "./support/fog.js";
+import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
+
+const stages: FixtureStage[] = [
+  {
+    name: "device",
+    inputName: "image",
+    inShape: [1, 4, 4],
+    featuresName: "f0",
+    featureSize: 12,
+    logitsName: "logits",
+    classes: 4,
+    seed: 41,
+    threshold: 0.6,
+  },
+  {
+    name: "edge",
+    inputName: "f0",
+    inShape: [12],
+    featuresName: "f1",
+    featureSize: 8,
+    logitsName: "logits",
+    classes: 4,
+    seed: 43,
+    threshold: 0.6,
+  },
+  { name: "server", inputName: "f1", inShape: [8], logitsName: "logits", classes: 4, seed: 47 },
+];
+
+/** Parses Prometheus text: metric name with its labels (sorted, without tier/model) -> value. */
+async function scrape(port: number): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    const m = /^(ddnn_[a-z_]+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m) continue;
+    const labels = (m[2] ?? "")
+      .split(",")
+      .filter((l) => l !== "" && !l.startsWith("tier=") && !l.startsWith("model="))
+      .sort()
+      .join(",");
+    out.set(labels ? `${m[1]}{${labels}}` : m[1]!, Number(m[3]));
+  }
+  return out;
+}
+
+let mosquitto: Mosquitto;
+let fog: Fog;
+let reference: Pipeline;
+const n = 120;
+const px = pseudoPixels(n, 16, 77);
+beforeAll(async () => {
+  mosquitto = await startMosquitto();
+  const dir = writeBundle(stages).dir;
+  reference = await Pipeline.load(dir);
+  fog = await startFog({
+    bundle: dir,
+    broker: mosquitto.url,
+    stageNames: stages.map((s) => s.name),
+    sharedSubscriptions: true,
+    devices: 2,
+    extra: { fullModel: true },
+  });
+});
+afterAll(async () => {
+  await fog?.close();
+  await mosquitto?.stop();
+});
+
+describe("/metrics of every tier after a known run", () => {
+  it("count each answer once, at the tier whose exit gave it, and each batch once", async () => {
+    const expected = await reference.infer(px, n);
+    const at = [0, 1, 2].map((s) => expected.filter((e) => e.stage === s).length);
+    // Every tier answers some, so a count put at the wrong tier shows.
+    expect(at.every((c) => c > 0)).toBe(true);
+    const answers = await Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        fog.agents[i % 2]!.agent.classify(px.subarray(i * 16, (i + 1) * 16)),
+      ),
+    );
+    expect(answers.filter((a) => a.degraded)).toEqual([]);
+    expect(answers.map((a) => a.stageIndex)).toEqual(expected.map((e) => e.stage));
+
+    const devices = await Promise.all(fog.agents.map((a) => scrape(a.port)));
+    const edge = await scrape(fog.gateway!.port);
+    const server = await scrape(fog.server!.port);
+    const sum = (name: string) => devices.reduce((t, d) => t + (d.get(name) ?? 0), 0);
+
+    // Exits: the devices count only their own; summed over the tiers, every answer once.
+    expect(sum('ddnn_exits_total{stage="device"}')).toBe(at[0]);
+    expect(sum('ddnn_exits_total{stage="edge"}')).toBe(0);
+    expect(sum('ddnn_exits_total{stage="server"}')).toBe(0);
+    expect(edge.get('ddnn_exits_total{stage="edge"}')).toBe(at[1]);
+    expect(server.get('ddnn_exits_total{stage="server"}')).toBe(at[2]);
+
+    // Requests by outcome at the edge and server.
+    expect(edge.get('ddnn_requests_total{outcome="ok",stage="edge"}')).toBe(at[1]);
+    expect(edge.get('ddnn_requests_total{outcome="forwarded",stage="edge"}')).toBe(at[2]);
+    expect(server.get('ddnn_requests_total{outcome="ok",stage="server"}')).toBe(at[2]);
+
+    // Offloads as the devices saw them.
+    expect(sum('ddnn_offloads_total{outcome="ok"}')).toBe(n - at[0]!);
+    expect(sum("ddnn_offload_bytes_total")).toBe(answers.reduce((t, a) => t + a.bytesSent, 0));
+    expect(sum("ddnn_degraded_total")).toBe(0);
+
+    // Batches: one observation per batch, whose sizes add up to the samples the workers ran.
+    expect(edge.get("ddnn_batch_size_sum")).toBe(n - at[0]!);
+    expect(server.get("ddnn_batch_size_sum")).toBe(at[2]);
+    const batches = server.get("ddnn_batch_size_count")!;
+    expect(batches).toBeGreaterThan(0);
+    expect(batches).toBeLessThanOrEqual(at[2]!);
+
+    // Nothing is waiting once every answer is in: the gauge is read at scrape time.
+    expect(edge.get("ddnn_queue_depth")).toBe(0);
+    expect(server.get("ddnn_queue_depth")).toBe(0);
+    // Per-sample compute of each stage, once per sample that ran it.
+    expect(edge.get('ddnn_stage_seconds_count{stage="edge"}')).toBe(n - at[0]!);
+    expect(server.get('ddnn_stage_seconds_count{stage="server"}')).toBe(at[2]);
+  });
+
+  it("count the batches of an HTTP (Open Inference Protocol) request too", async () => {
+    const before = await scrape(fog.server!.port);
+    const k = 10;
+    const res = await fetch(`http://127.0.0.1:${fog.server!.port}/v2/models/fixture/infer`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        inputs: [
+          {
+            name: "image",
+            shape: [k, 1, 4, 4],
+            datatype: "UINT8",
+            data: Array.from(px.subarray(0, k * 16)),
+          },
+        ],
+      }),
+    });
+    expect(res.status).toBe(200);
+    const after = await scrape(fog.server!.port);
+    const delta = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+    expect(delta("ddnn_batch_size_sum")).toBe(k);
+    expect(delta('ddnn_requests_total{outcome="ok_http",stage="server"}')).toBe(k);
+    // HTTP answers are the Server Only configuration: not counted as exits of the tiered run.
+    expect(delta('ddnn_exits_total{stage="server"}')).toBe(0);
+  });
+});
