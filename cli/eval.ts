@@ -3,59 +3,72 @@ import { performance } from "node:perf_hooks";
 import { z } from "zod";
 import { readBundle } from "../core/bundle/read.js";
 import { openStages } from "../core/bundle/stages.js";
+import {
+  boolField,
+  field,
+  intField,
+  loadConfig,
+  program,
+  programHelp,
+  tierFields,
+  wantsHelp,
+} from "../core/config.js";
 import { readIdx } from "../core/dataset/idx.js";
 import { type AccuracyReport, accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import type { ExitPolicy } from "../core/exit.js";
 import { exitPolicyFor, type FullResult, Pipeline } from "../core/pipeline.js";
-import { parseFlags, parseThresholds, UsageError } from "./args.js";
+import { UsageError } from "./args.js";
 import { shipped } from "./paths.js";
 import { percent, renderTable } from "./table.js";
 
-export const evalHelp = `ddnn eval: the accuracy table of a bundle (the reference paper's Table II accuracy columns)
+/** `ddnn eval`: every flag, environment variable, file key and default it has. */
+export const evalConfig = program({
+  bundle: field(z.string().min(1).optional(), {
+    help: "bundle directory or .tar.gz",
+    value: "PATH",
+    defaultText: "the shipped models/fashion-deep",
+  }),
+  images: field(z.string().min(1).optional(), {
+    help: "idx images, gzipped or not, one sample per item in the bundle's input shape",
+    value: "PATH",
+    defaultText: "the shipped 2,000-image Fashion-MNIST sample",
+  }),
+  labels: field(z.string().min(1).optional(), {
+    help: "idx labels matching --images",
+    value: "PATH",
+  }),
+  limit: field(intField(1, Number.MAX_SAFE_INTEGER).optional(), {
+    help: "evaluate the first N samples only",
+    value: "N",
+  }),
+  threshold: tierFields.threshold,
+  sweep: field(boolField.default(false), {
+    switch: true,
+    help: "table for first-exit thresholds 0.05..0.95 instead of one run",
+  }),
+  json: field(boolField.default(false), {
+    switch: true,
+    help: "print one JSON object (with --sweep: one JSON array)",
+  }),
+  predictions: field(z.string().min(1).optional(), {
+    help: "write per-sample exit stage, label, and every stage's label and entropy",
+    value: "FILE",
+  }),
+  batchSize: field(intField(1, 65536).default(256), {
+    help: "samples per onnxruntime run",
+    value: "N",
+  }),
+  threads: field(intField(1, 256).optional(), {
+    help: "onnxruntime intra-op threads",
+    value: "N",
+    defaultText: "onnxruntime's choice",
+  }),
+});
 
-Usage: ddnn eval [--bundle DIR|FILE.tar.gz] [--images IDX] [--labels IDX] [options]
-
-  --bundle PATH         bundle directory or .tar.gz (default: the shipped models/fashion-deep)
-  --images PATH         idx images, gzipped or not, one sample per item in the bundle's input
-                        shape (default: the shipped 2,000-image Fashion-MNIST sample)
-  --labels PATH         idx labels matching --images
-  --limit N             evaluate the first N samples only
-  --threshold S=V       override stage S's exit threshold (0..1); repeatable
-  --sweep               table for first-exit thresholds 0.05..0.95 instead of one run
-  --json                print one JSON object (with --sweep: one JSON array)
-  --predictions FILE    write per-sample exit stage, label, and every stage's label and entropy
-  --batch-size N        samples per onnxruntime run (default 256)
-  --threads N           onnxruntime intra-op threads (default: onnxruntime's choice)
-`;
-
-const flags = {
-  bundle: { type: "string" },
-  images: { type: "string" },
-  labels: { type: "string" },
-  limit: { type: "string" },
-  threshold: { type: "string", multiple: true },
-  sweep: { type: "boolean" },
-  json: { type: "boolean" },
-  predictions: { type: "string" },
-  "batch-size": { type: "string" },
-  threads: { type: "string" },
-  help: { type: "boolean", short: "h" },
-} as const;
-
-const positiveInt = z.coerce.number().int("must be a whole number").positive("must be at least 1");
-
-const evalConfig = z.object({
-  bundle: z.string().optional(),
-  images: z.string().optional(),
-  labels: z.string().optional(),
-  limit: positiveInt.optional(),
-  threshold: z.array(z.string()).default([]),
-  sweep: z.boolean().default(false),
-  json: z.boolean().default(false),
-  predictions: z.string().optional(),
-  "batch-size": positiveInt.max(65536).default(256),
-  threads: positiveInt.max(256).optional(),
-  help: z.boolean().default(false),
+export const evalHelp = programHelp(evalConfig, {
+  title:
+    "ddnn eval: the accuracy table of a bundle (the reference paper's Table II accuracy columns)",
+  usage: "ddnn eval [--bundle DIR|FILE.tar.gz] [--images IDX] [--labels IDX] [flags]",
 });
 
 export interface EvalOutcome {
@@ -68,16 +81,16 @@ export async function runEval(
   argv: readonly string[],
   out: (text: string) => void,
 ): Promise<number> {
-  const cfg = parseFlags(argv, flags, evalConfig);
-  if (cfg.help) {
+  if (wantsHelp(argv)) {
     out(evalHelp);
     return 0;
   }
+  const cfg = loadConfig(evalConfig, argv);
   const defaults = shipped();
   if ((cfg.images === undefined) !== (cfg.labels === undefined)) {
     throw new UsageError("--images and --labels go together");
   }
-  const thresholds = parseThresholds(cfg.threshold);
+  const thresholds = cfg.threshold;
   const bundle = await readBundle(cfg.bundle ?? defaults.bundle);
   let policy: ExitPolicy;
   try {
@@ -117,7 +130,7 @@ export async function runEval(
     const result = await pipeline.evaluateAll(
       images.data.subarray(0, count * perSample),
       count,
-      cfg["batch-size"],
+      cfg.batchSize,
     );
     const wallMs = performance.now() - started;
     const names = pipeline.manifest.stages.map((s) => s.name);

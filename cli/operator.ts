@@ -4,110 +4,94 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
 import { z } from "zod";
+import {
+  boolField,
+  field,
+  intField,
+  loadConfig,
+  program,
+  programHelp,
+  wantsHelp,
+} from "../core/config.js";
 import { proxyEnvForPods } from "../operator/builders.js";
 import { consoleLogger, Operator } from "../operator/operator.js";
-import { parseFlags } from "./args.js";
 import { packageRoot } from "./paths.js";
 
-export const operatorHelp = `ddnn operator: the Kubernetes controller for DDNNModel (fog.ddnn.io/v1alpha1)
+const ms = (what: string, d: number) =>
+  field(intField(100, 24 * 3600 * 1000).default(d), { help: what, value: "MS" });
 
-Usage: ddnn operator [flags]      (each flag also reads the environment variable named after it)
+/** `ddnn operator`: every flag, environment variable, file key and default it has. */
+export const operatorConfig = program(
+  {
+    kubeconfig: field(z.string().min(1).optional(), {
+      env: "KUBECONFIG",
+      help: "kubeconfig file",
+      value: "PATH",
+      defaultText: "in-cluster, then ~/.kube/config",
+    }),
+    namespace: field(z.string().min(1).optional(), {
+      env: "DDNN_WATCH_NAMESPACE",
+      help: "watch one namespace only",
+      value: "NS",
+      defaultText: "all namespaces",
+    }),
+    image: field(z.string().min(1).optional(), {
+      help: "image of the tier Pods",
+      value: "IMAGE",
+      defaultText: "ddnn-fog:<version>",
+    }),
+    brokerImage: field(z.string().min(1).default("eclipse-mosquitto:2"), {
+      help: "image of managed brokers",
+      value: "IMAGE",
+    }),
+    httpPort: field(intField(0, 65535).default(8080), {
+      help: "/healthz, /readyz, /metrics (0 picks a free port)",
+      value: "PORT",
+    }),
+    leaderElect: field(boolField.default(true), {
+      help: "campaign for the Lease before writing",
+      value: "BOOL",
+    }),
+    leaseNamespace: field(z.string().min(1).optional(), {
+      // POD_NAMESPACE: the downward API's namespace of the operator's own Pod (the chart sets it).
+      env: ["DDNN_LEASE_NAMESPACE", "POD_NAMESPACE"],
+      help: "namespace of the Lease",
+      value: "NS",
+      defaultText: "the in-cluster namespace, else ddnn-system",
+    }),
+    leaseName: field(z.string().min(1).default("ddnn-operator"), {
+      help: "name of the Lease",
+      value: "NAME",
+    }),
+    leaseDurationMs: ms("how long a Lease holds without renewal", 15_000),
+    renewDeadlineMs: ms("the leader gives up when it could not renew for this long", 10_000),
+    retryPeriodMs: ms("time between tries to acquire or renew", 2_000),
+    workers: field(intField(1, 64).default(2), { help: "models reconciled at once", value: "N" }),
+    resyncMs: ms("full resync period", 600_000),
+    identity: field(z.string().min(1).optional(), {
+      help: "lease holder identity",
+      value: "ID",
+      defaultText: "<hostname>_<random>",
+    }),
+  },
+  (schema) =>
+    schema.refine(
+      (c) => c.leaseDurationMs > c.renewDeadlineMs && c.renewDeadlineMs > c.retryPeriodMs,
+      {
+        message: "needs lease-duration > renew-deadline > retry-period",
+        path: ["leaseDurationMs"],
+      },
+    ),
+);
 
-  --kubeconfig PATH        kubeconfig file (KUBECONFIG); default: in-cluster, then ~/.kube/config
-  --namespace NS           watch one namespace only (DDNN_WATCH_NAMESPACE); default: all
-  --image IMAGE            image of the tier Pods (DDNN_IMAGE); default ddnn-fog:<version>
-  --broker-image IMAGE     image of managed brokers (DDNN_BROKER_IMAGE); default eclipse-mosquitto:2
-  --http-port N            /healthz, /readyz, /metrics (DDNN_HTTP_PORT); default 8080; 0 picks one
-  --leader-elect BOOL      campaign for the Lease before writing (DDNN_LEADER_ELECT); default true
-  --lease-namespace NS     namespace of the Lease (DDNN_LEASE_NAMESPACE, then POD_NAMESPACE, then the
-                           in-cluster namespace); default ddnn-system
-  --lease-name NAME        (DDNN_LEASE_NAME) default ddnn-operator
-  --lease-duration-ms N    (DDNN_LEASE_DURATION_MS) default 15000
-  --renew-deadline-ms N    (DDNN_RENEW_DEADLINE_MS) default 10000
-  --retry-period-ms N      (DDNN_RETRY_PERIOD_MS) default 2000
-  --workers N              models reconciled at once (DDNN_WORKERS); default 2
-  --resync-ms N            full resync period (DDNN_RESYNC_MS); default 600000
-  --identity ID            lease holder identity (DDNN_IDENTITY); default <hostname>_<random>
-
-SIGTERM or SIGINT stops it gracefully: reconciles in flight finish and the Lease is released.
-`;
-
-const flags = {
-  kubeconfig: { type: "string" },
-  namespace: { type: "string" },
-  image: { type: "string" },
-  "broker-image": { type: "string" },
-  "http-port": { type: "string" },
-  "leader-elect": { type: "string" },
-  "lease-namespace": { type: "string" },
-  "lease-name": { type: "string" },
-  "lease-duration-ms": { type: "string" },
-  "renew-deadline-ms": { type: "string" },
-  "retry-period-ms": { type: "string" },
-  workers: { type: "string" },
-  "resync-ms": { type: "string" },
-  identity: { type: "string" },
-  help: { type: "boolean", short: "h" },
-} as const;
-
-const ms = z.coerce.number().int("must be a whole number").min(100, "must be at least 100 ms");
-const config = z
-  .object({
-    kubeconfig: z.string().optional(),
-    namespace: z.string().optional(),
-    image: z.string().min(1).optional(),
-    "broker-image": z.string().min(1).default("eclipse-mosquitto:2"),
-    "http-port": z.coerce.number().int().min(0).max(65535).default(8080),
-    "leader-elect": z.enum(["true", "false"], "must be true or false").default("true"),
-    "lease-namespace": z.string().optional(),
-    "lease-name": z.string().min(1).default("ddnn-operator"),
-    "lease-duration-ms": ms.default(15_000),
-    "renew-deadline-ms": ms.default(10_000),
-    "retry-period-ms": ms.default(2_000),
-    workers: z.coerce.number().int().min(1).max(64).default(2),
-    "resync-ms": ms.default(600_000),
-    identity: z.string().min(1).optional(),
-    help: z.boolean().default(false),
-  })
-  .refine(
-    (c) =>
-      c["lease-duration-ms"] > c["renew-deadline-ms"] &&
-      c["renew-deadline-ms"] > c["retry-period-ms"],
-    {
-      message: "needs lease-duration > renew-deadline > retry-period",
-      path: ["lease-duration-ms"],
-    },
-  );
-
-const ENV: Record<string, string> = {
-  kubeconfig: "KUBECONFIG",
-  namespace: "DDNN_WATCH_NAMESPACE",
-  image: "DDNN_IMAGE",
-  "broker-image": "DDNN_BROKER_IMAGE",
-  "http-port": "DDNN_HTTP_PORT",
-  "leader-elect": "DDNN_LEADER_ELECT",
-  "lease-namespace": "DDNN_LEASE_NAMESPACE",
-  "lease-name": "DDNN_LEASE_NAME",
-  "lease-duration-ms": "DDNN_LEASE_DURATION_MS",
-  "renew-deadline-ms": "DDNN_RENEW_DEADLINE_MS",
-  "retry-period-ms": "DDNN_RETRY_PERIOD_MS",
-  workers: "DDNN_WORKERS",
-  "resync-ms": "DDNN_RESYNC_MS",
-  identity: "DDNN_IDENTITY",
-};
+export const operatorHelp = programHelp(operatorConfig, {
+  title: "ddnn operator: the Kubernetes controller for DDNNModel (fog.ddnn.io/v1alpha1)",
+  usage: "ddnn operator [flags]",
+  after:
+    "SIGTERM or SIGINT stops it gracefully: reconciles in flight finish and the Lease is released.",
+});
 
 const IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
-/** Environment values go first so that flags, parsed after them, win. */
-function withEnvironment(argv: readonly string[], env: NodeJS.ProcessEnv): string[] {
-  const fromEnv: string[] = [];
-  for (const [flag, name] of Object.entries(ENV)) {
-    const value = env[name];
-    const given = argv.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`));
-    if (value !== undefined && value !== "" && !given) fromEnv.push(`--${flag}=${value}`);
-  }
-  return [...fromEnv, ...argv];
-}
 
 function loadKubeConfig(path: string | undefined): KubeConfig {
   const kc = new KubeConfig();
@@ -118,15 +102,15 @@ function loadKubeConfig(path: string | undefined): KubeConfig {
 }
 
 export async function runOperator(argv: readonly string[]): Promise<number> {
-  const cfg = parseFlags(withEnvironment(argv, process.env), flags, config);
-  if (cfg.help) {
+  if (wantsHelp(argv)) {
     process.stdout.write(operatorHelp);
     return 0;
   }
+  const cfg = loadConfig(operatorConfig, argv);
   const version = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")).version;
   const image = cfg.image ?? `ddnn-fog:${version}`;
   const identity = cfg.identity ?? `${hostname()}_${randomBytes(4).toString("hex")}`;
-  let leaseNamespace = cfg["lease-namespace"] ?? process.env.POD_NAMESPACE;
+  let leaseNamespace = cfg.leaseNamespace;
   if (!leaseNamespace) {
     try {
       leaseNamespace = readFileSync(IN_CLUSTER_NAMESPACE, "utf8").trim();
@@ -135,10 +119,10 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     }
   }
   const kc = loadKubeConfig(cfg.kubeconfig);
-  const leaderElect = cfg["leader-elect"] === "true";
+  const leaderElect = cfg.leaderElect;
   // The configuration, without credentials (the kubeconfig is named, never printed).
   consoleLogger.info(
-    `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg["broker-image"]}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg["lease-name"]}, ${cfg["lease-duration-ms"]}/${cfg["renew-deadline-ms"]}/${cfg["retry-period-ms"]} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg["resync-ms"]} ms`,
+    `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg.brokerImage}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg.leaseName}, ${cfg.leaseDurationMs}/${cfg.renewDeadlineMs}/${cfg.retryPeriodMs} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg.resyncMs} ms`,
   );
   // The tiers download bundles through the same proxy the operator verified them through.
   const { proxy, skipped } = proxyEnvForPods(process.env);
@@ -149,21 +133,21 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   const operator = new Operator({
     kubeConfig: kc,
     identity,
-    images: { image, brokerImage: cfg["broker-image"] },
+    images: { image, brokerImage: cfg.brokerImage },
     proxy,
     namespace: cfg.namespace,
     leaderElection: leaderElect
       ? {
           namespace: leaseNamespace,
-          name: cfg["lease-name"],
-          leaseDurationMs: cfg["lease-duration-ms"],
-          renewDeadlineMs: cfg["renew-deadline-ms"],
-          retryPeriodMs: cfg["retry-period-ms"],
+          name: cfg.leaseName,
+          leaseDurationMs: cfg.leaseDurationMs,
+          renewDeadlineMs: cfg.renewDeadlineMs,
+          retryPeriodMs: cfg.retryPeriodMs,
         }
       : false,
-    httpPort: cfg["http-port"],
+    httpPort: cfg.httpPort,
     workers: cfg.workers,
-    resyncMs: cfg["resync-ms"],
+    resyncMs: cfg.resyncMs,
   });
   let lost = false;
   operator.on("stopped-leading", () => {

@@ -1,25 +1,19 @@
 /** `ddnn server`, `ddnn gateway`, `ddnn agent`: one tier per process, as the operator runs them. */
 
 import { maskUrl } from "../core/bundle/download.js";
-import { type FieldTable, fieldHelp, loadConfig, printable } from "../core/config.js";
+import { loadConfig, type Program, printable, programHelp, wantsHelp } from "../core/config.js";
 import { safeBrokerUrl } from "../core/runtime/mqtt.js";
 import { makeLogger } from "../core/runtime/tier.js";
-import { type AgentConfig, agentFields, agentSchema } from "../device-agent/config.js";
+import { type AgentConfig, agentConfig } from "../device-agent/config.js";
 import { startAgent } from "../device-agent/main.js";
-import {
-  type GatewayConfig,
-  gatewayFields,
-  gatewaySchema,
-  startGateway,
-} from "../gateway/gateway.js";
-import { type ServerConfig, serverFields, serverSchema } from "../server/config.js";
+import { type GatewayConfig, gatewayConfig, startGateway } from "../gateway/gateway.js";
+import { type ServerConfig, serverConfig } from "../server/config.js";
 import { startServer } from "../server/server.js";
 
 interface Tier<C> {
   readonly name: string;
   readonly about: string;
-  readonly fields: FieldTable;
-  load(argv: readonly string[]): C;
+  readonly config: Program;
   start(config: C): Promise<{ close(): Promise<void> }>;
 }
 
@@ -27,22 +21,19 @@ const tiers = {
   server: {
     name: "server",
     about: "the server tier: worker pool over MQTT, and the Open Inference Protocol v2 over HTTP",
-    fields: serverFields,
-    load: (argv) => loadConfig(serverSchema, serverFields, argv),
+    config: serverConfig,
     start: (c) => startServer(c, makeLogger(c.logLevel, "server")),
   } satisfies Tier<ServerConfig>,
   gateway: {
     name: "gateway",
     about: "the edge tier: middle stage(s), exits or forwards to the next stage",
-    fields: gatewayFields,
-    load: (argv) => loadConfig(gatewaySchema, gatewayFields, argv),
+    config: gatewayConfig,
     start: (c) => startGateway(c, makeLogger(c.logLevel, "edge")),
   } satisfies Tier<GatewayConfig>,
   agent: {
     name: "agent",
     about: "the device tier: first stage(s), answers or offloads; HTTP, replay and MQTT inputs",
-    fields: agentFields,
-    load: (argv) => loadConfig(agentSchema, agentFields, argv),
+    config: agentConfig,
     start: (c) => startAgent(c, {}, makeLogger(c.logLevel, "device")),
   } satisfies Tier<AgentConfig>,
 };
@@ -53,32 +44,49 @@ export function isTier(name: string | undefined): name is TierName {
   return name !== undefined && name in tiers;
 }
 
+/** The configuration of `ddnn <name>`: its fields, and so every variable it reads. */
+export function tierProgram(name: TierName): Program {
+  return tiers[name].config;
+}
+
+/**
+ * What `ddnn <name> ARGV` runs with in environment `env`, or the ConfigError it stops with: the
+ * loading `runTier` does, for the operator's Pod contract test.
+ */
+export function loadTierConfig(
+  name: TierName,
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Record<string, unknown> {
+  return loadConfig(tiers[name].config, argv, env);
+}
+
 export async function runTier(
   name: TierName,
   argv: readonly string[],
   out: (s: string) => void,
 ): Promise<number> {
   const tier = tiers[name] as Tier<Record<string, unknown>>;
-  if (argv.includes("--help") || argv.includes("-h")) {
+  if (wantsHelp(argv)) {
     out(
-      `ddnn ${tier.name}: ${tier.about}\n\nEvery flag can also be set by its environment variable or in a YAML/JSON file given with --config (env DDNN_CONFIG).\n\n${fieldHelp(tier.fields)}\n`,
+      programHelp(tier.config, {
+        title: `ddnn ${tier.name}: ${tier.about}`,
+        usage: `ddnn ${tier.name} [flags]`,
+      }),
     );
     return 0;
   }
-  const config = tier.load(argv);
+  const config = loadTierConfig(name, argv);
   process.stderr.write(
     `${JSON.stringify({
       msg: "configuration",
       tier: name,
-      config: printable(
-        {
-          ...config,
-          // URLs may carry credentials: the log shows neither user name nor password.
-          ...(typeof config.broker === "string" ? { broker: safeBrokerUrl(config.broker) } : {}),
-          ...(typeof config.bundle === "string" ? { bundle: maskUrl(config.bundle) } : {}),
-        },
-        tier.fields,
-      ),
+      config: printable(tier.config, {
+        ...config,
+        // URLs may carry credentials: the log shows neither user name nor password.
+        ...(typeof config.broker === "string" ? { broker: safeBrokerUrl(config.broker) } : {}),
+        ...(typeof config.bundle === "string" ? { bundle: maskUrl(config.bundle) } : {}),
+      }),
     })}\n`,
   );
   // Signals are heard from the start: one that comes while the tier starts stops it once it is up.

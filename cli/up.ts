@@ -10,12 +10,17 @@ import { openBundleSource } from "../core/bundle/source.js";
 import { openStages } from "../core/bundle/stages.js";
 import {
   boolField,
+  brokerUrlField,
   ConfigError,
-  type FieldTable,
-  fieldHelp,
+  type ConfigOf,
+  encodingFields,
+  field,
   intField,
   loadConfig,
-  thresholdsField,
+  program,
+  programHelp,
+  tierFields,
+  wantsHelp,
 } from "../core/config.js";
 import { readIdx } from "../core/dataset/idx.js";
 import { accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
@@ -23,83 +28,77 @@ import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
 import { safeBrokerUrl } from "../core/runtime/mqtt.js";
 import { checkBrokerConfig, makeLogger } from "../core/runtime/tier.js";
 import { type Summary, summarize } from "../core/stats.js";
-import { compressions, dtypes } from "../core/wire/frame.js";
 import type { Answer } from "../device-agent/agent.js";
-import { agentSchema } from "../device-agent/config.js";
+import { agentConfig, agentSchema } from "../device-agent/config.js";
 import { startAgent } from "../device-agent/main.js";
 import { gatewaySchema, startGateway } from "../gateway/gateway.js";
-import { serverSchema } from "../server/config.js";
+import { serverConfig, serverSchema } from "../server/config.js";
 import { startServer } from "../server/server.js";
 import { startEmbeddedBroker } from "./broker.js";
 import { shipped } from "./paths.js";
 import { percent, renderTable } from "./table.js";
 
-const upFields = {
-  bundle: { type: "string", help: "bundle (default: the shipped models/fashion-deep)" },
-  images: {
-    type: "string",
-    help: "idx images to replay (default: the shipped 2,000-image sample)",
-  },
-  labels: { type: "string", help: "idx labels of --images" },
-  broker: {
-    type: "string",
-    help: "use this broker instead of the embedded one (mqtt://host:port)",
-  },
-  brokerCa: {
-    type: "string",
-    help: "with an mqtts:// --broker: PEM file of the CA(s) that sign its certificate",
-  },
-  sharedSubscriptions: {
-    type: "string",
-    help: "with --broker: subscribe through $share/ groups (default true)",
-  },
-  devices: { type: "string", help: "device agents (default 4)" },
-  fps: { type: "string", help: "images per second per device (default 100)" },
-  duration: {
-    type: "string",
-    help: "stop after this many seconds (default: when the sample ends)",
-  },
-  limit: { type: "string", help: "replay only the first N images" },
-  threshold: {
-    type: "string",
-    multiple: true,
-    help: "exit threshold override stage=value (repeatable)",
-  },
-  deadlineMs: { type: "string", help: "device deadline for upstream answers, ms (default 250)" },
-  dtype: { type: "string", help: "feature encoding on the wire: f32, f16, u8q (default u8q)" },
-  compression: { type: "string", help: "none or deflate (default deflate)" },
-  workers: { type: "string", help: "server inference workers (default 2)" },
-  maxBatch: { type: "string", help: "server micro-batch size (default 32)" },
-  maxDelayMs: { type: "string", help: "server micro-batch wait, ms (default 0)" },
-  serverOnly: {
-    type: "string",
-    help: "also measure the Server Only configuration over HTTP (default true)",
-  },
-  json: { type: "boolean", help: "print the final report as one JSON object" },
-  logLevel: { type: "string", help: "log level of the tiers (default warn)" },
-} satisfies FieldTable;
+const agent = agentConfig.fields;
+const server = serverConfig.fields;
 
-const upSchema = z.object({
-  bundle: z.string().optional(),
-  images: z.string().optional(),
-  labels: z.string().optional(),
-  broker: z.string().optional(),
-  brokerCa: z.string().min(1).optional(),
-  sharedSubscriptions: boolField.default(true),
-  devices: intField(1, 256).default(4),
-  fps: z.coerce.number().positive("must be > 0").max(100_000).default(100),
-  duration: z.coerce.number().positive("must be > 0").optional(),
-  limit: intField(1, 10_000_000).optional(),
-  threshold: thresholdsField.default({}),
-  deadlineMs: intField(1, 600_000).default(250),
-  dtype: z.enum(dtypes).default("u8q"),
-  compression: z.enum(compressions).default("deflate"),
-  workers: intField(1, 64).default(2),
-  maxBatch: intField(1, 4096).default(32),
-  maxDelayMs: z.coerce.number().min(0, "must be >= 0").max(1000, "must be at most 1000").default(0),
-  serverOnly: boolField.default(true),
-  json: z.boolean().default(false),
-  logLevel: z.enum(["fatal", "error", "warn", "info", "debug"]).default("warn"),
+/**
+ * `ddnn up`: its own fields, and the tiers' fields it passes on to the tiers it starts (their
+ * types, environment names and defaults come from the tiers; help and default say where `up`
+ * differs).
+ */
+export const upConfig = program({
+  bundle: tierFields.bundle.with({
+    schema: z.string().min(1).optional(),
+    defaultText: "the shipped models/fashion-deep",
+  }),
+  images: field(z.string().min(1).optional(), {
+    help: "idx images to replay",
+    value: "PATH",
+    defaultText: "the shipped 2,000-image sample",
+  }),
+  labels: field(z.string().min(1).optional(), { help: "idx labels of --images", value: "PATH" }),
+  broker: tierFields.broker.with({
+    schema: brokerUrlField.optional(),
+    // DDNN_BROKER: what `ddnn up` read before it shared the tiers' name.
+    env: [tierFields.broker.options.env as string, "DDNN_BROKER"],
+    help: "use this broker instead of the embedded one",
+    defaultText: "an embedded broker on a free port",
+  }),
+  brokerCa: tierFields.brokerCa.with({
+    help: "with an mqtts:// --broker: PEM file of the CA(s) that sign its certificate",
+  }),
+  sharedSubscriptions: encodingFields.sharedSubscriptions.with({
+    help: "with --broker: subscribe through $share/ groups (the embedded broker has none)",
+  }),
+  devices: field(intField(1, 256).default(4), { help: "device agents", value: "N" }),
+  fps: agent.fps.withDefault(100, "images per second per device"),
+  duration: field(z.coerce.number().positive("must be > 0").optional(), {
+    help: "stop after this many seconds",
+    value: "S",
+    defaultText: "when the sample ends",
+  }),
+  limit: field(intField(1, 10_000_000).optional(), {
+    help: "replay only the first N images",
+    value: "N",
+  }),
+  threshold: tierFields.threshold.with({
+    // DDNN_THRESHOLD: what `ddnn up` read before it shared the tiers' name.
+    env: [tierFields.threshold.options.env as string, "DDNN_THRESHOLD"],
+  }),
+  deadlineMs: agent.deadlineMs.with({ help: "device deadline for upstream answers, ms" }),
+  dtype: encodingFields.dtype,
+  compression: encodingFields.compression,
+  workers: server.workers.with({ help: "server inference workers" }),
+  maxBatch: server.maxBatch.with({ help: "server micro-batch size" }),
+  maxDelayMs: server.maxDelayMs.with({ help: "server micro-batch wait, ms" }),
+  serverOnly: server.fullModel.with({
+    help: "also measure the Server Only configuration over HTTP",
+  }),
+  json: field(boolField.default(false), {
+    switch: true,
+    help: "print the final report as one JSON object",
+  }),
+  logLevel: tierFields.logLevel.withDefault("warn", "log level of the tiers"),
 });
 
 interface Row {
@@ -109,13 +108,16 @@ interface Row {
 }
 
 export async function runUp(argv: readonly string[], out: (s: string) => void): Promise<number> {
-  if (argv.includes("--help") || argv.includes("-h")) {
+  if (wantsHelp(argv)) {
     out(
-      `ddnn up: the whole fog on one machine, ending with the paper's Table II\n\n${fieldHelp(upFields)}\n`,
+      programHelp(upConfig, {
+        title: "ddnn up: the whole fog on one machine, ending with the paper's Table II",
+        usage: "ddnn up [flags]",
+      }),
     );
     return 0;
   }
-  const cfg = loadConfig(upSchema, upFields, argv);
+  const cfg = loadConfig(upConfig, argv);
   if (cfg.brokerCa !== undefined && cfg.broker === undefined)
     throw new ConfigError(
       "--broker-ca needs an mqtts:// --broker (the embedded broker has no TLS)",
@@ -315,7 +317,7 @@ function tableII(
   full: Awaited<ReturnType<Pipeline["evaluateAll"]>>,
   decisions: ReturnType<typeof adaptiveDecisions>,
   rawBytes: number,
-  cfg: z.infer<typeof upSchema>,
+  cfg: ConfigOf<typeof upConfig>,
   wallS: number,
 ) {
   const n = rows.length;

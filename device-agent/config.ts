@@ -1,68 +1,81 @@
 import { hostname } from "node:os";
 import { z } from "zod";
-import { boolField, type FieldTable, intField } from "../core/config.js";
 import {
-  commonFields,
-  commonSchema,
+  boolField,
+  type ConfigOf,
   encodingFields,
-  encodingSchema,
-} from "../core/runtime/tier.js";
+  field,
+  intField,
+  program,
+  tierFields,
+} from "../core/config.js";
 import { isTopicName } from "../core/wire/frame.js";
 
-export const agentFields = {
-  ...commonFields,
-  ...encodingFields,
-  deviceId: {
-    type: "string",
-    help: "this device's id: reply topic and request ids (default: host name)",
-  },
-  deadlineMs: {
-    type: "string",
-    help: "how long to wait for upstream before answering locally, ms (default 250)",
-  },
-  source: {
-    type: "string",
-    multiple: true,
-    help: "inputs: http, replay, mqtt (default http; repeatable)",
-  },
-  replayImages: {
-    type: "string",
-    env: "DDNN_REPLAY_PATH",
-    help: "idx images to replay (source replay)",
-  },
-  replayLabels: {
-    type: "string",
-    help: "idx labels for the replayed images (optional; enables accuracy counters)",
-  },
-  fps: { type: "string", help: "replay rate, images per second (default 10)" },
-  loop: { type: "string", help: "replay again from the start at the end (default false)" },
-  inputTopic: {
-    type: "string",
-    help: "MQTT topic with images (source mqtt; default ddnn/<ns>/<model>/input/<device id>)",
-  },
-  alarm: {
-    type: "string",
-    multiple: true,
-    help: "labels (names or indices) that publish an alarm event (repeatable)",
-  },
-} satisfies FieldTable;
+export const sources = ["http", "replay", "mqtt"] as const;
 
-export const agentSchema = z.object({
-  ...commonSchema,
-  ...encodingSchema,
-  deviceId: z
-    .string()
-    .regex(/^[^/+#\s]+$/, "must not contain / + # or spaces")
-    .refine(isTopicName, "must not contain control characters (it names the reply topic)")
-    .default(() => hostname()),
-  deadlineMs: intField(1, 600_000).default(250),
-  source: z.array(z.enum(["http", "replay", "mqtt"])).default(["http"]),
-  replayImages: z.string().optional(),
-  replayLabels: z.string().optional(),
-  fps: z.coerce.number().positive("must be > 0").max(100_000).default(10),
-  loop: boolField.default(false),
-  inputTopic: z.string().optional(),
-  alarm: z.array(z.string()).default([]),
-});
+/** `ddnn agent`: every flag, environment variable, file key and default it has. */
+export const agentConfig = program(
+  {
+    ...tierFields,
+    stages: tierFields.stages.with({ defaultText: "the first stage" }),
+    ...encodingFields,
+    deviceId: field(
+      z
+        .string()
+        .regex(/^[^/+#\s]+$/, "must not contain / + # or spaces")
+        .refine(isTopicName, "must not contain control characters (it names the reply topic)")
+        .default(() => hostname()),
+      {
+        help: "this device's id: reply topic and request ids",
+        value: "ID",
+        defaultText: "the host name",
+      },
+    ),
+    deadlineMs: field(intField(1, 600_000).default(250), {
+      help: "how long to wait for upstream before answering locally, ms",
+      value: "MS",
+    }),
+    source: field(z.array(z.enum(sources)).default(["http"]), {
+      multiple: true,
+      help: "inputs: http, replay, mqtt",
+      value: "NAME",
+    }),
+    replayImages: field(z.string().min(1).optional(), {
+      // The operator's name for it since the first release; the flag follows the field.
+      env: "DDNN_REPLAY_PATH",
+      help: "idx images to replay (needed with --source replay)",
+      value: "PATH",
+    }),
+    replayLabels: field(z.string().min(1).optional(), {
+      help: "idx labels for the replayed images (optional; enables accuracy counters)",
+      value: "PATH",
+    }),
+    fps: field(z.coerce.number().positive("must be > 0").max(100_000).default(10), {
+      help: "replay rate, images per second",
+      value: "N",
+    }),
+    loop: field(boolField.default(false), {
+      help: "replay again from the start at the end",
+      value: "BOOL",
+    }),
+    inputTopic: field(z.string().optional(), {
+      help: "MQTT topic with images (source mqtt)",
+      value: "TOPIC",
+      defaultText: "ddnn/<ns>/<model>/input/<device id>",
+    }),
+    alarm: field(z.array(z.string()).default([]), {
+      multiple: true,
+      help: "labels (names or indices) that publish an alarm event",
+      value: "LABEL",
+    }),
+  },
+  (schema) =>
+    schema.refine((c) => !c.source.includes("replay") || c.replayImages !== undefined, {
+      path: ["replayImages"],
+      message: "is required with --source replay",
+    }),
+);
 
-export type AgentConfig = z.infer<typeof agentSchema>;
+export const agentFields = agentConfig.fields;
+export const agentSchema = agentConfig.schema;
+export type AgentConfig = ConfigOf<typeof agentConfig>;

@@ -4,31 +4,31 @@
  * so the server's answer still goes straight to the device.
  */
 import type { Logger } from "pino";
-import { z } from "zod";
-import { ConfigError, type FieldTable } from "../core/config.js";
-import { type RunningTier, startStageTier } from "../core/runtime/stage-tier.js";
 import {
-  commonFields,
-  commonSchema,
+  ConfigError,
+  type ConfigOf,
   encodingFields,
-  encodingSchema,
-  makeLogger,
   type PoolDefaults,
   poolFields,
-  poolSchema,
-} from "../core/runtime/tier.js";
+  program,
+  tierFields,
+} from "../core/config.js";
+import { type RunningTier, startStageTier } from "../core/runtime/stage-tier.js";
+import { makeLogger } from "../core/runtime/tier.js";
 
 const pool: PoolDefaults = { workers: 1, maxBatch: 16, maxQueue: 512 };
 
-export const gatewayFields = {
-  ...commonFields,
+/** `ddnn gateway`: every flag, environment variable, file key and default it has. */
+export const gatewayConfig = program({
+  ...tierFields,
+  stages: tierFields.stages.with({ defaultText: "the middle stages (all but the first and last)" }),
   ...encodingFields,
   ...poolFields(pool),
-} satisfies FieldTable;
+});
 
-export const gatewaySchema = z.object({ ...commonSchema, ...encodingSchema, ...poolSchema(pool) });
-
-export type GatewayConfig = z.infer<typeof gatewaySchema>;
+export const gatewayFields = gatewayConfig.fields;
+export const gatewaySchema = gatewayConfig.schema;
+export type GatewayConfig = ConfigOf<typeof gatewayConfig>;
 
 export type RunningGateway = RunningTier;
 

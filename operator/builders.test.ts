@@ -83,7 +83,6 @@ describe("builders", () => {
       DDNN_BUNDLE: "http://models.fog.svc/demo.tar.gz",
       DDNN_BUNDLE_DIGEST: DIGEST,
       DDNN_STAGES: "server",
-      DDNN_DEADLINE_MS: "250",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
       DDNN_HTTP_PORT: "8080",
       DDNN_MAX_BATCH: "32",
@@ -121,6 +120,8 @@ describe("builders", () => {
     expect(envOf(device)).toMatchObject({
       DDNN_SOURCE: "http",
       DDNN_DEVICE_ID: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+      // Only the device waits for upstream; the server and gateway do not read a deadline.
+      DDNN_DEADLINE_MS: "250",
     });
   });
 

@@ -13,6 +13,15 @@ import type {
   V1Volume,
   V1VolumeMount,
 } from "@kubernetes/client-node";
+import {
+  PROXY_ENV,
+  PROXY_URL_ENV,
+  type ProxyVariable,
+  program,
+  tierFields,
+} from "../core/config.js";
+import { agentConfig } from "../device-agent/config.js";
+import { serverConfig } from "../server/config.js";
 import type { BundleFacts, TierPlan } from "./placement.js";
 import { API_VERSION, type DDNNModel, type DDNNModelSpec, KIND, type Tier } from "./spec.js";
 
@@ -53,7 +62,7 @@ export interface BuildInput {
 }
 
 /** Proxy variables by their conventional upper-case names. */
-export type ProxyEnv = Readonly<Partial<Record<"HTTP_PROXY" | "HTTPS_PROXY" | "NO_PROXY", string>>>;
+export type ProxyEnv = Readonly<Partial<Record<ProxyVariable, string>>>;
 
 /**
  * The operator's own proxy settings, for the tier Pods: the operator verifies a bundle URL through
@@ -64,12 +73,12 @@ export function proxyEnvForPods(env: Readonly<Record<string, string | undefined>
   proxy: ProxyEnv;
   skipped: string[];
 } {
-  const proxy: Partial<Record<keyof ProxyEnv, string>> = {};
+  const proxy: Partial<Record<ProxyVariable, string>> = {};
   const skipped: string[] = [];
-  for (const name of ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"] as const) {
+  for (const name of PROXY_ENV) {
     const value = env[name] ?? env[name.toLowerCase()];
     if (value === undefined || value === "") continue;
-    if (name !== "NO_PROXY" && /\/\/[^/@]*@/.test(value)) skipped.push(name);
+    if (PROXY_URL_ENV.includes(name) && /\/\/[^/@]*@/.test(value)) skipped.push(name);
     else proxy[name] = value;
   }
   return { proxy, skipped };
@@ -159,40 +168,50 @@ function thresholds(spec: DDNNModelSpec, stages: readonly string[]): string {
     .join(",");
 }
 
+/**
+ * The environment names of the fields every tier program shares (core/config.ts `tierFields`):
+ * the same in `ddnn server`, `ddnn gateway` and `ddnn agent`. A program's own fields are named by
+ * its program (`serverConfig.env`, `agentConfig.env`); no variable is spelled here.
+ */
+const TIER_ENV = program(tierFields).env;
+
 function env(name: string, value: string | number): V1EnvVar {
   return { name, value: String(value) };
 }
 
-/** Environment every tier reads (see the tier programs' configuration schemas). */
+/**
+ * Environment every tier reads. Test/pod-env-contract.test.ts feeds it, with each tier's own, into
+ * the tier program's loader: a variable the program does not read fails there.
+ */
 function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
   const { model, bundle, plan } = input;
   const spec = model.spec;
   const out: V1EnvVar[] = [
-    env("DDNN_MODEL", `${model.metadata.namespace}/${model.metadata.name}`),
-    env("DDNN_BUNDLE", bundleLocation(spec)),
-    env("DDNN_BUNDLE_DIGEST", bundle.digest),
-    env("DDNN_STAGES", plan[tier].join(",")),
+    env(TIER_ENV.model, `${model.metadata.namespace}/${model.metadata.name}`),
+    env(TIER_ENV.bundle, bundleLocation(spec)),
+    env(TIER_ENV.bundleDigest, bundle.digest),
+    env(TIER_ENV.stages, plan[tier].join(",")),
   ];
   const t = thresholds(spec, plan[tier]);
-  if (t !== "") out.push(env("DDNN_THRESHOLDS", t));
-  out.push(env("DDNN_DEADLINE_MS", spec.deadlineMs), env("DDNN_BROKER_URL", brokerUrl(model)));
+  if (t !== "") out.push(env(TIER_ENV.threshold, t));
+  out.push(env(TIER_ENV.broker, brokerUrl(model)));
   const secret = spec.broker.external?.secretRef;
   if (secret) {
     // Credentials only ever travel as references: the operator never reads the Secret.
     out.push(
       {
-        name: "DDNN_BROKER_USERNAME",
+        name: TIER_ENV.brokerUsername,
         valueFrom: { secretKeyRef: { name: secret.name, key: secret.usernameKey } },
       },
       {
-        name: "DDNN_BROKER_PASSWORD",
+        name: TIER_ENV.brokerPassword,
         valueFrom: { secretKeyRef: { name: secret.name, key: secret.passwordKey } },
       },
     );
   }
   const ca = spec.broker.external?.caConfigMap;
-  if (ca) out.push(env("DDNN_BROKER_CA", `${BROKER_CA_MOUNT}/${ca.key}`));
-  out.push(env("DDNN_HTTP_PORT", httpPort));
+  if (ca) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/${ca.key}`));
+  out.push(env(TIER_ENV.httpPort, httpPort));
   for (const [name, value] of Object.entries(input.proxy ?? {})) out.push(env(name, value));
   return out;
 }
@@ -315,12 +334,10 @@ export function buildServerDeployment(input: BuildInput): V1Deployment {
   const { model } = input;
   const server = model.spec.tiers.server;
   const batching = server.batching;
+  const names = serverConfig.env;
   const extraEnv: V1EnvVar[] = [];
-  if (batching.workers !== undefined) extraEnv.push(env("DDNN_WORKERS", batching.workers));
-  extraEnv.push(
-    env("DDNN_MAX_BATCH", batching.maxBatch),
-    env("DDNN_MAX_DELAY_MS", batching.maxDelayMs),
-  );
+  if (batching.workers !== undefined) extraEnv.push(env(names.workers, batching.workers));
+  extraEnv.push(env(names.maxBatch, batching.maxBatch), env(names.maxDelayMs, batching.maxDelayMs));
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",
@@ -374,20 +391,23 @@ export function buildEdgeDeployment(input: BuildInput): V1Deployment {
   };
 }
 
-/** One device agent per device node; DDNN_DEVICE_ID is the node's name. */
+/** One device agent per device node, its device id the node's name. */
 export function buildDeviceDaemonSet(input: BuildInput): V1DaemonSet {
   const { model } = input;
   const device = model.spec.tiers.device;
   const source = device.source;
   const httpPort = source.http?.port ?? HTTP_PORT;
+  const names = agentConfig.env;
   const extraEnv: V1EnvVar[] = [
     {
-      name: "DDNN_DEVICE_ID",
+      name: names.deviceId,
       valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
     },
-    env("DDNN_SOURCE", source.http ? "http" : source.mqtt ? "mqtt" : "replay"),
+    env(names.source, source.http ? "http" : source.mqtt ? "mqtt" : "replay"),
+    // Only the device waits for upstream answers; the server and gateway answer what they get.
+    env(names.deadlineMs, model.spec.deadlineMs),
   ];
-  if (source.replay) extraEnv.push(env("DDNN_REPLAY_PATH", source.replay.path));
+  if (source.replay) extraEnv.push(env(names.replayImages, source.replay.path));
   const template = tierPod(input, "device", "agent", {
     httpPort,
     hostPort: source.http ? httpPort : undefined,

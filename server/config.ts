@@ -1,32 +1,28 @@
-import { z } from "zod";
-import { boolField, type FieldTable } from "../core/config.js";
 import {
-  commonFields,
-  commonSchema,
+  boolField,
+  type ConfigOf,
   encodingFields,
-  encodingSchema,
+  field,
   type PoolDefaults,
   poolFields,
-  poolSchema,
-} from "../core/runtime/tier.js";
+  program,
+  tierFields,
+} from "../core/config.js";
 
 const pool: PoolDefaults = { workers: 2, maxBatch: 32, maxQueue: 1024 };
 
-export const serverFields = {
-  ...commonFields,
+/** `ddnn server`: every flag, environment variable, file key and default it has. */
+export const serverConfig = program({
+  ...tierFields,
+  stages: tierFields.stages.with({ defaultText: "every stage but the first" }),
   ...encodingFields,
   ...poolFields(pool),
-  fullModel: {
-    type: "string",
-    help: "also open the stages before --stages, so POST /v2/models/{name}/infer runs the whole model (the Server Only configuration); false opens only this tier's stages (default true)",
-  },
-} satisfies FieldTable;
-
-export const serverSchema = z.object({
-  ...commonSchema,
-  ...encodingSchema,
-  ...poolSchema(pool),
-  fullModel: boolField.default(true),
+  fullModel: field(boolField.default(true), {
+    help: "also open the stages before --stages, so POST /v2/models/{name}/infer runs the whole model (the Server Only configuration); false opens only this tier's stages",
+    value: "BOOL",
+  }),
 });
 
-export type ServerConfig = z.infer<typeof serverSchema>;
+export const serverFields = serverConfig.fields;
+export const serverSchema = serverConfig.schema;
+export type ServerConfig = ConfigOf<typeof serverConfig>;

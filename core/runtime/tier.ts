@@ -4,104 +4,11 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import type { MqttClient } from "mqtt";
 import { type Logger, pino } from "pino";
-import { z } from "zod";
 import type { Manifest } from "../bundle/manifest.js";
-import {
-  boolField,
-  brokerUrlField,
-  ConfigError,
-  type FieldTable,
-  intField,
-  thresholdsField,
-} from "../config.js";
+import { ConfigError, fieldName, tierFields } from "../config.js";
 import type { TierMetrics } from "../metrics.js";
 import { type ModelRef, parseModelRef } from "../topics.js";
-import { compressions, dtypes } from "../wire/frame.js";
 import { connectBroker, refuseCa, safeBrokerUrl } from "./mqtt.js";
-
-export const commonFields = {
-  bundle: {
-    type: "string",
-    help: "bundle directory, .tar.gz, or http(s) URL of a .tar.gz (required)",
-  },
-  bundleDigest: {
-    type: "string",
-    help: "expected sha256 of the bundle's ddnn.json; refuse any other",
-  },
-  model: {
-    type: "string",
-    help: "model as <namespace>/<name> for topics (default: default/<bundle name>)",
-  },
-  broker: {
-    type: "string",
-    env: "DDNN_BROKER_URL",
-    help: "MQTT broker URL (default mqtt://127.0.0.1:1883)",
-  },
-  brokerUsername: { type: "string", secret: true, help: "MQTT user name" },
-  brokerPassword: { type: "string", secret: true, help: "MQTT password" },
-  brokerCa: {
-    type: "string",
-    help: "PEM file of the CA(s) that sign an mqtts:// broker's certificate (default: Node's bundled CAs)",
-  },
-  stages: {
-    type: "string",
-    multiple: true,
-    help: "stage names this tier runs, in order (repeat or comma-separate)",
-  },
-  threshold: {
-    type: "string",
-    multiple: true,
-    env: "DDNN_THRESHOLDS",
-    help: "exit threshold override stage=value (repeatable)",
-  },
-  httpPort: {
-    type: "string",
-    help: "port for /healthz, /readyz, /metrics and the tier's API (default 8080; 0: any free port)",
-  },
-  httpHost: { type: "string", help: "address to listen on (default 0.0.0.0)" },
-  backend: {
-    type: "string",
-    help: "onnxruntime build: auto (native, else wasm), native, wasm (default auto)",
-  },
-  logLevel: { type: "string", help: "fatal, error, warn, info, debug (default info)" },
-} satisfies FieldTable;
-
-export const commonSchema = {
-  bundle: z.string({ message: "is required" }).min(1, "is required"),
-  bundleDigest: z
-    .string()
-    .regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex characters")
-    .optional(),
-  model: z.string().optional(),
-  broker: brokerUrlField.default("mqtt://127.0.0.1:1883"),
-  brokerUsername: z.string().optional(),
-  brokerPassword: z.string().optional(),
-  brokerCa: z.string().min(1).optional(),
-  stages: z.array(z.string().min(1)).optional(),
-  threshold: thresholdsField.default({}),
-  httpPort: intField(0, 65535).default(8080),
-  httpHost: z.string().min(1).default("0.0.0.0"),
-  backend: z.enum(["auto", "native", "wasm"]).default("auto"),
-  logLevel: z.enum(["fatal", "error", "warn", "info", "debug"]).default("info"),
-};
-
-export const encodingFields = {
-  dtype: {
-    type: "string",
-    help: "wire dtype of features sent upstream: f32, f16, u8q (default u8q)",
-  },
-  compression: { type: "string", help: "none or deflate (default deflate)" },
-  sharedSubscriptions: {
-    type: "string",
-    help: "subscribe through $share/ groups (default true; false for brokers without them)",
-  },
-} satisfies FieldTable;
-
-export const encodingSchema = {
-  dtype: z.enum(dtypes).default("u8q"),
-  compression: z.enum(compressions).default("deflate"),
-  sharedSubscriptions: boolField.default(true),
-};
 
 /** Resolves stage names to a contiguous index range; `fallback` when no names are given. */
 export function stageRange(
@@ -141,50 +48,9 @@ export function makeLogger(level: string, tier: string): Logger {
   return pino({ level, base: { tier, host: hostname() } }, pino.destination(2));
 }
 
-/** Defaults of a tier's worker pool (server and gateway differ). */
-export interface PoolDefaults {
-  readonly workers: number;
-  readonly maxBatch: number;
-  readonly maxQueue: number;
-}
-
-/** Flags of a tier that runs a worker pool. */
-export function poolFields(d: PoolDefaults) {
-  return {
-    workers: { type: "string", help: `inference worker threads (default ${d.workers})` },
-    maxBatch: { type: "string", help: `largest micro-batch (default ${d.maxBatch})` },
-    maxDelayMs: {
-      type: "string",
-      help: "longest wait to fill a batch, ms, fractions allowed (default 0: batches form from what queues while the workers are busy)",
-    },
-    maxQueue: {
-      type: "string",
-      help: `requests that may wait; beyond this they are answered overloaded (default ${d.maxQueue})`,
-    },
-    maxFrameBytes: {
-      type: "string",
-      help: "largest request frame accepted, bytes (default 4194304)",
-    },
-  } satisfies FieldTable;
-}
-
-export function poolSchema(d: PoolDefaults) {
-  return {
-    workers: intField(1, 64).default(d.workers),
-    maxBatch: intField(1, 4096).default(d.maxBatch),
-    maxDelayMs: z.coerce
-      .number()
-      .min(0, "must be >= 0")
-      .max(1000, "must be at most 1000")
-      .default(0),
-    maxQueue: intField(1, 1_000_000).default(d.maxQueue),
-    maxFrameBytes: intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024),
-  };
-}
-
 /** Reads and parses a PEM CA file for an mqtts:// broker, or says which file is wrong and why. */
 export function readBrokerCa(path: string): string {
-  const where = `broker CA file ${path} (--broker-ca / DDNN_BROKER_CA)`;
+  const where = `broker CA file ${path} (${fieldName("brokerCa", tierFields.brokerCa)})`;
   let pem: string;
   try {
     pem = readFileSync(path, "utf8");
