@@ -1,4 +1,4 @@
-import type { V1DaemonSet, V1Deployment, V1EnvVar } from "@kubernetes/client-node";
+import type { V1DaemonSet, V1Deployment, V1EnvVar, V1PodSpec } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "../test/operator/model-fixtures.js";
 import {
@@ -24,6 +24,30 @@ function envOf(w: V1Deployment | V1DaemonSet): Record<string, string | V1EnvVar[
   return Object.fromEntries(
     (w.spec!.template.spec!.containers[0]!.env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]),
   );
+}
+
+/** The Pod specs of the server, edge and device workloads. */
+function tierPods(objs: readonly { kind?: string; metadata?: { name?: string } }[]) {
+  const pod = (name: string) =>
+    (objs.find((o) => o.metadata!.name === name && o.kind !== "Service") as V1Deployment).spec!
+      .template.spec!;
+  return { device: pod("demo-device"), edge: pod("demo-edge"), server: pod("demo-server") };
+}
+
+/** Whether the scheduler may put the Pod on a node with these labels (selector and required affinity). */
+function schedulable(pod: V1PodSpec, labels: Record<string, string>): boolean {
+  const selector = Object.entries(pod.nodeSelector ?? {}).every(([k, v]) => labels[k] === v);
+  const terms =
+    pod.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms;
+  const affinity =
+    !terms ||
+    terms.some((t) =>
+      (t.matchExpressions ?? []).every((e) => {
+        if (e.operator !== "In") throw new Error(`operator ${e.operator} not modelled`);
+        return e.values!.includes(labels[e.key] ?? "\u0000");
+      }),
+    );
+  return selector && affinity;
 }
 
 function deepFreeze<T>(o: T): T {
@@ -102,7 +126,7 @@ describe("builders", () => {
   it("run device agents on every device node, amd64 or arm64, named after the node", () => {
     const device = buildOwnedObjects(input()).find((o) => o.kind === "DaemonSet") as V1DaemonSet;
     const pod = device.spec!.template.spec!;
-    expect(pod.nodeSelector).toEqual({ "fog.ddnn.io/tier": "device" });
+    expect(pod.nodeSelector).toEqual({ "fog.ddnn.io/device": "true" });
     expect(pod.tolerations).toEqual([
       { key: "fog.ddnn.io/device", operator: "Exists", effect: "NoSchedule" },
     ]);
@@ -123,6 +147,103 @@ describe("builders", () => {
       // Only the device waits for upstream; the server and gateway do not read a deadline.
       DDNN_DEADLINE_MS: "250",
     });
+  });
+
+  it("select nodes by one label per tier by default, so one node may serve several tiers", () => {
+    const spec = exampleSpec();
+    spec.tiers = {}; // every default
+    const pods = tierPods(buildOwnedObjects(input(spec)));
+    expect(pods.device.nodeSelector).toEqual({ "fog.ddnn.io/device": "true" });
+    expect(pods.edge.nodeSelector).toEqual({ "fog.ddnn.io/edge": "true" });
+    expect(pods.server.nodeSelector).toBeUndefined();
+    expect(
+      pods.server.affinity!.nodeAffinity!.preferredDuringSchedulingIgnoredDuringExecution,
+    ).toEqual([
+      {
+        weight: 50,
+        preference: {
+          matchExpressions: [{ key: "fog.ddnn.io/server", operator: "In", values: ["true"] }],
+        },
+      },
+    ]);
+    const board = { "kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux" };
+    // One node labelled for every tier runs all of them (a one-node lab, a camera that is a gateway).
+    const everything = {
+      ...board,
+      "fog.ddnn.io/device": "true",
+      "fog.ddnn.io/edge": "true",
+      "fog.ddnn.io/server": "true",
+    };
+    for (const pod of Object.values(pods)) expect(schedulable(pod, everything)).toBe(true);
+    const camera = { ...board, "fog.ddnn.io/device": "true" };
+    expect(schedulable(pods.device, camera)).toBe(true);
+    expect(schedulable(pods.edge, camera)).toBe(false);
+    // The server prefers server nodes but needs none: any linux amd64/arm64 node will do.
+    expect(schedulable(pods.server, board)).toBe(true);
+    expect(schedulable(pods.server, { ...board, "kubernetes.io/arch": "s390x" })).toBe(false);
+  });
+
+  it("keep user-given node selectors and tolerations, and add what an edge cluster needs", () => {
+    const spec = exampleSpec();
+    spec.tiers = {
+      device: { nodeSelector: { "fog.ddnn.io/tier": "device" } },
+      edge: {
+        nodeSelector: { zone: "plant-3" },
+        tolerations: [{ key: "fog.ddnn.io/gateway", operator: "Exists", effect: "NoSchedule" }],
+      },
+      server: {
+        nodeSelector: { "node-role.kubernetes.io/server": "" },
+        tolerations: [
+          {
+            key: "node.kubernetes.io/unreachable",
+            operator: "Exists",
+            effect: "NoExecute",
+            tolerationSeconds: 5,
+          },
+        ],
+      },
+    };
+    const pods = tierPods(buildOwnedObjects(input(spec)));
+    expect(pods.device.nodeSelector).toEqual({ "fog.ddnn.io/tier": "device" });
+    expect(pods.edge.nodeSelector).toEqual({ zone: "plant-3" });
+    expect(pods.server.nodeSelector).toEqual({ "node-role.kubernetes.io/server": "" });
+    // The user's own first; a node problem the user tolerates keeps the user's seconds.
+    expect(pods.edge.tolerations).toEqual([
+      { key: "fog.ddnn.io/gateway", operator: "Exists", effect: "NoSchedule" },
+      {
+        key: "node.kubernetes.io/unreachable",
+        operator: "Exists",
+        effect: "NoExecute",
+        tolerationSeconds: 600,
+      },
+      {
+        key: "node.kubernetes.io/not-ready",
+        operator: "Exists",
+        effect: "NoExecute",
+        tolerationSeconds: 600,
+      },
+    ]);
+    expect(pods.server.tolerations).toEqual([
+      {
+        key: "node.kubernetes.io/unreachable",
+        operator: "Exists",
+        effect: "NoExecute",
+        tolerationSeconds: 5,
+      },
+      {
+        key: "node.kubernetes.io/not-ready",
+        operator: "Exists",
+        effect: "NoExecute",
+        tolerationSeconds: 60,
+      },
+    ]);
+    // A DaemonSet's Pods stay on their node anyway: devices get only what the user gives.
+    expect(pods.device.tolerations).toBeUndefined();
+    // "Tolerate everything" covers the node problems too.
+    spec.tiers.server!.tolerations = [{ operator: "Exists" }];
+    expect(tierPods(buildOwnedObjects(input(spec))).server.tolerations).toEqual([
+      { operator: "Exists" },
+    ]);
   });
 
   it("configure the managed broker with TCP_NODELAY", () => {

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type {
+  V1Affinity,
   V1ConfigMap,
   V1Container,
   V1DaemonSet,
@@ -23,7 +24,15 @@ import {
 import { agentConfig } from "../device-agent/config.js";
 import { serverConfig } from "../server/config.js";
 import type { BundleFacts, TierPlan } from "./placement.js";
-import { API_VERSION, type DDNNModel, type DDNNModelSpec, KIND, type Tier } from "./spec.js";
+import {
+  API_VERSION,
+  type DDNNModel,
+  type DDNNModelSpec,
+  KIND,
+  NODE_PROBLEM_TOLERATION_SECONDS,
+  type Tier,
+  tierNodeLabel,
+} from "./spec.js";
 
 /**
  * Builders: every object the operator owns, as a pure function of the DDNNModel, the verified
@@ -235,20 +244,67 @@ const SECURITY_CONTEXT = {
 };
 
 /** Fog boards are amd64 or arm64 Linux (k3s-enrolled Odroids and the like); the image is built for both. */
-const NODE_AFFINITY = {
+const PLATFORM_TERM = {
+  matchExpressions: [
+    { key: "kubernetes.io/arch", operator: "In", values: ["amd64", "arm64"] },
+    { key: "kubernetes.io/os", operator: "In", values: ["linux"] },
+  ],
+};
+const NODE_AFFINITY: V1Affinity = {
   nodeAffinity: {
-    requiredDuringSchedulingIgnoredDuringExecution: {
-      nodeSelectorTerms: [
+    requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [PLATFORM_TERM] },
+  },
+};
+
+/**
+ * Where a tier's Pods may run. Device and edge Pods need their tier's label (the DDNNModel's default
+ * nodeSelector, `fog.ddnn.io/<tier>: "true"`), so one node labelled for several tiers serves them
+ * all. The server has no required label: it prefers nodes labelled `fog.ddnn.io/server: "true"`
+ * and runs anywhere else when there is none (a one-node lab, a cluster that labels nothing).
+ */
+function affinity(tier: Tier): V1Affinity {
+  if (tier !== "server") return NODE_AFFINITY;
+  return {
+    nodeAffinity: {
+      ...NODE_AFFINITY.nodeAffinity,
+      preferredDuringSchedulingIgnoredDuringExecution: [
         {
-          matchExpressions: [
-            { key: "kubernetes.io/arch", operator: "In", values: ["amd64", "arm64"] },
-            { key: "kubernetes.io/os", operator: "In", values: ["linux"] },
-          ],
+          weight: 50,
+          preference: {
+            matchExpressions: [{ key: tierNodeLabel("server"), operator: "In", values: ["true"] }],
+          },
         },
       ],
     },
-  },
-};
+  };
+}
+
+/** Taints the node lifecycle controller puts on a node it lost contact with. */
+export const NODE_PROBLEM_TAINTS = [
+  "node.kubernetes.io/unreachable",
+  "node.kubernetes.io/not-ready",
+] as const;
+
+/** The user's tolerations, plus the node-problem ones for each taint the user's do not cover. */
+function tolerationsFor(
+  tier: Tier,
+  user: readonly V1Toleration[] | undefined,
+): V1Toleration[] | undefined {
+  const given = [...(user ?? [])];
+  if (tier === "device") return given;
+  const covers = (t: V1Toleration, key: string) =>
+    (t.effect === undefined || t.effect === "NoExecute") &&
+    (t.key === undefined || t.key === "" ? t.operator === "Exists" : t.key === key);
+  for (const key of NODE_PROBLEM_TAINTS)
+    if (!given.some((t) => covers(t, key)))
+      given.push({
+        key,
+        operator: "Exists",
+        effect: "NoExecute",
+        tolerationSeconds: NODE_PROBLEM_TOLERATION_SECONDS[tier],
+      });
+  return given;
+}
 
 function tierPod(
   input: BuildInput,
@@ -310,13 +366,13 @@ function tierPod(
   const podSpec: V1PodSpec = {
     containers: [container],
     volumes,
-    affinity: NODE_AFFINITY,
+    affinity: affinity(tier),
     enableServiceLinks: false,
   };
   if (options.nodeSelector && Object.keys(options.nodeSelector).length > 0)
     podSpec.nodeSelector = options.nodeSelector;
-  if (options.tolerations && options.tolerations.length > 0)
-    podSpec.tolerations = options.tolerations;
+  const tolerations = tolerationsFor(tier, options.tolerations);
+  if (tolerations && tolerations.length > 0) podSpec.tolerations = tolerations;
   return {
     metadata: {
       labels: labels(model, tier),

@@ -17,6 +17,26 @@ export const SHORT_NAME = "ddnn";
 export const TIERS = ["device", "edge", "server"] as const;
 export type Tier = (typeof TIERS)[number];
 
+/**
+ * The node label that says a node serves a tier: `fog.ddnn.io/device`, `fog.ddnn.io/edge`,
+ * `fog.ddnn.io/server`, each with the value "true". One label per tier, so one node may serve
+ * several (a gateway board that is also a camera, a one-node lab cluster).
+ */
+export const tierNodeLabel = (tier: Tier): string => `${GROUP}/${tier}`;
+/**
+ * How long edge and server Pods stay on a node that is unreachable or not ready before they are
+ * evicted (Kubernetes gives every Pod 300 s otherwise; the builders add these tolerations unless
+ * the tier's own cover the taint). An edge node's uplink and power come and go: the gateway rides
+ * out ten minutes of that instead of being restarted elsewhere, with a new bundle download over the
+ * same uplink, or left Pending when there is no other edge node; devices answer locally meanwhile.
+ * A server node out of touch for a minute is usually gone: its replacement starts after 60 s
+ * instead of 300 s, and devices answer degraded until then. Device agents are a DaemonSet, which
+ * stays on its node for as long as the node exists.
+ */
+export const NODE_PROBLEM_TOLERATION_SECONDS = { edge: 600, server: 60 } as const;
+
+const onTierNodes = (tier: Tier): Record<string, string> => ({ [tierNodeLabel(tier)]: "true" });
+
 const DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 const DNS_SUBDOMAIN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
@@ -99,14 +119,18 @@ const toleration = z.object({
   effect: z.enum(["NoSchedule", "PreferNoSchedule", "NoExecute"]).optional(),
   tolerationSeconds: z.number().int().optional(),
 });
-const nodeSelector = described(
-  z.record(z.string(), z.string()),
-  "node labels a Pod of this tier needs (as in a Pod's nodeSelector)",
-);
-const tolerations = described(
-  z.array(toleration).max(32),
-  "taints the tier's Pods tolerate (as in a Pod)",
-);
+const nodeSelector = (defaults: string) =>
+  described(
+    z.record(z.string(), z.string()),
+    `node labels a Pod of this tier needs (as in a Pod's nodeSelector); ${defaults}`,
+  );
+const tolerations = (defaults: string) =>
+  described(
+    z.array(toleration).max(32),
+    `taints the tier's Pods tolerate (as in a Pod)${defaults}`,
+  );
+const nodeProblems = (seconds: number) =>
+  `; node.kubernetes.io/unreachable and not-ready (NoExecute) are tolerated for ${seconds} s unless a toleration given here covers them`;
 
 const port = z.number().int().min(1).max(65535);
 
@@ -129,15 +153,19 @@ const deviceSource = cel(
 );
 
 const deviceTier = z.object({
-  nodeSelector: nodeSelector.default({ "fog.ddnn.io/tier": "device" }),
-  tolerations: tolerations.optional(),
+  nodeSelector: nodeSelector(
+    'default fog.ddnn.io/device: "true" (a node may also carry the edge and server labels)',
+  ).default(onTierNodes("device")),
+  tolerations: tolerations("").optional(),
   source: deviceSource.default({ http: { port: 8080 } }),
   resources: resources.optional(),
 });
 const edgeTier = z.object({
   replicas: z.number().int().min(0).max(100).default(1),
-  nodeSelector: nodeSelector.default({ "fog.ddnn.io/tier": "edge" }),
-  tolerations: tolerations.optional(),
+  nodeSelector: nodeSelector(
+    'default fog.ddnn.io/edge: "true" (a node may also carry the device and server labels); {} runs it on any node',
+  ).default(onTierNodes("edge")),
+  tolerations: tolerations(nodeProblems(NODE_PROBLEM_TOLERATION_SECONDS.edge)).optional(),
   resources: resources.optional(),
 });
 const batching = z.object({
@@ -153,8 +181,10 @@ const batching = z.object({
 const serverTier = z.object({
   replicas: z.number().int().min(0).max(100).default(1),
   batching: batching.default({ maxBatch: 32, maxDelayMs: 2 }),
-  nodeSelector: nodeSelector.optional(),
-  tolerations: tolerations.optional(),
+  nodeSelector: nodeSelector(
+    'default none: any node, preferring those labelled fog.ddnn.io/server: "true"',
+  ).optional(),
+  tolerations: tolerations(nodeProblems(NODE_PROBLEM_TOLERATION_SECONDS.server)).optional(),
   resources: resources.optional(),
 });
 
@@ -274,18 +304,15 @@ export const ddnnModelSpecSchema = cel(
     tiers: z
       .object({
         device: deviceTier.default({
-          nodeSelector: { "fog.ddnn.io/tier": "device" },
+          nodeSelector: onTierNodes("device"),
           source: { http: { port: 8080 } },
         }),
-        edge: edgeTier.default({ replicas: 1, nodeSelector: { "fog.ddnn.io/tier": "edge" } }),
+        edge: edgeTier.default({ replicas: 1, nodeSelector: onTierNodes("edge") }),
         server: serverTier.default({ replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } }),
       })
       .default({
-        device: {
-          nodeSelector: { "fog.ddnn.io/tier": "device" },
-          source: { http: { port: 8080 } },
-        },
-        edge: { replicas: 1, nodeSelector: { "fog.ddnn.io/tier": "edge" } },
+        device: { nodeSelector: onTierNodes("device"), source: { http: { port: 8080 } } },
+        edge: { replicas: 1, nodeSelector: onTierNodes("edge") },
         server: { replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } },
       }),
     broker: broker.default({ managed: { kind: "mosquitto" } }),

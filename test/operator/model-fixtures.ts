@@ -33,11 +33,11 @@ export const exampleSpec = (): DDNNModelSpecInput => ({
   deadlineMs: 250,
   tiers: {
     device: {
-      nodeSelector: { "fog.ddnn.io/tier": "device" },
+      nodeSelector: { "fog.ddnn.io/device": "true" },
       tolerations: [{ key: "fog.ddnn.io/device", operator: "Exists", effect: "NoSchedule" }],
       source: { http: { port: 8080 } },
     },
-    edge: { replicas: 1, nodeSelector: { "fog.ddnn.io/tier": "edge" } },
+    edge: { replicas: 1, nodeSelector: { "fog.ddnn.io/edge": "true" } },
     server: {
       replicas: 2,
       batching: { maxBatch: 32, maxDelayMs: 2 },
