@@ -126,7 +126,7 @@ spec:
       broker: { managed: { kind: "mosquitto" } },
       tiers: {
         device: {
-          nodeSelector: { "fog.ddnn.io/tier": "device" },
+          nodeSelector: { "fog.ddnn.io/device": "true" },
           source: { http: { port: 8080 } },
         },
         edge: { replicas: 1 },

@@ -199,7 +199,6 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_MODEL: "fog/demo",
       DDNN_BUNDLE: DEMO_DIGEST_URL,
       DDNN_BUNDLE_DIGEST: exampleDigest,
-      DDNN_DEADLINE_MS: "250",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
       DDNN_HTTP_PORT: "8080",
       HTTP_PROXY: process.env.HTTP_PROXY,
@@ -225,6 +224,8 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     expect(device.spec.template.spec.containers[0]!.args).toEqual(["agent"]);
     expect(env(device)).toMatchObject({
       ...common,
+      // Only the device agent waits for upstream answers: only it reads the deadline.
+      DDNN_DEADLINE_MS: "250",
       DDNN_STAGES: "device",
       DDNN_THRESHOLDS: "device=0.4",
       DDNN_SOURCE: "http",
