@@ -26,6 +26,7 @@ import {
 import { request } from "node:https";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { tierNodeLabel } from "../../operator/spec.js";
 import { freePort, kubeBinDir, kubeVersion, REPO_ROOT } from "./control-plane.js";
 import {
   API_IP,
@@ -48,8 +49,12 @@ import {
 export const COREDNS_VERSION = "v1.14.7";
 export const CRICTL_VERSION = "v1.34.0";
 export const PAUSE_IMAGE = "localhost/pause:3.10";
-/** The label the operator's default node selection reads (operator/spec.ts). */
-export const TIER_LABEL = "fog.ddnn.io/tier";
+/** The labels the operator's default node selection reads (operator/spec.ts): one per tier. */
+export const TIER_LABELS = {
+  device: tierNodeLabel("device"),
+  edge: tierNodeLabel("edge"),
+  server: tierNodeLabel("server"),
+};
 
 export interface ClusterOptions {
   /** Nodes, each with its own containerd and kubelet (default 2). */
@@ -367,18 +372,18 @@ function kubeconfig(ca: string, user: string, token: string): string {
   });
 }
 
-/** Node N: its name, network and labels (node 1 devices; node 2 the edge; both serve). */
+/** Node N: its name, network and labels (node 1 devices; node 2 the edge and the server). */
 function plannedNodes(count: number, runDir: string): NodeInfo[] {
   return Array.from({ length: count }, (_, i) => {
     const net = nodeNet(i + 1);
     const name = `ddnn-node-${i + 1}`;
-    // With one node, it carries the device label: the default selection puts devices on
-    // fog.ddnn.io/tier=device and edges on =edge, so one node cannot take both by default.
-    const tier = i === 1 ? "edge" : "device";
+    // One node serves every tier (a one-node lab); with two, the second is the gateway board.
+    const tiers: (keyof typeof TIER_LABELS)[] =
+      count === 1 ? ["device", "edge", "server"] : i === 0 ? ["device"] : ["edge", "server"];
     return {
       ...net,
       name,
-      labels: { [TIER_LABEL]: tier },
+      labels: Object.fromEntries(tiers.map((t) => [TIER_LABELS[t], "true"])),
       containerdSocket: join(runDir, name, "containerd", "containerd.sock"),
     };
   });
