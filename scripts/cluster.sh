@@ -3,8 +3,8 @@
 # containerd and kubelet, plus etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kube-proxy and CoreDNS, on bridges routed inside the machine (test/cluster/network.ts).
 #
-#   bash scripts/cluster.sh build              kube binaries (scripts/control-plane.sh --node), CoreDNS,
-#                                              crictl, and the images (scripts/image/build.sh)
+#   bash scripts/cluster.sh build              kube binaries (scripts/control-plane.sh --node), helm,
+#                                              CoreDNS, crictl, and the images (scripts/image/build.sh)
 #   bash scripts/cluster.sh up [--nodes 1|2]   build, then start; prints the kubeconfig path last
 #   bash scripts/cluster.sh status
 #   bash scripts/cluster.sh down               stop everything, remove Pods, mounts, rules, routes, bridges
@@ -12,7 +12,8 @@
 #
 # Needs root. Everything is cached: ~/.cache/ddnn-fog/{kube-*,coredns-*,crictl-*,image} for the
 # builds, /var/lib/ddnn-fog-cluster/images for each node's image store (DDNN_CLUSTER_DIR moves it).
-# Environment: DDNN_CACHE_DIR, DDNN_CLUSTER_DIR, GOPROXY as set.
+# Environment: DDNN_CACHE_DIR, DDNN_CLUSTER_DIR, DDNN_CLUSTER_IMAGES=keep (no image rebuild),
+# DDNN_E2E_NODES (1 or 2, default 2), DDNN_KEEP_CLUSTER (e2e leaves its cluster running), GOPROXY.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/go-cache.sh
@@ -47,9 +48,17 @@ go_install_cached() {
 
 build() {
   bash scripts/control-plane.sh --node >/dev/null
+  bash scripts/helm.sh >/dev/null
   go_install_cached coredns github.com/coredns/coredns "$coredns_version"
   go_install_cached crictl sigs.k8s.io/cri-tools/cmd/crictl "$crictl_version"
-  bash scripts/image/build.sh >&2
+  # DDNN_CLUSTER_IMAGES=keep: use the images podman already has (a working tree that does not
+  # build right now, or a faster loop while changing only the tests).
+  if [ "${DDNN_CLUSTER_IMAGES:-build}" = keep ] &&
+    podman image exists "localhost/ddnn-fog:$(node -p 'require("./package.json").version')" 2>/dev/null; then
+    echo "cluster: DDNN_CLUSTER_IMAGES=keep: using podman's images as they are" >&2
+  else
+    bash scripts/image/build.sh >&2
+  fi
 }
 
 cli() {

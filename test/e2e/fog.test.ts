@@ -1,0 +1,709 @@
+/**
+ * ddnn-fog on a real cluster (test/cluster/cluster.ts: real kubelets, containerd, runc, CNI,
+ * kube-proxy, CoreDNS): what a user does first, checked as a user would see it.
+ *
+ * 1. `helm install` of charts/ddnn-fog with the locally built image: the operator runs as Pods under
+ *    the chart's ServiceAccount, one replica leads, both are Ready.
+ * 2. `kubectl apply` of a DDNNModel for the shipped fashion-deep bundle (a ConfigMap) with a
+ *    managed broker: the owned objects appear, the Pods run the real image, and the status reaches
+ *    Ready=True from what the kubelets report.
+ * 3. Images POSTed to the device agent's /v1/infer by Pod IP get the exit stages and labels of
+ *    `ddnn eval`, some answered by the server through the in-cluster broker.
+ * 4. A threshold change and a new bundle roll out; answers follow them.
+ * 5. Killed server, broker and device Pods are replaced; devices answer degraded meanwhile.
+ * 6. `kubectl delete` of the model removes its objects; `helm uninstall` removes the operator.
+ *
+ * Run with `bash scripts/cluster.sh e2e` (DDNN_E2E=1, test/e2e/vitest.config.ts); skipped otherwise.
+ */
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readIdx } from "../../core/dataset/idx.js";
+import { Cluster, TIER_LABELS } from "../cluster/cluster.js";
+import { REPO_ROOT } from "../cluster/control-plane.js";
+
+const e2e = process.env.DDNN_E2E === "1";
+const OPERATOR_NS = "ddnn-system";
+const RELEASE = "ddnn-fog";
+const NS = "fog";
+const MODEL = "fashion";
+const VERSION = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")).version as string;
+const IMAGE = `localhost/ddnn-fog:${VERSION}`;
+const SAMPLES = 300;
+
+interface Condition {
+  type: string;
+  status: string;
+  reason?: string;
+  observedGeneration?: number;
+}
+interface Pod {
+  metadata: {
+    name: string;
+    uid: string;
+    labels?: Record<string, string>;
+    deletionTimestamp?: string;
+  };
+  spec: { nodeName?: string; serviceAccountName?: string };
+  status: {
+    phase?: string;
+    podIP?: string;
+    conditions?: Condition[];
+    containerStatuses?: { image: string; imageID: string; ready: boolean }[];
+  };
+}
+interface Model {
+  metadata: { generation: number };
+  status?: {
+    observedGeneration?: number;
+    conditions?: Condition[];
+    devices?: { desired: number; ready: number; updated: number };
+    bundleDigest?: string;
+  };
+}
+interface InferAnswer {
+  label: number;
+  stage: string;
+  tier: string;
+  degraded: boolean;
+  reason?: string;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `fn` until it returns something other than undefined/false. */
+async function waitUntil<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs = 120_000,
+  everyMs = 300,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last}` : ""}`);
+}
+
+function helmBinary(): string {
+  const mod = readFileSync(join(REPO_ROOT, "test", "helm", "go.mod"), "utf8");
+  const version = /^\s*helm\.sh\/helm\/v3 (v\S+)/m.exec(mod)?.[1];
+  const cache =
+    process.env.DDNN_CACHE_DIR ??
+    join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "ddnn-fog");
+  return join(cache, `helm-${version}`, "helm");
+}
+
+/** Where a shipped bundle's .tar.gz goes (createBundleConfigMap writes it) and its digest. */
+function packBundle(name: string): { file: string; digest: string } {
+  const manifest = readFileSync(join(REPO_ROOT, "models", name, "ddnn.json"));
+  return {
+    file: join(work, `${name}.tar.gz`),
+    digest: createHash("sha256").update(manifest).digest("hex"),
+  };
+}
+
+let work = "";
+
+describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
+  let cluster: Cluster;
+  const helmHome = () => join(work, "helm-home");
+  const helm = (args: readonly string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(
+        helmBinary(),
+        [`--kubeconfig=${cluster.kubeconfigPath}`, ...args],
+        {
+          cwd: REPO_ROOT,
+          timeout: 300_000,
+          env: {
+            ...process.env,
+            HELM_CACHE_HOME: join(helmHome(), "cache"),
+            HELM_CONFIG_HOME: join(helmHome(), "config"),
+            HELM_DATA_HOME: join(helmHome(), "data"),
+          },
+        },
+        (err, stdout, stderr) =>
+          resolve({
+            code: err ? (typeof err.code === "number" ? err.code : 1) : 0,
+            stdout,
+            stderr,
+          }),
+      );
+    });
+  const getJson = async <T>(args: readonly string[]): Promise<T> =>
+    JSON.parse(await cluster.kubectlOk(["get", ...args, "-o", "json"])) as T;
+  const pods = async (ns: string, selector: string): Promise<Pod[]> =>
+    (await getJson<{ items: Pod[] }>(["pods", "-n", ns, "-l", selector])).items.filter(
+      (p) => !p.metadata.deletionTimestamp,
+    );
+  const ready = (p: Pod) =>
+    p.status.phase === "Running" &&
+    (p.status.conditions ?? []).some((c) => c.type === "Ready" && c.status === "True");
+  const model = () => getJson<Model>(["ddnnmodel", MODEL, "-n", NS]);
+  const condition = (m: Model, type: string) => m.status?.conditions?.find((c) => c.type === type);
+  const modelReady = async () => {
+    const m = await model();
+    return m.status?.observedGeneration === m.metadata.generation &&
+      condition(m, "Ready")?.status === "True"
+      ? m
+      : undefined;
+  };
+  const tierPods = (tier: string) =>
+    pods(NS, `app.kubernetes.io/instance=${MODEL},app.kubernetes.io/component=${tier}`);
+
+  /** The one device agent Pod that is Ready (its IP). */
+  const devicePod = () =>
+    waitUntil("a Ready device Pod", async () => (await tierPods("device")).find(ready));
+
+  const images = async () =>
+    readIdx(join(REPO_ROOT, "models", "eval", "fashion-mnist-t10k-2000-images-idx3-ubyte.gz"));
+  let pixels: Uint8Array;
+  const image = (i: number) => pixels.subarray(i * 784, (i + 1) * 784);
+
+  const infer = async (ip: string, i: number, timeoutMs = 30_000): Promise<InferAnswer> => {
+    const res = await fetch(`http://${ip}:8080/v1/infer`, {
+      method: "POST",
+      headers: { "Content-Type": "application/octet-stream" },
+      body: image(i),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    if (!res.ok) throw new Error(`/v1/infer answered ${res.status}: ${await res.text()}`);
+    return (await res.json()) as InferAnswer;
+  };
+
+  /** `ddnn eval` of a shipped bundle on the first n images: exit stage names and labels. */
+  const evaluate = async (bundle: string, n: number, thresholds: string[] = []) => {
+    const out = join(work, `eval-${bundle}-${n}-${thresholds.join("_")}.json`);
+    await new Promise<void>((resolve, reject) =>
+      execFile(
+        process.execPath,
+        [
+          join(REPO_ROOT, "dist", "cli", "main.js"),
+          "eval",
+          "--bundle",
+          join(REPO_ROOT, "models", bundle),
+          "--limit",
+          String(n),
+          "--predictions",
+          out,
+          "--json",
+          ...thresholds.flatMap((t) => ["--threshold", t]),
+        ],
+        { timeout: 120_000 },
+        (err) => (err ? reject(err) : resolve()),
+      ),
+    );
+    const p = JSON.parse(readFileSync(out, "utf8")) as { exitStage: number[]; label: number[] };
+    const stages = (
+      JSON.parse(readFileSync(join(REPO_ROOT, "models", bundle, "ddnn.json"), "utf8")) as {
+        stages: { name: string }[];
+      }
+    ).stages.map((s) => s.name);
+    return p.exitStage.map((s, i) => ({ stage: stages[s]!, label: p.label[i]! }));
+  };
+
+  /** Sends images 0..n-1 to the device agent, `parallel` at a time, in order of index. */
+  const inferAll = async (ip: string, n: number, parallel = 6) => {
+    const answers: InferAnswer[] = new Array(n);
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: parallel }, async () => {
+        while (next < n) {
+          const i = next++;
+          answers[i] = await infer(ip, i);
+        }
+      }),
+    );
+    return answers;
+  };
+
+  /** Compares the agent's answers with `ddnn eval`'s: stages exactly, labels as described. */
+  const compare = (answers: InferAnswer[], expected: { stage: string; label: number }[]) => {
+    const stageMismatch = answers.filter((a, i) => a.stage !== expected[i]!.stage).length;
+    const local = answers.flatMap((a, i) => (a.tier === "device" ? [i] : []));
+    const remote = answers.flatMap((a, i) => (a.tier === "server" ? [i] : []));
+    const localMismatch = local.filter((i) => answers[i]!.label !== expected[i]!.label).length;
+    const remoteMismatch = remote.filter((i) => answers[i]!.label !== expected[i]!.label).length;
+    return {
+      samples: answers.length,
+      degraded: answers.filter((a) => a.degraded).length,
+      stageMismatch,
+      byDevice: local.length,
+      byServer: remote.length,
+      localMismatch,
+      remoteMismatch,
+    };
+  };
+
+  beforeAll(async () => {
+    const attached = Cluster.attach();
+    if (!attached) throw new Error("no cluster: the e2e global setup starts one");
+    cluster = attached;
+    work = mkdtempSync(join(tmpdir(), "ddnn-e2e-"));
+    pixels = (await images()).data;
+    // What an earlier run on a kept cluster may have left.
+    await cluster.kubectl(["delete", "namespace", NS, "--ignore-not-found", "--wait=true"], {
+      timeoutMs: 180_000,
+    });
+    await helm(["uninstall", RELEASE, "-n", OPERATOR_NS, "--ignore-not-found", "--wait"]);
+  });
+
+  afterAll(() => {
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  it("helm install runs the operator as Pods under its ServiceAccount; one leads; both are Ready", async () => {
+    const started = performance.now();
+    const r = await helm([
+      "install",
+      RELEASE,
+      "charts/ddnn-fog",
+      "-n",
+      OPERATOR_NS,
+      "--create-namespace",
+      "--set",
+      `image.repository=localhost/ddnn-fog,image.tag=${VERSION}`,
+      "--wait",
+      "--timeout",
+      "240s",
+    ]);
+    expect(r.stderr + r.stdout).toMatch(/STATUS: deployed/);
+    const operators = await waitUntil("two Ready operator Pods", async () => {
+      const ps = await pods(OPERATOR_NS, `app.kubernetes.io/instance=${RELEASE}`);
+      return ps.length === 2 && ps.every(ready) ? ps : undefined;
+    });
+    for (const p of operators) {
+      expect(p.spec.serviceAccountName).toBe(RELEASE);
+      expect(p.status.containerStatuses?.[0]?.image).toBe(IMAGE);
+    }
+    const names = operators.map((p) => p.metadata.name);
+    const holder = await waitUntil("a Lease held by an operator Pod", async () => {
+      const leases = await getJson<{ items: { spec: { holderIdentity?: string } }[] }>([
+        "leases",
+        "-n",
+        OPERATOR_NS,
+      ]);
+      return leases.items.map((l) => l.spec.holderIdentity).find((h) => h && names.includes(h));
+    });
+    // The leader says so on /metrics, the standby too (0), and both answer /readyz.
+    const leaderOf = async (p: Pod) => {
+      const text = await (await fetch(`http://${p.status.podIP}:8080/metrics`)).text();
+      return Number(/^ddnn_operator_leader(?:\{[^}]*\})?\s+(\S+)/m.exec(text)?.[1]);
+    };
+    const flags = await waitUntil("the leader's metric", async () => {
+      const f = await Promise.all(operators.map(leaderOf));
+      return f.filter((x) => x === 1).length === 1 ? f : undefined;
+    });
+    expect(names[flags.indexOf(1)]).toBe(holder);
+    for (const p of operators)
+      expect((await fetch(`http://${p.status.podIP}:8080/readyz`)).status).toBe(200);
+    console.info(
+      `e2e: helm install to two Ready operators in ${((performance.now() - started) / 1000).toFixed(1)} s; leader ${holder}`,
+    );
+  });
+
+  let digest = "";
+
+  it("kubectl apply of a DDNNModel with a managed broker: owned objects, real image, Ready=True from the kubelets", async () => {
+    const started = performance.now();
+    const bundle = packBundle("fashion-deep");
+    digest = bundle.digest;
+    await cluster.kubectlOk(["create", "namespace", NS]);
+    await createBundleConfigMap(cluster, "fashion-deep");
+    await cluster.kubectlOk(["apply", "-f", "-"], { input: modelYaml("fashion-deep", digest) });
+    const m = await waitUntil("Ready=True", modelReady, 240_000);
+    expect(m.status?.bundleDigest).toBe(digest);
+    expect(m.status?.devices).toEqual({ desired: 1, ready: 1, updated: 1 });
+    for (const t of ["BundleVerified", "BrokerReady", "ServerReady", "DevicesReady"])
+      expect(condition(m, t)?.status).toBe("True");
+
+    // Every owned object, controlled by the model.
+    const owned: [string, string][] = [
+      ["deployment", `${MODEL}-server`],
+      ["service", `${MODEL}-server`],
+      ["daemonset", `${MODEL}-device`],
+      ["deployment", `${MODEL}-broker`],
+      ["service", `${MODEL}-broker`],
+      ["configmap", `${MODEL}-broker`],
+    ];
+    for (const [kind, name] of owned) {
+      const o = await getJson<{
+        metadata: { ownerReferences?: { kind: string; name: string; controller?: boolean }[] };
+      }>([kind, name, "-n", NS]);
+      expect(o.metadata.ownerReferences).toEqual([
+        expect.objectContaining({ kind: "DDNNModel", name: MODEL, controller: true }),
+      ]);
+    }
+    // No edge stage in this bundle: no edge Deployment.
+    expect((await cluster.kubectl(["get", "deployment", `${MODEL}-edge`, "-n", NS])).code).not.toBe(
+      0,
+    );
+
+    // The Pods run the real images, each on a node the default selection allows.
+    const server = (await tierPods("server")).filter(ready);
+    const device = (await tierPods("device")).filter(ready);
+    const broker = (await tierPods("broker")).filter(ready);
+    expect(server).toHaveLength(1);
+    expect(device).toHaveLength(1);
+    expect(broker).toHaveLength(1);
+    for (const p of [...server, ...device])
+      expect(p.status.containerStatuses?.[0]?.image).toBe(IMAGE);
+    expect(broker[0]!.status.containerStatuses?.[0]?.image).toMatch(/eclipse-mosquitto:2$/);
+    const deviceNode = cluster.nodes.find((n) => n.name === device[0]!.spec.nodeName);
+    expect(deviceNode?.labels[TIER_LABELS.device]).toBe("true");
+
+    const table = await cluster.kubectlOk(["get", "ddnn", "-n", NS]);
+    expect(table).toMatch(new RegExp(`${MODEL}\\s+True\\s+1/1\\s+${digest.slice(0, 12)}`));
+    console.info(
+      `e2e: DDNNModel Ready in ${((performance.now() - started) / 1000).toFixed(1)} s; nodes: device ${device[0]!.spec.nodeName}, server ${server[0]!.spec.nodeName}, broker ${broker[0]!.spec.nodeName}\n${table}`,
+    );
+  });
+
+  it("images POSTed to the device agent get ddnn eval's exit stages and labels, some from the server through the broker", async () => {
+    const expected = await evaluate("fashion-deep", SAMPLES);
+    const device = await devicePod();
+    const server = (await tierPods("server")).find(ready)!;
+    const exitsBefore = await serverExits(server);
+    const started = performance.now();
+    const answers = await inferAll(device.status.podIP!, SAMPLES);
+    const wallMs = performance.now() - started;
+    const c = compare(answers, expected);
+    console.info(`e2e: ${SAMPLES} images in ${(wallMs / 1000).toFixed(1)} s: ${JSON.stringify(c)}`);
+    expect(c.degraded).toBe(0);
+    expect(c.stageMismatch).toBe(0);
+    expect(c.localMismatch).toBe(0);
+    expect(c.byServer).toBeGreaterThan(10);
+    expect(c.byDevice).toBeGreaterThan(SAMPLES / 2);
+    // The agent sends features as u8q (the tiers' default wire dtype) and ddnn eval runs f32: an
+    // offloaded label may differ at a decision boundary (test/shipped-fog.test.ts: >= 99% agree).
+    expect(c.remoteMismatch).toBeLessThanOrEqual(Math.max(1, Math.floor(c.byServer * 0.03)));
+    // The server counted exactly the answers it gave.
+    expect((await serverExits(server)) - exitsBefore).toBe(c.byServer);
+  });
+
+  it("a threshold change and a new bundle roll out: Pods replaced, status follows, answers follow", async () => {
+    // Lower device threshold: more images go to the server.
+    const before = await model();
+    const oldDevice = await devicePod();
+    await cluster.kubectlOk([
+      "patch",
+      "ddnnmodel",
+      MODEL,
+      "-n",
+      NS,
+      "--type=merge",
+      "-p",
+      JSON.stringify({ spec: { exits: { device: 0.1 } } }),
+    ]);
+    const load = keepAsking();
+    const m1 = await waitUntil(
+      "the threshold change rolled out",
+      async () => {
+        const m = await modelReady();
+        if (!m || m.metadata.generation === before.metadata.generation) return undefined;
+        const d = (await tierPods("device")).filter(ready);
+        return d.length === 1 && d[0]!.metadata.uid !== oldDevice.metadata.uid ? m : undefined;
+      },
+      240_000,
+    );
+    expect(m1.status?.observedGeneration).toBe(before.metadata.generation + 1);
+    const during = await load.stop();
+    const n = 120;
+    const c1 = compare(
+      await inferAll((await devicePod()).status.podIP!, n),
+      await evaluate("fashion-deep", n, ["device=0.1"]),
+    );
+    console.info(
+      `e2e: threshold 0.1 rolled out; during it ${JSON.stringify(during)}; after ${JSON.stringify(c1)}`,
+    );
+    expect(c1.stageMismatch).toBe(0);
+    expect(c1.localMismatch).toBe(0);
+    expect(c1.degraded).toBe(0);
+
+    // A new bundle (fashion-shallow) from a new ConfigMap.
+    const shallow = packBundle("fashion-shallow");
+    await createBundleConfigMap(cluster, "fashion-shallow");
+    const oldServer = (await tierPods("server")).find(ready)!;
+    const load2 = keepAsking();
+    await cluster.kubectlOk(["apply", "-f", "-"], {
+      input: modelYaml("fashion-shallow", shallow.digest, { device: 0.1 }),
+    });
+    const m2 = await waitUntil(
+      "the new bundle rolled out",
+      async () => {
+        const m = await modelReady();
+        if (!m || m.status?.bundleDigest !== shallow.digest) return undefined;
+        const s = (await tierPods("server")).filter(ready);
+        const d = (await tierPods("device")).filter(ready);
+        return s.length === 1 &&
+          d.length === 1 &&
+          s[0]!.metadata.uid !== oldServer.metadata.uid &&
+          m.status.devices?.updated === 1
+          ? m
+          : undefined;
+      },
+      240_000,
+    );
+    expect(m2.status?.observedGeneration).toBe(m2.metadata.generation);
+    const during2 = await load2.stop();
+    const c2 = compare(
+      await inferAll((await devicePod()).status.podIP!, n),
+      await evaluate("fashion-shallow", n, ["device=0.1"]),
+    );
+    console.info(
+      `e2e: bundle fashion-shallow rolled out; during it ${JSON.stringify(during2)}; after ${JSON.stringify(c2)}`,
+    );
+    expect(c2.stageMismatch).toBe(0);
+    expect(c2.localMismatch).toBe(0);
+    expect(c2.degraded).toBe(0);
+    expect(during.answered + during2.answered).toBeGreaterThan(0);
+  });
+
+  /**
+   * Asks the current device Pod about one image the server answers (image 0 ... whichever the
+   * device does not exit on), over and over until stopped; counts what came back.
+   */
+  const keepAsking = (everyMs = 250) => {
+    const counts = { answered: 0, degraded: 0, failed: 0, reasons: {} as Record<string, number> };
+    let stopped = false;
+    const loop = (async () => {
+      while (!stopped) {
+        try {
+          const d = (await tierPods("device")).find(ready);
+          if (d?.status.podIP) {
+            const a = await infer(d.status.podIP, 0, 15_000);
+            counts.answered++;
+            if (a.degraded) {
+              counts.degraded++;
+              counts.reasons[a.reason ?? "?"] = (counts.reasons[a.reason ?? "?"] ?? 0) + 1;
+            }
+          }
+        } catch {
+          counts.failed++;
+        }
+        await sleep(everyMs);
+      }
+    })();
+    return {
+      counts,
+      stop: async () => {
+        stopped = true;
+        await loop;
+        return counts;
+      },
+    };
+  };
+
+  /** Polls the model's condition `type` until it has been False and is True again. */
+  const watchCondition = (type: string) => {
+    let sawFalse = false;
+    let stopped = false;
+    const loop = (async () => {
+      while (!stopped) {
+        const m = await model().catch(() => undefined);
+        if (m && condition(m, type)?.status === "False") sawFalse = true;
+        await sleep(150);
+      }
+    })();
+    return {
+      stop: async () => {
+        stopped = true;
+        await loop;
+        return sawFalse;
+      },
+    };
+  };
+
+  it("a killed server, broker or device Pod is replaced; devices answer degraded meanwhile and offload again after", async () => {
+    // Images the server answers at the current threshold (device=0.1) on fashion-shallow.
+    const expected = await evaluate("fashion-shallow", 60, ["device=0.1"]);
+    const offloaded = expected.flatMap((e, i) => (e.stage === "server" ? [i] : []));
+    expect(offloaded.length).toBeGreaterThan(3);
+    const probe = offloaded[0]!;
+
+    for (const tier of ["server", "broker", "device"] as const) {
+      const victim = (await tierPods(tier)).find(ready)!;
+      const conditionType = {
+        server: "ServerReady",
+        broker: "BrokerReady",
+        device: "DevicesReady",
+      }[tier];
+      const watch = watchCondition(conditionType);
+      const killedAt = performance.now();
+      await cluster.kubectlOk([
+        "delete",
+        "pod",
+        victim.metadata.name,
+        "-n",
+        NS,
+        "--grace-period=0",
+        "--force",
+      ]);
+      // Meanwhile: the device still answers, degraded, when the server or broker is gone.
+      const meanwhile: InferAnswer[] = [];
+      if (tier !== "device") {
+        await waitUntil(
+          `a degraded answer while the ${tier} is gone`,
+          async () => {
+            const d = (await tierPods("device")).find(ready);
+            if (!d) return undefined;
+            const a = await infer(d.status.podIP!, probe);
+            meanwhile.push(a);
+            return a.degraded ? a : undefined;
+          },
+          60_000,
+          100,
+        );
+      }
+      // Replaced, Ready, and offloading again with the server's answers.
+      await waitUntil(
+        `a new ${tier} Pod`,
+        async () => {
+          const ps = (await tierPods(tier)).filter(ready);
+          return ps.length === 1 && ps[0]!.metadata.uid !== victim.metadata.uid;
+        },
+        120_000,
+      );
+      const back = await waitUntil(
+        "server answers again",
+        async () => {
+          const d = (await tierPods("device")).find(ready);
+          if (!d) return undefined;
+          const a = await infer(d.status.podIP!, probe);
+          return !a.degraded && a.tier === "server" ? a : undefined;
+        },
+        120_000,
+        250,
+      );
+      expect(back.stage).toBe("server");
+      await waitUntil("Ready=True", modelReady, 120_000);
+      const sawFalse = await watch.stop();
+      console.info(
+        `e2e: ${tier} Pod killed: server answers again after ${((performance.now() - killedAt) / 1000).toFixed(1)} s; ${meanwhile.filter((a) => a.degraded).length} degraded answer(s) meanwhile (${[...new Set(meanwhile.filter((a) => a.degraded).map((a) => a.reason))].join(", ")}); ${conditionType} went False: ${sawFalse}`,
+      );
+      expect(sawFalse).toBe(true);
+    }
+  });
+
+  it("kubectl delete of the model removes every object it owns; helm uninstall leaves no operator object", async () => {
+    await cluster.kubectlOk(["delete", "ddnnmodel", MODEL, "-n", NS, "--wait=true"], {
+      timeoutMs: 180_000,
+    });
+    await waitUntil(
+      "the model's objects to go",
+      async () => {
+        const left = await getJson<{ items: { kind: string; metadata: { name: string } }[] }>([
+          "deployments,daemonsets,services,configmaps,pods",
+          "-n",
+          NS,
+          "-l",
+          "app.kubernetes.io/managed-by=ddnn-operator",
+        ]);
+        return left.items.length === 0;
+      },
+      180_000,
+    );
+    const r = await helm(["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "180s"]);
+    expect(r.code, r.stderr).toBe(0);
+    await waitUntil(
+      "the operator's objects to go",
+      async () => {
+        const ns = await getJson<{ items: unknown[] }>([
+          "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
+          "-n",
+          OPERATOR_NS,
+          "-l",
+          `app.kubernetes.io/instance=${RELEASE}`,
+        ]);
+        const cluster_ = await getJson<{ items: unknown[] }>([
+          "clusterroles,clusterrolebindings",
+          "-l",
+          `app.kubernetes.io/instance=${RELEASE}`,
+        ]);
+        return ns.items.length === 0 && cluster_.items.length === 0;
+      },
+      180_000,
+    );
+    // The CRD stays (helm never deletes CRDs); delete it as docs/helm.md says.
+    await cluster.kubectlOk(["delete", "crd", "ddnnmodels.fog.ddnn.io"]);
+    const leases = await getJson<{ items: { metadata: { name: string } }[] }>([
+      "leases",
+      "-n",
+      OPERATOR_NS,
+    ]);
+    console.info(
+      `e2e: after helm uninstall, Leases left in ${OPERATOR_NS}: ${leases.items.map((l) => l.metadata.name).join(", ") || "none"}`,
+    );
+  });
+
+  async function createBundleConfigMap(c: Cluster, bundle: string): Promise<void> {
+    const { file } = packBundle(bundle);
+    const manifest = JSON.parse(
+      readFileSync(join(REPO_ROOT, "models", bundle, "ddnn.json"), "utf8"),
+    ) as { stages: { file: string }[] };
+    await new Promise<void>((resolve, reject) =>
+      execFile(
+        "tar",
+        [
+          "-czf",
+          file,
+          "-C",
+          join(REPO_ROOT, "models", bundle),
+          "./ddnn.json",
+          ...manifest.stages.map((s) => `./${s.file}`),
+        ],
+        (err) => (err ? reject(err) : resolve()),
+      ),
+    );
+    await c.kubectlOk([
+      "create",
+      "configmap",
+      bundle,
+      "-n",
+      NS,
+      `--from-file=bundle.tar.gz=${file}`,
+    ]);
+  }
+
+  async function serverExits(p: Pod): Promise<number> {
+    const text = await (await fetch(`http://${p.status.podIP}:8080/metrics`)).text();
+    let sum = 0;
+    for (const m of text.matchAll(/^ddnn_exits_total\{([^}]*)\}\s+(\S+)/gm))
+      if (/stage="server"/.test(m[1]!)) sum += Number(m[2]);
+    return sum;
+  }
+});
+
+/** The DDNNModel: a shipped two-stage bundle from its ConfigMap, a managed broker. */
+function modelYaml(bundle: string, digest: string, exits?: Record<string, number>): string {
+  return JSON.stringify({
+    apiVersion: "fog.ddnn.io/v1alpha1",
+    kind: "DDNNModel",
+    metadata: { name: MODEL, namespace: NS },
+    spec: {
+      bundle: { configMap: { name: bundle, key: "bundle.tar.gz" }, sha256: digest },
+      placement: { device: "device", server: "server" },
+      ...(exits ? { exits } : {}),
+      // Correctness first: a loaded CI machine must not turn answers into degraded ones.
+      deadlineMs: 3000,
+      tiers: {
+        device: { source: { http: { port: 8080 } } },
+        server: { replicas: 1 },
+      },
+      broker: { managed: { kind: "mosquitto" } },
+    },
+  });
+}
