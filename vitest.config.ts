@@ -2,7 +2,7 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["{core,cli,server,gateway,device-agent,operator,test}/**/*.test.ts"],
+    include: ["{core,cli,server,gateway,device-agent,operator,codegen,test}/**/*.test.ts"],
     testTimeout: 120_000,
     hookTimeout: 300_000,
     pool: "forks",

@@ -20,6 +20,7 @@ Commands:
   gateway   the edge tier (middle stages)
   agent     the device tier (first stage, offload, local fallback)
   operator  the Kubernetes controller for DDNNModel resources
+  codegen   codegen c: a bundle's device stage as a standalone C99 program (ddnn-device)
   bundle    bundle pack DIR: verify a bundle, pack it as a ConfigMap (or .tar.gz) for a cluster
 
 Run "ddnn <command> --help" for a command's flags.
@@ -36,6 +37,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runUp(rest, out);
     case "operator":
       return runOperator(rest);
+    case "codegen":
+      return (await import("./codegen.js")).runCodegen(rest, out);
     case "bundle":
       return runBundle(rest, out);
     case undefined:

@@ -1,0 +1,480 @@
+/* dnn_c_lib: see dnn_c_lib.h. Loops keep ONNX's layout so the code reads like the operator's spec. */
+#include "dnn_c_lib.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Output columns [lo, hi) whose input column ox * stride + off lies inside [0, width). */
+static void valid_columns(int out_width, int width, int stride, int off, int *lo, int *hi)
+{
+    int a = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    int b = width - 1 - off < 0 ? 0 : (width - 1 - off) / stride + 1;
+    if (b > out_width)
+        b = out_width;
+    *lo = a;
+    *hi = b < a ? a : b;
+}
+
+/* out[oy][ox] += wv * in[oy * sh - pt + ky * dh][ox * sw - pl + kx * dw] over the valid taps. */
+static void conv_tap(const dnn_conv_t *p, const float *in, int ky, int kx, float wv, float *out)
+{
+    const int off = kx * p->dw - p->pl;
+    int lo, hi, oy, ox;
+    valid_columns(p->ow, p->w, p->sw, off, &lo, &hi);
+    for (oy = 0; oy < p->oh; oy++) {
+        const int iy = oy * p->sh - p->pt + ky * p->dh;
+        const float *restrict row;
+        float *restrict o;
+        if (iy < 0 || iy >= p->h)
+            continue;
+        row = in + (size_t)iy * p->w;
+        o = out + (size_t)oy * p->ow;
+        if (p->sw == 1) {
+            for (ox = lo; ox < hi; ox++)
+                o[ox] += wv * row[ox + off];
+        } else {
+            for (ox = lo; ox < hi; ox++)
+                o[ox] += wv * row[ox * p->sw + off];
+        }
+    }
+}
+
+static float bit_weight(const uint8_t *bits, size_t i, float alpha)
+{
+    return (bits[i >> 3] >> (i & 7)) & 1 ? alpha : -alpha;
+}
+
+static void conv(const dnn_conv_t *p, const float *x, const float *w, const uint8_t *bits,
+                 const float *alpha, const float *bias, float *y)
+{
+    const int cg = p->c / p->group;
+    const int mg = p->m / p->group;
+    const size_t plane = (size_t)p->oh * p->ow;
+    const size_t in_plane = (size_t)p->h * p->w;
+    int m, c, ky, kx;
+    size_t i;
+    for (m = 0; m < p->m; m++) {
+        float *out = y + (size_t)m * plane;
+        const int g = m / mg;
+        for (i = 0; i < plane; i++)
+            out[i] = 0.0f;
+        for (c = 0; c < cg; c++) {
+            const float *in = x + (size_t)(g * cg + c) * in_plane;
+            for (ky = 0; ky < p->kh; ky++) {
+                for (kx = 0; kx < p->kw; kx++) {
+                    const size_t wi = (((size_t)m * cg + c) * p->kh + ky) * p->kw + kx;
+                    const float wv = w ? w[wi] : bit_weight(bits, wi, alpha[m]);
+                    conv_tap(p, in, ky, kx, wv, out);
+                }
+            }
+        }
+        if (bias || p->relu) {
+            const float b = bias ? bias[m] : 0.0f;
+            for (i = 0; i < plane; i++) {
+                const float v = out[i] + b;
+                out[i] = p->relu && v < 0.0f ? 0.0f : v;
+            }
+        }
+    }
+}
+
+void dnn_conv2d(const dnn_conv_t *p, const float *x, const float *w, const float *bias, float *y)
+{
+    conv(p, x, w, NULL, NULL, bias, y);
+}
+
+void dnn_conv2d_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits, const float *alpha,
+                     const float *bias, float *y)
+{
+    conv(p, x, NULL, bits, alpha, bias, y);
+}
+
+#define TILE 4 /* output pixels per tile (along a row) */
+
+/* Input values under the tile's 4 pixels for one tap (0 where the tap falls in the padding). */
+static void tile_inputs(const dnn_conv_t *p, const float *row, int ox0, int kx, float xv[TILE])
+{
+    const int ix0 = ox0 * p->sw - p->pl + kx * p->dw;
+    int q;
+    if (ix0 >= 0 && ox0 + TILE <= p->ow && ix0 + (TILE - 1) * p->sw < p->w) {
+        for (q = 0; q < TILE; q++)
+            xv[q] = row[ix0 + q * p->sw];
+        return;
+    }
+    for (q = 0; q < TILE; q++) {
+        const int ix = ix0 + q * p->sw;
+        xv[q] = ox0 + q < p->ow && ix >= 0 && ix < p->w ? row[ix] : 0.0f;
+    }
+}
+
+#if defined(__GNUC__)
+/* GCC and Clang: the 4 x 8 accumulators as vector registers (SSE on x86, NEON on ARM). */
+typedef float v4f __attribute__((vector_size(16)));
+
+static v4f load4(const float *v)
+{
+    v4f r;
+    memcpy(&r, v, sizeof r);
+    return r;
+}
+
+/* acc[q][0..8) += sum over taps of xv[q] * w[tap][0..8), for one block of 8 output channels. */
+static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int oy, int ox0,
+                      float acc[TILE][8])
+{
+    const int cg = p->c / p->group;
+    const size_t in_plane = (size_t)p->h * p->w;
+    v4f a0l = {0}, a0h = {0}, a1l = {0}, a1h = {0}, a2l = {0}, a2h = {0}, a3l = {0}, a3h = {0};
+    /* Every tap of every pixel of the tile inside the row: no checks in the loop. */
+    const int left = ox0 * p->sw - p->pl;
+    const int interior = left >= 0 && ox0 + TILE <= p->ow &&
+                         left + (TILE - 1) * p->sw + (p->kw - 1) * p->dw < p->w;
+    int c, ky, kx;
+    for (c = 0; c < cg; c++) {
+        for (ky = 0; ky < p->kh; ky++) {
+            const int iy = oy * p->sh - p->pt + ky * p->dh;
+            const float *row;
+            if (iy < 0 || iy >= p->h)
+                continue;
+            row = xg + (size_t)c * in_plane + (size_t)iy * p->w;
+            for (kx = 0; kx < p->kw; kx++) {
+                const float *wv = w + (((size_t)c * p->kh + ky) * p->kw + kx) * 8;
+                const v4f wl = load4(wv), wh = load4(wv + 4);
+                float xv[TILE];
+                if (interior) {
+                    const float *r = row + left + kx * p->dw;
+                    xv[0] = r[0];
+                    xv[1] = r[p->sw];
+                    xv[2] = r[2 * p->sw];
+                    xv[3] = r[3 * p->sw];
+                } else {
+                    tile_inputs(p, row, ox0, kx, xv);
+                }
+                a0l += xv[0] * wl;
+                a0h += xv[0] * wh;
+                a1l += xv[1] * wl;
+                a1h += xv[1] * wh;
+                a2l += xv[2] * wl;
+                a2h += xv[2] * wh;
+                a3l += xv[3] * wl;
+                a3h += xv[3] * wh;
+            }
+        }
+    }
+    memcpy(acc[0], &a0l, 16);
+    memcpy(acc[0] + 4, &a0h, 16);
+    memcpy(acc[1], &a1l, 16);
+    memcpy(acc[1] + 4, &a1h, 16);
+    memcpy(acc[2], &a2l, 16);
+    memcpy(acc[2] + 4, &a2h, 16);
+    memcpy(acc[3], &a3l, 16);
+    memcpy(acc[3] + 4, &a3h, 16);
+}
+#else
+static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int oy, int ox0,
+                      float acc[TILE][8])
+{
+    const int cg = p->c / p->group;
+    const size_t in_plane = (size_t)p->h * p->w;
+    int c, ky, kx, q, j;
+    for (q = 0; q < TILE; q++)
+        for (j = 0; j < 8; j++)
+            acc[q][j] = 0.0f;
+    for (c = 0; c < cg; c++) {
+        for (ky = 0; ky < p->kh; ky++) {
+            const int iy = oy * p->sh - p->pt + ky * p->dh;
+            const float *row;
+            if (iy < 0 || iy >= p->h)
+                continue;
+            row = xg + (size_t)c * in_plane + (size_t)iy * p->w;
+            for (kx = 0; kx < p->kw; kx++) {
+                const float *wv = w + (((size_t)c * p->kh + ky) * p->kw + kx) * 8;
+                float xv[TILE];
+                tile_inputs(p, row, ox0, kx, xv);
+                for (q = 0; q < TILE; q++)
+                    for (j = 0; j < 8; j++)
+                        acc[q][j] += xv[q] * wv[j];
+            }
+        }
+    }
+}
+#endif
+
+static void conv_block8(const dnn_conv_t *p, const float *x, const float *weights,
+                        const uint8_t *bits, const float *alpha, const float *bias, float *scratch,
+                        float *y)
+{
+    const int cg = p->c / p->group;
+    const int mg = p->m / p->group;
+    const size_t in_plane = (size_t)p->h * p->w;
+    const size_t plane = (size_t)p->oh * p->ow;
+    const size_t taps = (size_t)cg * p->kh * p->kw;
+    int mb, oy, ox0, q, j;
+    for (mb = 0; mb < p->m / 8; mb++) {
+        const float *xg = x + (size_t)(mb * 8 / mg) * cg * in_plane;
+        const float *w = weights ? weights + (size_t)mb * taps * 8 : scratch;
+        if (!weights) {
+            /* This block's 8 x taps weights, decoded from their sign bits once. */
+            const float *a = alpha + mb * 8;
+            size_t t;
+            for (t = 0; t < taps; t++) {
+                const unsigned b = bits[(size_t)mb * taps + t];
+                for (j = 0; j < 8; j++)
+                    scratch[t * 8 + j] = (b >> j) & 1u ? a[j] : -a[j];
+            }
+        }
+        for (oy = 0; oy < p->oh; oy++) {
+            for (ox0 = 0; ox0 < p->ow; ox0 += TILE) {
+                float acc[TILE][8];
+                tile_taps(p, xg, w, oy, ox0, acc);
+                for (q = 0; q < TILE && ox0 + q < p->ow; q++) {
+                    for (j = 0; j < 8; j++) {
+                        const int m = mb * 8 + j;
+                        const float v = bias ? acc[q][j] + bias[m] : acc[q][j];
+                        y[(size_t)m * plane + (size_t)oy * p->ow + ox0 + q] =
+                            p->relu && v < 0.0f ? 0.0f : v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void dnn_conv2d_block8(const dnn_conv_t *p, const float *x, const float *w, const float *bias,
+                       float *y)
+{
+    conv_block8(p, x, w, NULL, NULL, bias, NULL, y);
+}
+
+void dnn_conv2d_block8_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits,
+                            const float *alpha, const float *bias, float *scratch, float *y)
+{
+    conv_block8(p, x, NULL, bits, alpha, bias, scratch, y);
+}
+
+/* sum_k x[k * stride] * w[k] in 8 interleaved partial sums (contiguous x) or in order. */
+static float dot(const float *x, int stride, const float *w, const uint8_t *bits, float a, int k)
+{
+    float acc[8], sum;
+    int i = 0, j;
+    for (j = 0; j < 8; j++)
+        acc[j] = 0.0f;
+    if (stride == 1) {
+        for (; i + 8 <= k; i += 8) {
+            float wv[8];
+            if (w) {
+                for (j = 0; j < 8; j++)
+                    wv[j] = w[i + j];
+            } else {
+                const unsigned b = bits[i >> 3];
+                for (j = 0; j < 8; j++)
+                    wv[j] = (b >> j) & 1u ? a : -a;
+            }
+            for (j = 0; j < 8; j++)
+                acc[j] += x[i + j] * wv[j];
+        }
+    }
+    sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < k; i++) {
+        const float wv = w ? w[i] : ((bits[i >> 3] >> (i & 7)) & 1u ? a : -a);
+        sum += x[(size_t)i * stride] * wv;
+    }
+    return sum;
+}
+
+static void gemm(const dnn_gemm_t *p, const float *x, const float *w, const uint8_t *bits,
+                 const float *alpha_j, const float *bias, float *y)
+{
+    const size_t row_bytes = ((size_t)p->k + 7) / 8;
+    int r, j;
+    for (r = 0; r < p->rows; r++) {
+        const float *xr = x + (size_t)r * p->row_stride;
+        for (j = 0; j < p->n; j++) {
+            float v = w ? dot(xr, p->k_stride, w + (size_t)j * p->k, NULL, 0.0f, p->k)
+                        : dot(xr, p->k_stride, NULL, bits + (size_t)j * row_bytes, alpha_j[j], p->k);
+            if (p->alpha != 1.0f)
+                v *= p->alpha;
+            if (bias)
+                v += bias[(size_t)r * p->n + j];
+            y[(size_t)r * p->n + j] = p->relu && v < 0.0f ? 0.0f : v;
+        }
+    }
+}
+
+void dnn_gemm(const dnn_gemm_t *p, const float *x, const float *w, const float *bias, float *y)
+{
+    gemm(p, x, w, NULL, NULL, bias, y);
+}
+
+void dnn_gemm_bits(const dnn_gemm_t *p, const float *x, const uint8_t *bits, const float *alpha_j,
+                   const float *bias, float *y)
+{
+    gemm(p, x, NULL, bits, alpha_j, bias, y);
+}
+
+void dnn_maxpool2d(const dnn_pool_t *p, const float *x, float *y)
+{
+    int c, oy, ox, i, j;
+    for (c = 0; c < p->c; c++) {
+        const float *in = x + (size_t)c * p->h * p->w;
+        float *out = y + (size_t)c * p->oh * p->ow;
+        for (oy = 0; oy < p->oh; oy++) {
+            for (ox = 0; ox < p->ow; ox++) {
+                float best = -INFINITY;
+                for (i = 0; i < p->kh; i++) {
+                    const int iy = oy * p->sh - p->pt + i * p->dh;
+                    if (iy < 0 || iy >= p->h)
+                        continue;
+                    for (j = 0; j < p->kw; j++) {
+                        const int ix = ox * p->sw - p->pl + j * p->dw;
+                        float v;
+                        if (ix < 0 || ix >= p->w)
+                            continue;
+                        v = in[(size_t)iy * p->w + ix];
+                        if (v > best)
+                            best = v;
+                    }
+                }
+                out[(size_t)oy * p->ow + ox] = best;
+            }
+        }
+    }
+}
+
+void dnn_avgpool2d(const dnn_pool_t *p, const float *x, float *y)
+{
+    int c, oy, ox, i, j;
+    for (c = 0; c < p->c; c++) {
+        const float *in = x + (size_t)c * p->h * p->w;
+        float *out = y + (size_t)c * p->oh * p->ow;
+        for (oy = 0; oy < p->oh; oy++) {
+            for (ox = 0; ox < p->ow; ox++) {
+                float sum = 0.0f;
+                int inside = 0, padded = 0;
+                for (i = 0; i < p->kh; i++) {
+                    const int iy = oy * p->sh - p->pt + i * p->dh;
+                    if (iy < -p->pt || iy >= p->h + p->pb)
+                        continue;
+                    for (j = 0; j < p->kw; j++) {
+                        const int ix = ox * p->sw - p->pl + j * p->dw;
+                        if (ix < -p->pl || ix >= p->w + p->pr)
+                            continue;
+                        padded++;
+                        if (iy < 0 || iy >= p->h || ix < 0 || ix >= p->w)
+                            continue;
+                        sum += in[(size_t)iy * p->w + ix];
+                        inside++;
+                    }
+                }
+                out[(size_t)oy * p->ow + ox] =
+                    sum / (float)(p->count_include_pad ? padded : (inside ? inside : 1));
+            }
+        }
+    }
+}
+
+void dnn_global_avgpool(int c, int plane, const float *x, float *y)
+{
+    int k, i;
+    for (k = 0; k < c; k++) {
+        const float *in = x + (size_t)k * plane;
+        float sum = 0.0f;
+        for (i = 0; i < plane; i++)
+            sum += in[i];
+        y[k] = sum / (float)plane;
+    }
+}
+
+void dnn_channel_affine(int c, int inner, const float *scale, const float *shift, int relu,
+                        const float *x, float *y)
+{
+    int k, i;
+    for (k = 0; k < c; k++) {
+        for (i = 0; i < inner; i++) {
+            const size_t at = (size_t)k * inner + i;
+            const float v = x[at] * scale[k] + shift[k];
+            y[at] = relu && v < 0.0f ? 0.0f : v;
+        }
+    }
+}
+
+void dnn_relu(size_t n, const float *x, float *y)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        y[i] = x[i] < 0.0f ? 0.0f : x[i];
+}
+
+void dnn_sigmoid(size_t n, const float *x, float *y)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+void dnn_clip(size_t n, float lo, float hi, const float *x, float *y)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const float v = x[i];
+        y[i] = v < lo ? lo : (v > hi ? hi : v);
+    }
+}
+
+static float apply(int op, float a, float b, int relu)
+{
+    float v;
+    switch (op) {
+    case DNN_ADD:
+        v = a + b;
+        break;
+    case DNN_SUB:
+        v = a - b;
+        break;
+    case DNN_MUL:
+        v = a * b;
+        break;
+    default:
+        v = a / b;
+        break;
+    }
+    return relu && v < 0.0f ? 0.0f : v;
+}
+
+void dnn_binary(int op, size_t n, const float *a, const float *b, int relu, float *y)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        y[i] = apply(op, a[i], b[i], relu);
+}
+
+void dnn_binary_broadcast(const dnn_broadcast_t *p, const float *a, const float *b, float *y)
+{
+    int index[DNN_MAX_RANK] = {0};
+    size_t total = 1, i, ai = 0, bi = 0;
+    int d;
+    for (d = 0; d < p->rank; d++)
+        total *= (size_t)p->shape[d];
+    for (i = 0; i < total; i++) {
+        y[i] = apply(p->op, a[ai], b[bi], p->relu);
+        for (d = p->rank - 1; d >= 0; d--) {
+            index[d]++;
+            ai += (size_t)p->a_stride[d];
+            bi += (size_t)p->b_stride[d];
+            if (index[d] < p->shape[d])
+                break;
+            ai -= (size_t)p->a_stride[d] * (size_t)p->shape[d];
+            bi -= (size_t)p->b_stride[d] * (size_t)p->shape[d];
+            index[d] = 0;
+        }
+    }
+}
+
+void dnn_concat_part(size_t outer, size_t inner, size_t inner_out, size_t offset, const float *x,
+                     float *y)
+{
+    size_t o, i;
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++)
+            y[o * inner_out + offset + i] = x[o * inner + i];
+}

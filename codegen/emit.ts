@@ -1,0 +1,453 @@
+/**
+ * Writes the model as C99: dev_model_infer.h (sizes and the stage's description) and
+ * dev_model_infer.c (weights as const arrays, one static arena, and the layers as straight-line
+ * calls into dnn_c_lib). Output depends only on the graph and the options: same bundle, same bytes.
+ */
+import type { Layer, LoweredGraph, Value } from "./graph.js";
+import { binaryMagnitudes, signBits } from "./pack.js";
+import { layerInputs, planMemory } from "./plan.js";
+
+export interface StageDescription {
+  readonly bundleName: string;
+  readonly bundleVersion: string;
+  readonly digest: string;
+  readonly stageName: string;
+  readonly stageIndex: number;
+  readonly nextStageName: string | undefined;
+  readonly onnxFile: string;
+  readonly onnxSha256: string;
+  readonly inputShape: readonly number[];
+  readonly scale: number;
+  readonly mean: readonly number[];
+  readonly std: readonly number[];
+  readonly labels: readonly string[];
+  readonly threshold: number | undefined;
+  readonly features: string | undefined;
+  readonly logits: string;
+}
+
+export interface PackedLayer {
+  readonly layer: string;
+  readonly op: "conv" | "gemm";
+  readonly weights: number;
+  readonly bytesBefore: number;
+  readonly bytesAfter: number;
+}
+
+export interface EmitReport {
+  /** Layers as the generated code runs them (fused nodes joined with " + "). */
+  readonly layers: readonly { readonly op: string; readonly nodes: string }[];
+  readonly packed: readonly PackedLayer[];
+  /** Bytes of all const data (weights, biases, packed bits), with and without bit-packing. */
+  readonly weightBytes: number;
+  readonly weightBytesUnpacked: number;
+  readonly arenaBytes: number;
+  /** Static floats the bit-packed convolutions decode one block of weights into. */
+  readonly scratchBytes: number;
+  readonly featuresShape: readonly number[] | undefined;
+}
+
+export interface EmitOptions {
+  /** Store binary weights as bits (default true). */
+  readonly pack?: boolean;
+}
+
+/** Shortest decimal that reads back as the same float32, as a C float literal. */
+export function floatLiteral(v: number): string {
+  if (Number.isNaN(v)) return "NAN";
+  if (v === Number.POSITIVE_INFINITY) return "INFINITY";
+  if (v === Number.NEGATIVE_INFINITY) return "-INFINITY";
+  if (v === 0) return Object.is(v, -0) ? "-0.0f" : "0.0f";
+  let text = "";
+  for (let p = 1; p <= 9; p++) {
+    text = v.toPrecision(p);
+    if (Math.fround(Number(text)) === v) break;
+  }
+  if (text.includes("e")) {
+    const [mantissa, exponent] = text.split("e") as [string, string];
+    text = `${mantissa.includes(".") ? mantissa : `${mantissa}.0`}e${exponent}`;
+  } else if (!text.includes(".")) text = `${text}.0`;
+  return `${text}f`;
+}
+
+/** A double for C, exactly (17 significant digits when needed). */
+function doubleLiteral(v: number): string {
+  for (let p = 1; p <= 17; p++) {
+    const t = v.toPrecision(p);
+    if (Number(t) === v) return t.includes(".") || t.includes("e") ? t : `${t}.0`;
+  }
+  return String(v);
+}
+
+/** A C comment's text: no comment terminators, no control characters. */
+function commentText(s: string): string {
+  let out = "";
+  for (const ch of s.replace(/\*\//g, "* /")) {
+    const code = ch.codePointAt(0)!;
+    out += code < 0x20 || code === 0x7f ? "?" : ch;
+  }
+  return out;
+}
+
+/** A C string literal. */
+export function cString(s: string): string {
+  let out = '"';
+  for (const b of new TextEncoder().encode(s)) {
+    if (b === 0x22) out += '\\"';
+    else if (b === 0x5c) out += "\\\\";
+    else if (b >= 0x20 && b < 0x7f && b !== 0x3f) out += String.fromCharCode(b);
+    else out += `\\${b.toString(8).padStart(3, "0")}`;
+  }
+  return `${out}"`;
+}
+
+function floatArray(name: string, data: Float32Array, comment: string): string {
+  const lines: string[] = [];
+  for (let i = 0; i < data.length; i += 8) {
+    lines.push(`    ${Array.from(data.subarray(i, i + 8), floatLiteral).join(", ")},`);
+  }
+  return `/* ${commentText(comment)} */\nstatic const float ${name}[${Math.max(1, data.length)}] = {\n${lines.join("\n") || "    0.0f,"}\n};\n`;
+}
+
+function byteArray(name: string, data: Uint8Array, comment: string): string {
+  const lines: string[] = [];
+  for (let i = 0; i < data.length; i += 16) {
+    lines.push(
+      `    ${Array.from(data.subarray(i, i + 16), (b) => `0x${b.toString(16).padStart(2, "0")}`).join(", ")},`,
+    );
+  }
+  return `/* ${commentText(comment)} */\nstatic const uint8_t ${name}[${data.length}] = {\n${lines.join("\n")}\n};\n`;
+}
+
+const shapeText = (s: readonly number[]) => `[${s.join(", ")}]`;
+
+export function emitModel(
+  graph: LoweredGraph,
+  stage: StageDescription,
+  options: EmitOptions = {},
+): { header: string; source: string; report: EmitReport } {
+  const plan = planMemory(graph);
+  const consts: string[] = [];
+  const structs: string[] = [];
+  const calls: string[] = [];
+  const packed: PackedLayer[] = [];
+  const layerReport: { op: string; nodes: string }[] = [];
+  let weightBytes = 0;
+  let weightBytesUnpacked = 0;
+  /** Floats a bit-packed block of 8 output channels decodes into (0: no such layer). */
+  let scratchFloats = 0;
+  const constNames = new Map<string, string>();
+
+  const addFloats = (name: string, data: Float32Array, comment: string) => {
+    consts.push(floatArray(name, data, comment));
+    weightBytes += 4 * data.length;
+    weightBytesUnpacked += 4 * data.length;
+    return name;
+  };
+
+  /** A C expression for a value's data. */
+  const ref = (name: string, writable = false): string => {
+    const v = graph.values.get(name) as Value | undefined;
+    if (!v) throw new Error(`codegen: unknown value ${name}`);
+    if (v.kind === "input") {
+      if (writable) throw new Error("codegen: a layer writes the stage input");
+      return "input";
+    }
+    if (v.kind === "const") {
+      let c = constNames.get(v.name);
+      if (!c) {
+        c = `const_${constNames.size}`;
+        constNames.set(v.name, c);
+        addFloats(c, v.data, `constant "${v.name}" ${shapeText(v.shape)}`);
+      }
+      return c;
+    }
+    const offset = plan.offsets.get(v.storage)!;
+    return offset === 0 ? "arena" : `arena + ${offset}`;
+  };
+
+  graph.layers.forEach((layer, index) => {
+    const id = `L${index}`;
+    const nodes = layer.nodes.map((n) => n || "(unnamed)").join(" + ");
+    layerReport.push({ op: layer.op, nodes });
+    const inShapes = layerInputs(layer).map((i) => shapeText(graph.values.get(i)!.shape));
+    const outShape = shapeText(graph.values.get(layer.y)!.shape);
+    calls.push(
+      `    /* ${id} ${commentText(nodes)}: ${layer.op} ${inShapes.join(" ")} -> ${outShape} */`,
+    );
+    calls.push(`    ${emitLayer(layer, id)}`);
+  });
+
+  function emitLayer(layer: Layer, id: string): string {
+    const x = () => ref(layerInputs(layer)[0]!);
+    const y = ref(layer.y, true);
+    switch (layer.op) {
+      case "conv": {
+        structs.push(
+          `static const dnn_conv_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .m = ${layer.m}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .group = ${layer.group}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
+        );
+        const bias = layer.bias
+          ? addFloats(`${id}_bias`, layer.bias, `${id} bias [${layer.m}]`)
+          : "NULL";
+        const cg = layer.c / layer.group;
+        const taps = cg * layer.kh * layer.kw;
+        const shape = `[${layer.m}][${cg}][${layer.kh}][${layer.kw}]`;
+        // Blocks of 8 output channels where a group's channels divide into them.
+        const block8 = (layer.m / layer.group) % 8 === 0;
+        const where = block8
+          ? (i: number) => {
+              const m = Math.floor(i / taps);
+              return (Math.floor(m / 8) * taps + (i % taps)) * 8 + (m % 8);
+            }
+          : (i: number) => i;
+        const alpha =
+          options.pack === false
+            ? undefined
+            : binaryMagnitudes(layer.weights, layer.m, (i) => Math.floor(i / taps));
+        const kernel = block8 ? "dnn_conv2d_block8" : "dnn_conv2d";
+        if (alpha) {
+          const bits = signBits(layer.weights, Math.ceil(layer.weights.length / 8), where);
+          emitPacked(
+            id,
+            layer,
+            bits,
+            alpha,
+            block8
+              ? `${id} weights ${shape} as sign bits, one byte per tap of 8 output channels`
+              : `${id} weights ${shape} as sign bits, bit i = weight i > 0`,
+          );
+          if (block8) scratchFloats = Math.max(scratchFloats, taps * 8);
+          const scratch = block8 ? "scratch, " : "";
+          return `${kernel}_bits(&${id}, ${x()}, ${id}_bits, ${id}_alpha, ${bias}, ${scratch}${y});`;
+        }
+        const weights = new Float32Array(layer.weights.length);
+        for (let i = 0; i < weights.length; i++) weights[where(i)] = layer.weights[i]!;
+        addFloats(
+          `${id}_weights`,
+          weights,
+          block8
+            ? `${id} weights ${shape} in blocks [m / 8][c][kh][kw][8]`
+            : `${id} weights ${shape}`,
+        );
+        return `${kernel}(&${id}, ${x()}, ${id}_weights, ${bias}, ${y});`;
+      }
+      case "gemm": {
+        structs.push(
+          `static const dnn_gemm_t ${id} = {\n    .rows = ${layer.rows}, .k = ${layer.k}, .n = ${layer.n}, .row_stride = ${layer.rowStride}, .k_stride = ${layer.kStride},\n    .alpha = ${floatLiteral(Math.fround(layer.alpha))}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
+        );
+        const bias = layer.bias
+          ? addFloats(`${id}_bias`, layer.bias, `${id} bias [${layer.rows}][${layer.n}]`)
+          : "NULL";
+        const { k, n } = layer;
+        // The lowered weights are [k][n]; the kernel reads row j = output j, [n][k].
+        const where = (i: number) => (i % n) * k + Math.floor(i / n);
+        const alpha =
+          options.pack === false ? undefined : binaryMagnitudes(layer.weights, n, (i) => i % n);
+        if (alpha) {
+          const rowBytes = Math.ceil(k / 8);
+          const bits = signBits(
+            layer.weights,
+            n * rowBytes,
+            (i) => (i % n) * rowBytes * 8 + Math.floor(i / n),
+          );
+          emitPacked(
+            id,
+            layer,
+            bits,
+            alpha,
+            `${id} weights [${n}][${k}] as sign bits, ${rowBytes} bytes per output`,
+          );
+          return `dnn_gemm_bits(&${id}, ${x()}, ${id}_bits, ${id}_alpha, ${bias}, ${y});`;
+        }
+        const weights = new Float32Array(layer.weights.length);
+        for (let i = 0; i < weights.length; i++) weights[where(i)] = layer.weights[i]!;
+        addFloats(`${id}_weights`, weights, `${id} weights [${n}][${k}]`);
+        return `dnn_gemm(&${id}, ${x()}, ${id}_weights, ${bias}, ${y});`;
+      }
+      case "maxpool":
+      case "avgpool":
+        structs.push(
+          `static const dnn_pool_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .pb = ${layer.pb}, .pr = ${layer.pr}, .count_include_pad = ${layer.countIncludePad ? 1 : 0},\n};\n`,
+        );
+        return `dnn_${layer.op}2d(&${id}, ${x()}, ${y});`;
+      case "globalavgpool":
+        return `dnn_global_avgpool(${layer.c}, ${layer.plane}, ${x()}, ${y});`;
+      case "affine": {
+        const scale = addFloats(`${id}_scale`, layer.scale, `${id} scale [${layer.c}]`);
+        const shift = addFloats(`${id}_shift`, layer.shift, `${id} shift [${layer.c}]`);
+        return `dnn_channel_affine(${layer.c}, ${layer.inner}, ${scale}, ${shift}, ${layer.relu ? 1 : 0}, ${x()}, ${y});`;
+      }
+      case "relu":
+        return `dnn_relu(${layer.size}, ${x()}, ${y});`;
+      case "sigmoid":
+        return `dnn_sigmoid(${layer.size}, ${x()}, ${y});`;
+      case "clip":
+        return `dnn_clip(${layer.size}, ${floatLiteral(Math.fround(layer.lo))}, ${floatLiteral(Math.fround(layer.hi))}, ${x()}, ${y});`;
+      case "binary": {
+        const op = `DNN_${layer.fn.toUpperCase()}`;
+        const a = ref(layer.a);
+        const b = ref(layer.b);
+        if (layer.aStrides === undefined || layer.bStrides === undefined) {
+          const n = layer.shape.reduce((p, q) => p * q, 1);
+          return `dnn_binary(${op}, ${n}, ${a}, ${b}, ${layer.relu ? 1 : 0}, ${y});`;
+        }
+        const list = (v: readonly number[]) => `{${v.join(", ")}}`;
+        structs.push(
+          `static const dnn_broadcast_t ${id} = {\n    .op = ${op}, .rank = ${layer.shape.length}, .shape = ${list(layer.shape.length ? layer.shape : [1])},\n    .a_stride = ${list(layer.aStrides.length ? layer.aStrides : [0])}, .b_stride = ${list(layer.bStrides.length ? layer.bStrides : [0])}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
+        );
+        return `dnn_binary_broadcast(&${id}, ${a}, ${b}, ${y});`;
+      }
+      case "concat": {
+        let offset = 0;
+        const parts = layer.inputs.map((input, i) => {
+          const inner = layer.inners[i]!;
+          const call = `dnn_concat_part(${layer.outer}, ${inner}, ${layer.innerOut}, ${offset}, ${ref(input)}, ${y});`;
+          offset += inner;
+          return call;
+        });
+        return parts.join("\n    ");
+      }
+    }
+  }
+
+  function emitPacked(
+    id: string,
+    layer: Layer & { weights: Float32Array },
+    bits: Uint8Array,
+    alpha: Float32Array,
+    what: string,
+  ) {
+    consts.push(byteArray(`${id}_bits`, bits, what));
+    consts.push(floatArray(`${id}_alpha`, alpha, `${id} magnitude per output channel`));
+    const after = bits.length + 4 * alpha.length;
+    weightBytes += after;
+    weightBytesUnpacked += 4 * layer.weights.length;
+    packed.push({
+      layer: layer.nodes.join(" + "),
+      op: layer.op as "conv" | "gemm",
+      weights: layer.weights.length,
+      bytesBefore: 4 * layer.weights.length,
+      bytesAfter: after,
+    });
+  }
+
+  const outputCopies: string[] = [];
+  const featuresValue = stage.features === undefined ? undefined : graph.values.get(stage.features);
+  const logitsValue = graph.values.get(stage.logits)!;
+  const size = (v: Value) => v.shape.reduce((a, b) => a * b, 1);
+  if (featuresValue)
+    outputCopies.push(
+      `    memcpy(features, ${ref(featuresValue.name)}, sizeof(float) * ${size(featuresValue)});`,
+    );
+  else outputCopies.push("    (void)features;");
+  outputCopies.push(
+    `    memcpy(logits, ${ref(logitsValue.name)}, sizeof(float) * ${size(logitsValue)});`,
+  );
+
+  const inputSize = stage.inputShape.reduce((a, b) => a * b, 1);
+  const classes = stage.labels.length;
+  if (size(logitsValue) !== classes)
+    throw new Error(`codegen: logits hold ${size(logitsValue)} values for ${classes} labels`);
+  const featuresShape = featuresValue?.shape.slice(1);
+  const featuresSize = featuresValue ? size(featuresValue) : 0;
+  const channels = stage.inputShape[0] ?? 1;
+  const perChannel = (v: readonly number[]) =>
+    Array.from({ length: channels }, (_, c) =>
+      floatLiteral(Math.fround(v[v.length === 1 ? 0 : c] ?? 0)),
+    );
+  const dims = (s: readonly number[]) => `{${(s.length ? s : [0]).join(", ")}}`;
+
+  const banner = [
+    "/*",
+    ` * Generated by \`ddnn codegen c\` from bundle ${commentText(stage.bundleName)} ${commentText(stage.bundleVersion)}, stage "${commentText(stage.stageName)}"`,
+    ` * (${commentText(stage.onnxFile)}, sha256 ${stage.onnxSha256}). Regenerate instead of editing.`,
+    " */",
+  ].join("\n");
+
+  const header = `${banner}
+#ifndef DEV_MODEL_INFER_H
+#define DEV_MODEL_INFER_H
+
+#include "tool_lib.h"
+
+#define DEV_MODEL_INPUT_SIZE ${inputSize}
+#define DEV_MODEL_FEATURES_SIZE ${Math.max(1, featuresSize)}
+#define DEV_MODEL_HAS_FEATURES ${featuresValue ? 1 : 0}
+#define DEV_MODEL_CLASSES ${classes}
+#define DEV_MODEL_ARENA_FLOATS ${plan.arenaFloats}
+
+/* The bundle, the stage, its preprocessing and its exit, as ddnn.json says. */
+extern const ddnn_stage_info dev_model_info;
+
+/*
+ * Runs the stage on one sample: input ${shapeText(stage.inputShape)} (preprocessed), features ${featuresShape ? shapeText(featuresShape) : "(none: the last stage)"},
+ * logits [${classes}]. Uses only static memory; not reentrant.
+ */
+void dev_model_infer(const float *input, float *features, float *logits);
+
+#endif
+`;
+
+  const labelLines = stage.labels.map((l) => `    ${cString(l)},`).join("\n");
+  const source = `${banner}
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "dev_model_infer.h"
+#include "dnn_c_lib.h"
+
+static const float input_mean[${channels}] = {${perChannel(stage.mean).join(", ")}};
+static const float input_std[${channels}] = {${perChannel(stage.std).join(", ")}};
+static const char *const labels[${classes}] = {
+${labelLines}
+};
+
+const ddnn_stage_info dev_model_info = {
+    .bundle_name = ${cString(stage.bundleName)},
+    .bundle_version = ${cString(stage.bundleVersion)},
+    .digest = ${cString(stage.digest)},
+    .stage_name = ${cString(stage.stageName)},
+    .stage_index = ${stage.stageIndex},
+    .next_stage_name = ${stage.nextStageName === undefined ? "NULL" : cString(stage.nextStageName)},
+    .input_rank = ${stage.inputShape.length},
+    .input_shape = ${dims(stage.inputShape)},
+    .input_size = ${inputSize},
+    .input_scale = ${floatLiteral(Math.fround(stage.scale))},
+    .channels = ${channels},
+    .mean = input_mean,
+    .std = input_std,
+    .features_rank = ${featuresShape?.length ?? 0},
+    .features_shape = ${dims(featuresShape ?? [])},
+    .features_size = ${featuresSize},
+    .classes = ${classes},
+    .labels = labels,
+    .has_exit = ${stage.threshold === undefined ? 0 : 1},
+    .threshold = ${stage.threshold === undefined ? "1.0" : doubleLiteral(stage.threshold)},
+};
+
+${consts.join("\n")}
+${structs.join("\n")}
+/* Every activation lives here; offsets were planned at generation time. */
+static float arena[${Math.max(1, plan.arenaFloats)}];
+${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}
+void dev_model_infer(const float *input, float *features, float *logits)
+{
+${calls.join("\n")}
+${outputCopies.join("\n")}
+}
+`;
+  return {
+    header,
+    source,
+    report: {
+      layers: layerReport,
+      packed,
+      weightBytes,
+      weightBytesUnpacked,
+      arenaBytes: 4 * plan.arenaFloats,
+      scratchBytes: 4 * scratchFloats,
+      featuresShape,
+    },
+  };
+}
