@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 # The trainer's and the tests' Python side (Debian's /usr/bin/python3) and the data set, then the
 # package of every program the tests run (scripts/programs.txt).
 python_packages=(python3-torch python3-onnx python3-numpy python3-pytest python3-paho-mqtt dataset-fashion-mnist)
+# Libraries the generated C device programs build against (ddnn codegen c): the ARM C libraries
+# for static cross builds, zlib, libmosquitto and cJSON for ddnn-device, and an OpenCL platform.
+build_packages=(libc6-dev-armhf-cross libc6-dev-arm64-cross zlib1g-dev libmosquitto-dev libcjson-dev pocl-opencl-icd ocl-icd-opencl-dev)
 mapfile -t program_table < <(grep -vE '^\s*(#|$)' scripts/programs.txt)
 program_packages=()
 for row in "${program_table[@]}"; do program_packages+=("$(awk '{ print $2 }' <<<"$row")"); done
-mapfile -t apt_packages < <(printf '%s\n' "${python_packages[@]}" "${program_packages[@]}" | sort -u)
+mapfile -t apt_packages < <(printf '%s\n' "${python_packages[@]}" "${build_packages[@]}" "${program_packages[@]}" | sort -u)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
