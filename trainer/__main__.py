@@ -9,6 +9,8 @@ from .data import DATASETS, DEFAULT_FASHION_DIR
 from .export import DEFAULT_OPSET
 from .models import ARCHS
 from .train import DEFAULT_VAL_SIZE
+from .views_data import MAX_VIEWS
+from .views_model import DEFAULT_VIEW_DROPOUT, FEATURE_AGGS, LOCAL_AGGS
 
 # On a shared 2-core machine two OpenMP threads spin-wait on each other whenever another process
 # takes a core; measured here under a parallel build, one thread ran a training step 6x faster.
@@ -73,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target-drop", type=float, default=0.5,
                    help="each exit gets the largest threshold whose Overall accuracy stays within this many "
                         "percentage points of the last stage alone")
+    t.add_argument("--views", type=int, default=1, metavar="K",
+                   help=f"1: one device sees the image; 2..{MAX_VIEWS}: a multi-view (horizontal) DDNN on the "
+                        "multi-view data set (trainer/views_data.py): K device stages with their own weights, each "
+                        "on its own view of the item, a local aggregator of their exit logits (the first exit), a "
+                        "feature aggregator feeding the next stage; the bundle gets a views block "
+                        "(docs/bundle-views.md)")
+    t.add_argument("--local-agg", choices=LOCAL_AGGS, default="max",
+                   help="with --views: how the local aggregator merges the devices' exit logits (elementwise "
+                        "max or mean over the views present)")
+    t.add_argument("--feature-agg", choices=FEATURE_AGGS, default="max",
+                   help="with --views: how the devices' features become the next stage's input: concat (channels, "
+                        "view order, zeros for a missing view), or elementwise max or mean over the views present")
+    t.add_argument("--view-dropout", type=float, default=DEFAULT_VIEW_DROPOUT, metavar="P",
+                   help="with --views: in training each view of each sample is dropped with probability P (a "
+                        "sample keeps at least one), so the aggregate tolerates missing views")
+    t.add_argument("--view-seed", type=int, default=0,
+                   help="with --views: seed of the multi-view data set (crops, occlusions, noise)")
     t.add_argument("--out", required=True, help="bundle directory to write")
     t.add_argument("--name", default=None, help="bundle name in ddnn.json (default: the --out directory's name)")
     t.add_argument("--version", default="1.0.0", help="bundle version in ddnn.json")
@@ -99,6 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print the threshold sweep on these samples and the thresholds it suggests (stderr)")
     e.add_argument("--target-drop", type=float, default=0.5, help="accuracy budget of --sweep, in percentage points")
     e.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+
+    v = sub.add_parser("evaluate-views", formatter_class=fmt, help="Table II of a multi-view bundle, views missing",
+                       description="Rebuilds a multi-view model (train --views K) from the bundle's checkpoint.pt "
+                                   "and prints its accuracy table at the manifest's thresholds: the exits with every "
+                                   "view present, each device alone, and every set of views with 1, 2, ... views "
+                                   "missing. The views come from --images (one idx file per view, in view order) "
+                                   "and --labels, or are made from --dataset as training made them.")
+    v.add_argument("--bundle", required=True, help="multi-view bundle directory (ddnn.json with views + checkpoint.pt)")
+    v.add_argument("--images", action="append", metavar="IDX",
+                   help="idx file of u8 images of one view; give it once per view, view 0 first")
+    v.add_argument("--labels", default=None, help="idx file of u8 labels [N] (with --images)")
+    v.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
+                   help="without --images: make the views of this data set's items (the bundle's view seed)")
+    v.add_argument("--data-dir", default=None, help=f"where the data set lives (default {DEFAULT_FASHION_DIR})")
+    v.add_argument("--split", choices=("test", "train"), default="test", help="without --images: which split")
+    v.add_argument("--limit", type=int, default=None, help="use the first N samples only")
+    v.add_argument("--threshold", action="append", metavar="STAGE=VALUE",
+                   help="override an exit's threshold (repeatable); the first stage's is the local aggregator's")
+    v.add_argument("--json", action="store_true",
+                   help='print {"samples","views","localAggregation","featureAggregation","all","single","missing",'
+                        '"bestSingleView","bestSingleOverall","gain"}; "all" and every row of "single" and '
+                        '"missing"[].subsets are evaluate --json tables plus "present" (the views present)')
+    v.add_argument("--predictions", default=None, metavar="FILE",
+                   help="write per-sample JSON {exitStage, label, stageLabels, stageEntropy} with every view "
+                        "present to FILE (the exits: the local aggregate, then each later stage)")
+    v.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
 
     s = sub.add_parser("synth", formatter_class=fmt, help="random-weight bundle of any shape (runtime cross-checks)",
                        description="Builds a small random-weight DDNN and exports it as a bundle with a checkpoint, "
@@ -140,16 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--split", choices=("test", "train"), default="test", help="which split to sample")
     m.add_argument("--count", type=int, default=2000, help="how many samples, from the start of the split")
     m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--views", type=int, default=1, metavar="K",
+                   help=f"2..{MAX_VIEWS}: write the K views of each item (trainer/views_data.py), one idx file per "
+                        "view, <dataset>-views<K>-<tag>-<count>-view<v>-images-idx3-ubyte.gz, and the labels")
+    m.add_argument("--view-seed", type=int, default=0, help="with --views: seed of the multi-view data set")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
+        if args.command == "train" and args.views != 1:
+            from .views_train import main as run
+        elif args.command == "train":
             from .train import main as run
         elif args.command == "evaluate":
             from .evaluate import main as run
+        elif args.command == "evaluate-views":
+            from .views_evaluate import main as run
         elif args.command == "synth":
             from .synth import main as run
         elif args.command == "synth-images":
@@ -157,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .data import write_sample
 
+            from .views_data import write_views_sample
+
             def run(a: argparse.Namespace) -> int:
-                for path in write_sample(a.dataset, a.split, a.count, a.out, a.data_dir):
+                if a.views != 1:
+                    paths = write_views_sample(a.dataset, a.split, a.count, a.out, a.data_dir, a.views, a.view_seed)
+                else:
+                    paths = list(write_sample(a.dataset, a.split, a.count, a.out, a.data_dir))
+                for path in paths:
                     print(f"wrote {path}")
                 return 0
         return run(args)

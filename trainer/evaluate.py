@@ -38,6 +38,9 @@ def infer(model: DDNN, images: np.ndarray, input_spec: dict[str, Any],
 def load_bundle_model(bundle_dir: str) -> tuple[dict[str, Any], DDNN]:
     """The manifest and the PyTorch model rebuilt from checkpoint.pt."""
     manifest = read_manifest(bundle_dir)
+    if "views" in manifest:
+        raise ValueError(f"{bundle_dir} is a multi-view bundle ({manifest['views'].get('count')} views): "
+                         "evaluate it with python -m trainer evaluate-views")
     ckpt = load_checkpoint(bundle_dir)
     model = build_model(ckpt["arch"], ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])

@@ -6,8 +6,12 @@ import {
   type FixtureStage,
   packBundle,
   smallStages,
+  tempDir,
   writeBundle,
 } from "../../test/support/bundle-fixture.js";
+import { stageOnnx } from "../../test/support/onnx-model.js";
+import { readViewsBundle, viewsOf } from "../views.js";
+import { parseManifest } from "./manifest.js";
 import { readBundle } from "./read.js";
 import { loadBundle } from "./stages.js";
 
@@ -223,5 +227,191 @@ describe("loading a bundle", () => {
     await expect(readBundle(join(f.dir, "nope"))).rejects.toThrow(
       /no such bundle directory or archive/,
     );
+  });
+});
+
+/**
+ * A multi-view bundle (docs/bundle-views.md): smallStages() plus `count - 1` more device stage
+ * files, one per view, and a views block whose devices[0] is stages[0]. `edit` may change the
+ * block (or the manifest) before it is written.
+ */
+function writeViewsBundle(
+  count = 3,
+  edit: (views: Record<string, unknown>, m: Record<string, unknown>) => void = () => {},
+): ReturnType<typeof writeBundle> & { viewFiles: string[] } {
+  const dir = tempDir("ddnn-views-");
+  const stages = smallStages();
+  const more = Array.from({ length: count - 1 }, (_, i) => {
+    const file = `device-view${i + 1}.onnx`;
+    const bytes = stageOnnx({ ...stages[0]!, seed: 100 + i });
+    writeFileSync(join(dir, file), bytes);
+    return { file, sha256: sha(bytes) };
+  });
+  const f = writeBundle(stages, {
+    dir,
+    edit: (m) => {
+      const first = m.stages[0]!;
+      const views: Record<string, unknown> = {
+        count,
+        localAggregation: "max",
+        featureAggregation: "max",
+        devices: [{ file: first.file, sha256: first.sha256 }, ...more],
+        futureViewsField: { kept: true },
+      };
+      m.views = views;
+      edit(views, m);
+    },
+  });
+  return { ...f, viewFiles: ["device.onnx", ...more.map((d) => d.file)] };
+}
+
+describe("a multi-view bundle (views block)", () => {
+  it("loads: readBundle verifies it, the stages still chain as one device on view 0", async () => {
+    const f = writeViewsBundle(3);
+    const { bundle, stages } = await loadBundle(f.dir);
+    expect(bundle.manifest.views).toMatchObject({
+      count: 3,
+      localAggregation: "max",
+      featureAggregation: "max",
+      futureViewsField: { kept: true },
+    });
+    expect(bundle.manifest.views?.devices.map((d) => d.file)).toEqual(f.viewFiles);
+    expect(stages.map((s) => s.spec.name)).toEqual(["device", "server"]);
+    const fromArchive = await readBundle(packBundle(f.dir));
+    expect(fromArchive.digest).toBe(bundle.digest);
+  });
+
+  it("accepts every aggregation the contract names, and up to any number of views", () => {
+    for (const local of ["max", "avg"])
+      for (const feature of ["concat", "max", "avg"]) {
+        const f = writeViewsBundle(6, (v) => {
+          v.localAggregation = local;
+          v.featureAggregation = feature;
+        });
+        const m = parseManifest(readFileSync(join(f.dir, "ddnn.json")));
+        expect([m.views?.localAggregation, m.views?.featureAggregation]).toEqual([local, feature]);
+      }
+  });
+
+  it("leaves a bundle without views as it was: no views field, K = 1", () => {
+    const f = writeBundle(smallStages());
+    expect(parseManifest(readFileSync(join(f.dir, "ddnn.json"))).views).toBeUndefined();
+  });
+
+  const viewCases: [
+    string,
+    (v: Record<string, unknown>, m: Record<string, unknown>) => void,
+    RegExp,
+  ][] = [
+    [
+      "one view",
+      (v) => {
+        v.count = 1;
+        v.devices = (v.devices as unknown[]).slice(0, 1);
+      },
+      /views\.count: must be at least 2 \(a bundle without a views block has one view\)/,
+    ],
+    [
+      "a view count the devices do not match",
+      (v) => {
+        v.count = 4;
+      },
+      /views\.devices: has 3 entries; views\.count says 4 \(one per view\)/,
+    ],
+    [
+      "a view 0 that is not stage 0",
+      (v) => {
+        const devices = v.devices as { file: string }[];
+        [devices[0], devices[1]] = [devices[1]!, devices[0]!];
+      },
+      /views\.devices\[0\]: must be stages\[0\] \(file "device\.onnx" and its sha256\)/,
+    ],
+    [
+      "two views sharing a file",
+      (v) => {
+        const devices = v.devices as { file: string; sha256: string }[];
+        devices[2] = { ...devices[1]! };
+      },
+      /views\.devices\[2\]\.file: "device-view1\.onnx" is used by an earlier view/,
+    ],
+    [
+      "a view whose file is a later stage's",
+      (v, m) => {
+        const server = (m.stages as { file: string; sha256: string }[])[1]!;
+        (v.devices as unknown[])[1] = { file: server.file, sha256: server.sha256 };
+      },
+      /views\.devices\[1\]\.file: "server\.onnx" is used by a stage/,
+    ],
+    [
+      "an unknown local aggregation",
+      (v) => {
+        v.localAggregation = "sum";
+      },
+      /views\.localAggregation: .*"max"\|"avg"/,
+    ],
+    [
+      "an unknown feature aggregation",
+      (v) => {
+        v.featureAggregation = "min";
+      },
+      /views\.featureAggregation: .*"concat"\|"max"\|"avg"/,
+    ],
+    [
+      "a view file outside the bundle",
+      (v) => {
+        (v.devices as { file: string }[])[1]!.file = "../device-view1.onnx";
+      },
+      /views\.devices\[1\]\.file: must be a path inside the bundle/,
+    ],
+    [
+      "a view without a sha256",
+      (v) => {
+        delete (v.devices as { sha256?: string }[])[2]!.sha256;
+      },
+      /views\.devices\[2\]\.sha256/,
+    ],
+  ];
+
+  for (const [what, damage, message] of viewCases) {
+    it(`refuses ${what}, naming the field`, async () => {
+      const f = writeViewsBundle(3, damage);
+      await expect(readBundle(f.dir)).rejects.toThrow(message);
+    });
+  }
+
+  it("readViewsBundle verifies every view's file, from a directory or an archive", async () => {
+    const f = writeViewsBundle(3);
+    const files = f.viewFiles.map((file) => new Uint8Array(readFileSync(join(f.dir, file))));
+    for (const path of [f.dir, packBundle(f.dir), packBundle(f.dir, true)]) {
+      const r = await readViewsBundle(path);
+      expect(r.views.count).toBe(3);
+      expect(r.deviceBytes).toEqual(files);
+      expect(r.deviceBytes[0]).toEqual(r.bundle.stageBytes[0]);
+    }
+  });
+
+  it("readViewsBundle gives a bundle without views one view, stage 0", async () => {
+    const f = writeBundle(smallStages());
+    const r = await readViewsBundle(f.dir);
+    expect(r.views).toEqual(viewsOf(r.bundle.manifest));
+    expect(r.views.count).toBe(1);
+    expect(r.views.devices).toEqual([
+      { file: "device.onnx", sha256: f.manifest.stages[0]!.sha256 },
+    ]);
+    expect(r.deviceBytes).toEqual([r.bundle.stageBytes[0]]);
+  });
+
+  it("readViewsBundle refuses a missing or altered view file, naming it and its field", async () => {
+    const missing = writeViewsBundle(3);
+    rmSync(join(missing.dir, "device-view2.onnx"));
+    await expect(readViewsBundle(missing.dir)).rejects.toThrow(
+      /device-view2\.onnx: missing \(named by ddnn\.json views\.devices\[2\]\.file\)/,
+    );
+    const altered = writeViewsBundle(3);
+    writeFileSync(join(altered.dir, "device-view1.onnx"), "not the view's model");
+    const message =
+      /device-view1\.onnx\]?: sha256 mismatch: ddnn\.json views\.devices\[1\]\.sha256 is [0-9a-f]{64}, the file hashes to/;
+    await expect(readViewsBundle(altered.dir)).rejects.toThrow(message);
+    await expect(readViewsBundle(packBundle(altered.dir))).rejects.toThrow(message);
   });
 });

@@ -38,6 +38,29 @@ const stageSchema = z.looseObject({
   exit: z.looseObject({ threshold }).optional(),
 });
 
+/** How the local aggregator merges the devices' exit logits (docs/bundle-views.md). */
+export const LOCAL_AGGREGATIONS = ["max", "avg"] as const;
+/** How the devices' features become the next stage's input (docs/bundle-views.md). */
+export const FEATURE_AGGREGATIONS = ["concat", "max", "avg"] as const;
+
+const viewDeviceSchema = z.looseObject({ file: relativeFile, sha256: sha256Hex });
+
+/**
+ * The optional `views` block of a multi-view (horizontal) bundle, docs/bundle-views.md: `count`
+ * end devices each run their own stage 0 (`devices[v]`, view order) on their own view; the local
+ * aggregator merges their logits and answers when stages[0].exit says so, otherwise their merged
+ * features feed stages[1]. A bundle without the block has one view: stage 0 on one device.
+ */
+const viewsSchema = z.looseObject({
+  count: z
+    .number()
+    .int()
+    .min(2, "must be at least 2 (a bundle without a views block has one view)"),
+  localAggregation: z.enum(LOCAL_AGGREGATIONS),
+  featureAggregation: z.enum(FEATURE_AGGREGATIONS),
+  devices: z.array(viewDeviceSchema).min(2, "needs one entry per view"),
+});
+
 /** Contract 1 (`ddnn-bundle/v1`). Unknown fields are kept so newer writers lose nothing. */
 export const manifestSchema = z
   .looseObject({
@@ -47,6 +70,7 @@ export const manifestSchema = z
     labels: z.array(z.string()).min(2, "needs at least two labels (the exit rule divides by ln C)"),
     input: inputSchema,
     stages: z.array(stageSchema).min(1, "needs at least one stage"),
+    views: viewsSchema.optional(),
     evaluation: z.looseObject({}).optional(),
   })
   .superRefine((m, ctx) => {
@@ -103,11 +127,50 @@ export const manifestSchema = z
         });
       }
     });
+    if (m.views) checkViews(m.views, m.stages, seenFiles, ctx);
   });
+
+function checkViews(
+  views: z.infer<typeof viewsSchema>,
+  stages: readonly z.infer<typeof stageSchema>[],
+  stageFiles: ReadonlySet<string>,
+  ctx: z.RefinementCtx,
+): void {
+  if (views.devices.length !== views.count) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["views", "devices"],
+      message: `has ${views.devices.length} entries; views.count says ${views.count} (one per view)`,
+    });
+  }
+  const first = stages[0];
+  const view0 = views.devices[0];
+  if (first && view0 && (view0.file !== first.file || view0.sha256 !== first.sha256)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["views", "devices", 0],
+      message: `must be stages[0] (file "${first.file}" and its sha256): view 0 runs the bundle's own stage 0`,
+    });
+  }
+  const seen = new Set<string>();
+  views.devices.forEach((d, v) => {
+    if (v > 0 && (seen.has(d.file) || stageFiles.has(d.file))) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["views", "devices", v, "file"],
+        message: `"${d.file}" is used by ${seen.has(d.file) ? "an earlier view" : "a stage"}; each view has its own file`,
+      });
+    }
+    seen.add(d.file);
+  });
+}
 
 export type Manifest = z.infer<typeof manifestSchema>;
 export type StageSpec = Manifest["stages"][number];
 export type InputSpec = Manifest["input"];
+export type ViewsSpec = NonNullable<Manifest["views"]>;
+export type LocalAggregation = (typeof LOCAL_AGGREGATIONS)[number];
+export type FeatureAggregation = (typeof FEATURE_AGGREGATIONS)[number];
 
 /** A bad bundle: names the file and, where there is one, the manifest field at fault. */
 export class BundleError extends Error {
