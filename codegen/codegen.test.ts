@@ -37,6 +37,7 @@ describe("ddnn codegen c", () => {
       "Makefile",
       "codegen.json",
       "ddnn_device.c",
+      "ddnn_mqtt.c",
       "dev_model_infer.c",
       "dev_model_infer.h",
       "dnn_c_lib.c",

@@ -14,6 +14,8 @@ export interface StageDescription {
   readonly stageName: string;
   readonly stageIndex: number;
   readonly nextStageName: string | undefined;
+  /** Every stage's name, in order (replies name the stage that answered by its index). */
+  readonly stageNames: readonly string[];
   readonly onnxFile: string;
   readonly onnxSha256: string;
   readonly inputShape: readonly number[];
@@ -403,6 +405,8 @@ static const char *const labels[${classes}] = {
 ${labelLines}
 };
 
+static const char *const stage_names[${stage.stageNames.length}] = {${stage.stageNames.map(cString).join(", ")}};
+
 const ddnn_stage_info dev_model_info = {
     .bundle_name = ${cString(stage.bundleName)},
     .bundle_version = ${cString(stage.bundleVersion)},
@@ -410,6 +414,8 @@ const ddnn_stage_info dev_model_info = {
     .stage_name = ${cString(stage.stageName)},
     .stage_index = ${stage.stageIndex},
     .next_stage_name = ${stage.nextStageName === undefined ? "NULL" : cString(stage.nextStageName)},
+    .stage_count = ${stage.stageNames.length},
+    .stage_names = stage_names,
     .input_rank = ${stage.inputShape.length},
     .input_shape = ${dims(stage.inputShape)},
     .input_size = ${inputSize},

@@ -159,3 +159,18 @@ void tool_json_number(FILE *out, double v)
     }
     fputs(text, out);
 }
+
+void tool_json_string(FILE *out, const char *s)
+{
+    const unsigned char *c;
+    fputc('"', out);
+    for (c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            fprintf(out, "\\%c", *c);
+        else if (*c < 0x20)
+            fprintf(out, "\\u%04x", *c);
+        else
+            fputc(*c, out);
+    }
+    fputc('"', out);
+}

@@ -20,6 +20,8 @@ typedef struct {
     const char *stage_name;
     int stage_index;
     const char *next_stage_name; /* NULL when this stage is the bundle's last */
+    int stage_count;             /* the bundle's stages and their names, in order */
+    const char *const *stage_names;
     int input_rank;              /* per-sample shape, without the batch dimension */
     int input_shape[DDNN_MAX_RANK];
     size_t input_size;
@@ -65,5 +67,8 @@ void tool_idx_close(tool_idx *f);
 
 /* Writes a double the way JavaScript's JSON.stringify does (shortest round trip; null if not finite). */
 void tool_json_number(FILE *out, double v);
+
+/* Writes a JSON string (quotes, escapes) of UTF-8 text. */
+void tool_json_string(FILE *out, const char *s);
 
 #endif
