@@ -11,7 +11,9 @@
  *    `ddnn eval`, some answered by the server through the in-cluster broker.
  * 4. A threshold change and a new bundle roll out; answers follow them.
  * 5. Killed server, broker and device Pods are replaced; devices answer degraded meanwhile.
- * 6. `kubectl delete` of the model removes its objects; `helm uninstall` removes the operator.
+ * 6. A three-stage bundle puts its edge stage on the edge node (the default node selection).
+ * 7. `kubectl delete` of the model removes its objects; `helm uninstall` removes the operator,
+ *    whose API requests the chart's RBAC never refused meanwhile (the audit log).
  *
  * Run with `bash scripts/cluster.sh e2e` (DDNN_E2E=1, test/e2e/vitest.config.ts); skipped otherwise.
  */
@@ -234,16 +236,22 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
   /** Compares the agent's answers with `ddnn eval`'s: stages exactly, labels as described. */
   const compare = (answers: InferAnswer[], expected: { stage: string; label: number }[]) => {
     const stageMismatch = answers.filter((a, i) => a.stage !== expected[i]!.stage).length;
+    // The device decides on the features it computed itself; a later tier on u8q features.
+    const deviceDecisionMismatch = answers.filter(
+      (a, i) => (a.stage === "device") !== (expected[i]!.stage === "device"),
+    ).length;
     const local = answers.flatMap((a, i) => (a.tier === "device" ? [i] : []));
-    const remote = answers.flatMap((a, i) => (a.tier === "server" ? [i] : []));
+    const remote = answers.flatMap((a, i) => (a.tier !== "device" ? [i] : []));
     const localMismatch = local.filter((i) => answers[i]!.label !== expected[i]!.label).length;
     const remoteMismatch = remote.filter((i) => answers[i]!.label !== expected[i]!.label).length;
     return {
       samples: answers.length,
       degraded: answers.filter((a) => a.degraded).length,
       stageMismatch,
+      deviceDecisionMismatch,
       byDevice: local.length,
-      byServer: remote.length,
+      byEdge: answers.filter((a) => a.tier === "edge").length,
+      byServer: answers.filter((a) => a.tier === "server").length,
       localMismatch,
       remoteMismatch,
     };
@@ -600,6 +608,62 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     }
   });
 
+  it("a three-stage bundle runs its edge stage on the edge node: device, edge and server answer as ddnn eval", async () => {
+    const tier3 = packBundle("fashion-3tier");
+    await createBundleConfigMap(cluster, "fashion-3tier");
+    await cluster.kubectlOk(["apply", "-f", "-"], {
+      input: modelYaml("fashion-3tier", tier3.digest, undefined, {
+        device: "device",
+        edge: "edge",
+        server: "server",
+      }),
+    });
+    const m = await waitUntil(
+      "fashion-3tier Ready with its edge",
+      async () => {
+        const r = await modelReady();
+        return r?.status?.bundleDigest === tier3.digest &&
+          condition(r, "EdgeReady")?.reason !== "NotPlaced"
+          ? r
+          : undefined;
+      },
+      240_000,
+    );
+    expect(condition(m, "EdgeReady")?.status).toBe("True");
+    const edge = (await tierPods("edge")).filter(ready);
+    expect(edge).toHaveLength(1);
+    expect(edge[0]!.status.containerStatuses?.[0]?.image).toBe(IMAGE);
+    // The default node selection: the edge on a node labelled for the edge (node 2 of two, the
+    // only node of one, which then serves all three tiers).
+    const edgeNode = cluster.nodes.find((n) => n.name === edge[0]!.spec.nodeName);
+    expect(edgeNode?.labels[TIER_LABELS.edge]).toBe("true");
+    const n = 200;
+    const device = await waitUntil("the new device Pod", async () => {
+      const d = (await tierPods("device")).filter(ready);
+      const ds = await getJson<{ status: { updatedNumberScheduled?: number } }>([
+        "daemonset",
+        `${MODEL}-device`,
+        "-n",
+        NS,
+      ]);
+      return d.length === 1 && ds.status.updatedNumberScheduled === 1 ? d[0] : undefined;
+    });
+    const c = compare(await inferAll(device.status.podIP!, n), await evaluate("fashion-3tier", n));
+    console.info(
+      `e2e: fashion-3tier with the edge on ${edge[0]!.spec.nodeName}: ${JSON.stringify(c)}`,
+    );
+    expect(c.degraded).toBe(0);
+    expect(c.deviceDecisionMismatch).toBe(0);
+    expect(c.localMismatch).toBe(0);
+    expect(c.byEdge).toBeGreaterThan(0);
+    expect(c.byServer).toBeGreaterThan(0);
+    // The edge decides on u8q features (ddnn eval: f32), so its exit and the server's label may
+    // differ from ddnn eval's at a boundary: at most 5 % of what left the device (1 of 41 here).
+    const allowed = Math.max(2, Math.floor((c.byEdge + c.byServer) * 0.05));
+    expect(c.stageMismatch).toBeLessThanOrEqual(allowed);
+    expect(c.remoteMismatch).toBeLessThanOrEqual(allowed);
+  });
+
   it("kubectl delete of the model removes every object it owns; helm uninstall leaves no operator object", async () => {
     await cluster.kubectlOk(["delete", "ddnnmodel", MODEL, "-n", NS, "--wait=true"], {
       timeoutMs: 180_000,
@@ -725,14 +789,19 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
 });
 
 /** The DDNNModel: a shipped two-stage bundle from its ConfigMap, a managed broker. */
-function modelYaml(bundle: string, digest: string, exits?: Record<string, number>): string {
+function modelYaml(
+  bundle: string,
+  digest: string,
+  exits?: Record<string, number>,
+  placement: Record<string, string> = { device: "device", server: "server" },
+): string {
   return JSON.stringify({
     apiVersion: "fog.ddnn.io/v1alpha1",
     kind: "DDNNModel",
     metadata: { name: MODEL, namespace: NS },
     spec: {
       bundle: { configMap: { name: bundle, key: "bundle.tar.gz" }, sha256: digest },
-      placement: { device: "device", server: "server" },
+      placement,
       ...(exits ? { exits } : {}),
       // Correctness first: a loaded CI machine must not turn answers into degraded ones.
       deadlineMs: 3000,
