@@ -44,7 +44,7 @@ export interface EmitReport {
   readonly weightBytes: number;
   readonly weightBytesUnpacked: number;
   readonly arenaBytes: number;
-  /** Static floats the bit-packed convolutions decode one block of weights into. */
+  /** Static floats the blocked convolutions use besides the arena (padded input, decoded weights). */
   readonly scratchBytes: number;
   readonly featuresShape: readonly number[] | undefined;
 }
@@ -138,6 +138,8 @@ export function emitModel(
   let weightBytesUnpacked = 0;
   /** Floats a bit-packed block of 8 output channels decodes into (0: no such layer). */
   let scratchFloats = 0;
+  /** Floats of the zero-padded input copy of the largest blocked convolution. */
+  let paddedFloats = 0;
   const constNames = new Map<string, string>();
 
   const addFloats = (name: string, data: Float32Array, comment: string) => {
@@ -185,17 +187,28 @@ export function emitModel(
     const y = ref(layer.y, true);
     switch (layer.op) {
       case "conv": {
-        structs.push(
-          `static const dnn_conv_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .m = ${layer.m}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .group = ${layer.group}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
-        );
         const bias = layer.bias
           ? addFloats(`${id}_bias`, layer.bias, `${id} bias [${layer.m}]`)
           : "NULL";
         const cg = layer.c / layer.group;
         const taps = cg * layer.kh * layer.kw;
+        // The padded plane block8 reads: the input with its padding, and the columns the last
+        // 4-pixel tile of a row reaches.
+        const hp = Math.max(
+          layer.h + layer.pt,
+          (layer.oh - 1) * layer.sh + (layer.kh - 1) * layer.dh + 1,
+        );
+        const wp = Math.max(
+          layer.w + layer.pl,
+          (Math.ceil(layer.ow / 4) * 4 - 1) * layer.sw + (layer.kw - 1) * layer.dw + 1,
+        );
         const shape = `[${layer.m}][${cg}][${layer.kh}][${layer.kw}]`;
         // Blocks of 8 output channels where a group's channels divide into them.
         const block8 = (layer.m / layer.group) % 8 === 0;
+        if (block8) paddedFloats = Math.max(paddedFloats, layer.c * hp * wp);
+        structs.push(
+          `static const dnn_conv_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .m = ${layer.m}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .hp = ${block8 ? hp : 0}, .wp = ${block8 ? wp : 0}, .group = ${layer.group}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
+        );
         const where = block8
           ? (i: number) => {
               const m = Math.floor(i / taps);
@@ -219,7 +232,7 @@ export function emitModel(
               : `${id} weights ${shape} as sign bits, bit i = weight i > 0`,
           );
           if (block8) scratchFloats = Math.max(scratchFloats, taps * 8);
-          const scratch = block8 ? "scratch, " : "";
+          const scratch = block8 ? "scratch, padded, " : "";
           return `${kernel}_bits(&${id}, ${x()}, ${id}_bits, ${id}_alpha, ${bias}, ${scratch}${y});`;
         }
         const weights = new Float32Array(layer.weights.length);
@@ -231,7 +244,7 @@ export function emitModel(
             ? `${id} weights ${shape} in blocks [m / 8][c][kh][kw][8]`
             : `${id} weights ${shape}`,
         );
-        return `${kernel}(&${id}, ${x()}, ${id}_weights, ${bias}, ${y});`;
+        return `${kernel}(&${id}, ${x()}, ${id}_weights, ${bias}, ${block8 ? "padded, " : ""}${y});`;
       }
       case "gemm": {
         structs.push(
@@ -436,7 +449,7 @@ ${consts.join("\n")}
 ${structs.join("\n")}
 /* Every activation lives here; offsets were planned at generation time. */
 static float arena[${Math.max(1, plan.arenaFloats)}];
-${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}
+${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}${paddedFloats ? `\n/* A convolution's input with its padding as zeros (the blocked kernels read it unchecked). */\nstatic float padded[${paddedFloats}];\n` : ""}
 void dev_model_infer(const float *input, float *features, float *logits)
 {
 ${calls.join("\n")}
@@ -452,7 +465,7 @@ ${outputCopies.join("\n")}
       weightBytes,
       weightBytesUnpacked,
       arenaBytes: 4 * plan.arenaFloats,
-      scratchBytes: 4 * scratchFloats,
+      scratchBytes: 4 * (scratchFloats + paddedFloats),
       featuresShape,
     },
   };

@@ -4,6 +4,8 @@
  * data set (--eval) or, built with MQTT=1, offloads non-confident samples to the next stage over
  * MQTT (see ddnn_mqtt.c).
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime for --bench */
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +35,26 @@ static const char usage[] =
     "  --limit N             the first N samples only\n"
     "  --predictions FILE    one JSON line per sample: index, exited, label, entropy\n"
     "  --outputs FILE        the stage's outputs per sample as little-endian float32: features\n"
-    "                        (when the stage has them), then logits\n";
+    "                        (when the stage has them), then logits\n"
+    "  --bench N             instead: preprocess and run the first sample N times, print\n"
+    "                        {\"samples\":N,\"usPerSample\":...} (wall clock)\n";
 
 /* Static buffers: nothing below allocates. */
 static uint8_t pixels[DEV_MODEL_INPUT_SIZE];
 static float input[DEV_MODEL_INPUT_SIZE];
 static float features[DEV_MODEL_FEATURES_SIZE];
 static float logits[DEV_MODEL_CLASSES];
+
+static double wall_us(void)
+{
+#ifdef CLOCK_MONOTONIC
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec / 1e3;
+#else
+    return (double)clock() * 1e6 / CLOCKS_PER_SEC;
+#endif
+}
 
 static int fail(const char *message)
 {
@@ -190,12 +205,43 @@ done:
     return code;
 }
 
+/* Batch-1 time of the stage: preprocessing and inference of one sample, repeated. */
+static int bench_main(const char *images_path, long repeat)
+{
+    const ddnn_stage_info *s = &dev_model_info;
+    tool_idx images;
+    char err[512];
+    double started, elapsed;
+    long i;
+    if (tool_idx_open(&images, images_path, err, sizeof err) != 0)
+        return fail(err);
+    if (images.item_size != s->input_size || tool_idx_read(&images, pixels) != 0) {
+        tool_idx_close(&images);
+        return fail("--bench: the first item is not one sample of the stage's input");
+    }
+    tool_idx_close(&images);
+    for (i = 0; i < 10; i++) {
+        tool_preprocess(s, pixels, input);
+        dev_model_infer(input, features, logits);
+    }
+    started = wall_us();
+    for (i = 0; i < repeat; i++) {
+        tool_preprocess(s, pixels, input);
+        dev_model_infer(input, features, logits);
+    }
+    elapsed = wall_us() - started;
+    printf("{\"samples\":%ld,\"usPerSample\":", repeat);
+    tool_json_number(stdout, elapsed / (double)repeat);
+    printf(",\"label\":%d}\n", tool_argmax(logits, s->classes));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *images = NULL, *labels = NULL, *predictions = NULL, *outputs = NULL;
     int json = 0, has_threshold = 0, a;
     double threshold = 0.0;
-    long limit = -1;
+    long limit = -1, bench = 0;
 
 #ifdef DDNN_MQTT
     for (a = 1; a < argc; a++)
@@ -222,6 +268,11 @@ int main(int argc, char **argv)
             limit = strtol(argv[++a], &end, 10);
             if (*end != '\0' || limit < 1)
                 return fail("--limit: must be a positive integer");
+        } else if (strcmp(arg, "--bench") == 0 && has_value) {
+            char *end;
+            bench = strtol(argv[++a], &end, 10);
+            if (*end != '\0' || bench < 1)
+                return fail("--bench: must be a positive integer");
         } else if (strcmp(arg, "--predictions") == 0 && has_value) {
             predictions = argv[++a];
         } else if (strcmp(arg, "--outputs") == 0 && has_value) {
@@ -235,5 +286,7 @@ int main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    if (bench)
+        return bench_main(images, bench);
     return eval_main(images, labels, json, has_threshold, threshold, limit, predictions, outputs);
 }

@@ -91,24 +91,28 @@ void dnn_conv2d_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits, c
 
 #define TILE 4 /* output pixels per tile (along a row) */
 
-/* Input values under the tile's 4 pixels for one tap (0 where the tap falls in the padding). */
-static void tile_inputs(const dnn_conv_t *p, const float *row, int ox0, int kx, float xv[TILE])
+/*
+ * Copies x into `padded`: every channel as an hp x wp plane with the padding (and the columns the
+ * last tile of a row reaches past the output) as zeros, so the taps need no bounds checks.
+ */
+static void pad_input(const dnn_conv_t *p, const float *x, float *padded)
 {
-    const int ix0 = ox0 * p->sw - p->pl + kx * p->dw;
-    int q;
-    if (ix0 >= 0 && ox0 + TILE <= p->ow && ix0 + (TILE - 1) * p->sw < p->w) {
-        for (q = 0; q < TILE; q++)
-            xv[q] = row[ix0 + q * p->sw];
-        return;
-    }
-    for (q = 0; q < TILE; q++) {
-        const int ix = ix0 + q * p->sw;
-        xv[q] = ox0 + q < p->ow && ix >= 0 && ix < p->w ? row[ix] : 0.0f;
+    const size_t plane = (size_t)p->hp * p->wp;
+    int c, iy, ix;
+    for (c = 0; c < p->c; c++) {
+        float *out = padded + (size_t)c * plane;
+        const float *in = x + (size_t)c * p->h * p->w;
+        size_t i;
+        for (i = 0; i < plane; i++)
+            out[i] = 0.0f;
+        for (iy = 0; iy < p->h; iy++)
+            for (ix = 0; ix < p->w; ix++)
+                out[(size_t)(iy + p->pt) * p->wp + ix + p->pl] = in[(size_t)iy * p->w + ix];
     }
 }
 
 #if defined(__GNUC__)
-/* GCC and Clang: the 4 x 8 accumulators as vector registers (SSE on x86, NEON on ARM). */
+/* GCC and Clang: the 4 x 8 accumulators as vector registers (SSE on x86, NEON or VFP on ARM). */
 typedef float v4f __attribute__((vector_size(16)));
 
 static v4f load4(const float *v)
@@ -118,46 +122,32 @@ static v4f load4(const float *v)
     return r;
 }
 
-/* acc[q][0..8) += sum over taps of xv[q] * w[tap][0..8), for one block of 8 output channels. */
+/* acc[q][0..8) = sum over taps of x[q] * w[tap][0..8), for one tile and one block of 8 outputs. */
 static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int oy, int ox0,
                       float acc[TILE][8])
 {
     const int cg = p->c / p->group;
-    const size_t in_plane = (size_t)p->h * p->w;
+    const size_t plane = (size_t)p->hp * p->wp;
+    const int sw = p->sw;
     v4f a0l = {0}, a0h = {0}, a1l = {0}, a1h = {0}, a2l = {0}, a2h = {0}, a3l = {0}, a3h = {0};
-    /* Every tap of every pixel of the tile inside the row: no checks in the loop. */
-    const int left = ox0 * p->sw - p->pl;
-    const int interior = left >= 0 && ox0 + TILE <= p->ow &&
-                         left + (TILE - 1) * p->sw + (p->kw - 1) * p->dw < p->w;
     int c, ky, kx;
     for (c = 0; c < cg; c++) {
         for (ky = 0; ky < p->kh; ky++) {
-            const int iy = oy * p->sh - p->pt + ky * p->dh;
-            const float *row;
-            if (iy < 0 || iy >= p->h)
-                continue;
-            row = xg + (size_t)c * in_plane + (size_t)iy * p->w;
-            for (kx = 0; kx < p->kw; kx++) {
-                const float *wv = w + (((size_t)c * p->kh + ky) * p->kw + kx) * 8;
+            const float *row =
+                xg + (size_t)c * plane + (size_t)(oy * p->sh + ky * p->dh) * p->wp + ox0 * sw;
+            const float *wv = w + ((size_t)c * p->kh + ky) * p->kw * 8;
+            for (kx = 0; kx < p->kw; kx++, wv += 8) {
+                const float *r = row + kx * p->dw;
                 const v4f wl = load4(wv), wh = load4(wv + 4);
-                float xv[TILE];
-                if (interior) {
-                    const float *r = row + left + kx * p->dw;
-                    xv[0] = r[0];
-                    xv[1] = r[p->sw];
-                    xv[2] = r[2 * p->sw];
-                    xv[3] = r[3 * p->sw];
-                } else {
-                    tile_inputs(p, row, ox0, kx, xv);
-                }
-                a0l += xv[0] * wl;
-                a0h += xv[0] * wh;
-                a1l += xv[1] * wl;
-                a1h += xv[1] * wh;
-                a2l += xv[2] * wl;
-                a2h += xv[2] * wh;
-                a3l += xv[3] * wl;
-                a3h += xv[3] * wh;
+                const float x0 = r[0], x1 = r[sw], x2 = r[2 * sw], x3 = r[3 * sw];
+                a0l += x0 * wl;
+                a0h += x0 * wh;
+                a1l += x1 * wl;
+                a1h += x1 * wh;
+                a2l += x2 * wl;
+                a2h += x2 * wh;
+                a3l += x3 * wl;
+                a3h += x3 * wh;
             }
         }
     }
@@ -175,25 +165,20 @@ static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int 
                       float acc[TILE][8])
 {
     const int cg = p->c / p->group;
-    const size_t in_plane = (size_t)p->h * p->w;
+    const size_t plane = (size_t)p->hp * p->wp;
     int c, ky, kx, q, j;
     for (q = 0; q < TILE; q++)
         for (j = 0; j < 8; j++)
             acc[q][j] = 0.0f;
     for (c = 0; c < cg; c++) {
         for (ky = 0; ky < p->kh; ky++) {
-            const int iy = oy * p->sh - p->pt + ky * p->dh;
-            const float *row;
-            if (iy < 0 || iy >= p->h)
-                continue;
-            row = xg + (size_t)c * in_plane + (size_t)iy * p->w;
+            const float *row =
+                xg + (size_t)c * plane + (size_t)(oy * p->sh + ky * p->dh) * p->wp + ox0 * p->sw;
             for (kx = 0; kx < p->kw; kx++) {
                 const float *wv = w + (((size_t)c * p->kh + ky) * p->kw + kx) * 8;
-                float xv[TILE];
-                tile_inputs(p, row, ox0, kx, xv);
                 for (q = 0; q < TILE; q++)
                     for (j = 0; j < 8; j++)
-                        acc[q][j] += xv[q] * wv[j];
+                        acc[q][j] += row[kx * p->dw + q * p->sw] * wv[j];
             }
         }
     }
@@ -202,16 +187,17 @@ static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int 
 
 static void conv_block8(const dnn_conv_t *p, const float *x, const float *weights,
                         const uint8_t *bits, const float *alpha, const float *bias, float *scratch,
-                        float *y)
+                        float *padded, float *y)
 {
     const int cg = p->c / p->group;
     const int mg = p->m / p->group;
-    const size_t in_plane = (size_t)p->h * p->w;
+    const size_t in_plane = (size_t)p->hp * p->wp;
     const size_t plane = (size_t)p->oh * p->ow;
     const size_t taps = (size_t)cg * p->kh * p->kw;
     int mb, oy, ox0, q, j;
+    pad_input(p, x, padded);
     for (mb = 0; mb < p->m / 8; mb++) {
-        const float *xg = x + (size_t)(mb * 8 / mg) * cg * in_plane;
+        const float *xg = padded + (size_t)(mb * 8 / mg) * cg * in_plane;
         const float *w = weights ? weights + (size_t)mb * taps * 8 : scratch;
         if (!weights) {
             /* This block's 8 x taps weights, decoded from their sign bits once. */
@@ -241,15 +227,16 @@ static void conv_block8(const dnn_conv_t *p, const float *x, const float *weight
 }
 
 void dnn_conv2d_block8(const dnn_conv_t *p, const float *x, const float *w, const float *bias,
-                       float *y)
+                       float *padded, float *y)
 {
-    conv_block8(p, x, w, NULL, NULL, bias, NULL, y);
+    conv_block8(p, x, w, NULL, NULL, bias, NULL, padded, y);
 }
 
 void dnn_conv2d_block8_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits,
-                            const float *alpha, const float *bias, float *scratch, float *y)
+                            const float *alpha, const float *bias, float *scratch, float *padded,
+                            float *y)
 {
-    conv_block8(p, x, NULL, bits, alpha, bias, scratch, y);
+    conv_block8(p, x, NULL, bits, alpha, bias, scratch, padded, y);
 }
 
 /* sum_k x[k * stride] * w[k] in 8 interleaved partial sums (contiguous x) or in order. */
@@ -312,9 +299,35 @@ void dnn_gemm_bits(const dnn_gemm_t *p, const float *x, const uint8_t *bits, con
     gemm(p, x, NULL, bits, alpha_j, bias, y);
 }
 
+/* Max pooling whose windows all lie inside the input (no padding, no dilation): no checks. */
+static void maxpool_inside(const dnn_pool_t *p, const float *x, float *y)
+{
+    int c, oy, ox, i, j;
+    for (c = 0; c < p->c; c++) {
+        const float *in = x + (size_t)c * p->h * p->w;
+        float *out = y + (size_t)c * p->oh * p->ow;
+        for (oy = 0; oy < p->oh; oy++) {
+            for (ox = 0; ox < p->ow; ox++) {
+                const float *window = in + (size_t)oy * p->sh * p->w + (size_t)ox * p->sw;
+                float best = window[0];
+                for (i = 0; i < p->kh; i++)
+                    for (j = 0; j < p->kw; j++)
+                        best = window[(size_t)i * p->w + j] > best ? window[(size_t)i * p->w + j]
+                                                                     : best;
+                out[(size_t)oy * p->ow + ox] = best;
+            }
+        }
+    }
+}
+
 void dnn_maxpool2d(const dnn_pool_t *p, const float *x, float *y)
 {
     int c, oy, ox, i, j;
+    if (p->pt == 0 && p->pl == 0 && p->dh == 1 && p->dw == 1 &&
+        (p->oh - 1) * p->sh + p->kh <= p->h && (p->ow - 1) * p->sw + p->kw <= p->w) {
+        maxpool_inside(p, x, y);
+        return;
+    }
     for (c = 0; c < p->c; c++) {
         const float *in = x + (size_t)c * p->h * p->w;
         float *out = y + (size_t)c * p->oh * p->ow;

@@ -18,6 +18,7 @@ typedef struct {
     int sh, sw;     /* strides */
     int dh, dw;     /* dilations */
     int pt, pl;     /* padding at the top and on the left (the bottom and right follow from oh, ow) */
+    int hp, wp;     /* block8 only: the padded input plane the taps read (see dnn_conv2d_block8) */
     int group;
     int relu;       /* 1: ReLU fused after the bias */
 } dnn_conv_t;
@@ -34,14 +35,16 @@ void dnn_conv2d_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits, c
 /*
  * The same convolution for layers whose output channels per group are a multiple of 8: weights
  * in blocks of 8 output channels, [m / 8][c / group][kh][kw][8], so each tap is one 8-wide
- * multiply-add over 4 output pixels at a time. In the _bits form, byte t of `bits` holds the
- * signs of tap t's 8 weights (bit j: output channel 8 * block + j); each block's weights are
- * decoded into `scratch` (8 * c / group * kh * kw floats) before its taps run.
+ * multiply-add over 4 output pixels at a time. The input is first copied into `padded` (c planes
+ * of hp x wp floats, zeros around), so no tap checks bounds. In the _bits form, byte t of `bits`
+ * holds the signs of tap t's 8 weights (bit j: output channel 8 * block + j); each block's
+ * weights are decoded into `scratch` (8 * c / group * kh * kw floats) before its taps run.
  */
 void dnn_conv2d_block8(const dnn_conv_t *p, const float *x, const float *w, const float *bias,
-                       float *y);
+                       float *padded, float *y);
 void dnn_conv2d_block8_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits,
-                            const float *alpha, const float *bias, float *scratch, float *y);
+                            const float *alpha, const float *bias, float *scratch, float *padded,
+                            float *y);
 
 /*
  * y[r][j] = alpha * sum_k x[r * row_stride + k * k_stride] * w[j][k] + bias[r][j] (bias may be
