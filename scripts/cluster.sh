@@ -5,7 +5,9 @@
 #
 #   bash scripts/cluster.sh build              kube binaries (scripts/control-plane.sh --node), helm,
 #                                              CoreDNS, crictl, and the images (scripts/image/build.sh)
-#   bash scripts/cluster.sh up [--nodes 1|2]   build, then start; prints the kubeconfig path last
+#   bash scripts/cluster.sh up [--nodes 1|2] [--restart]
+#                                              build, then start (or keep the running one); prints
+#                                              the kubeconfig path last
 #   bash scripts/cluster.sh status
 #   bash scripts/cluster.sh down               stop everything, remove Pods, mounts, rules, routes, bridges
 #   bash scripts/cluster.sh e2e [vitest args]  build, then the end-to-end tests (test/e2e)
@@ -77,7 +79,7 @@ case $command in
     ORT_DISABLE_TELEMETRY=1 exec npx --no-install vitest run --config test/e2e/vitest.config.ts "$@"
     ;;
   *)
-    echo "usage: bash scripts/cluster.sh build | up [--nodes 1|2] | status | down | e2e" >&2
+    echo "usage: bash scripts/cluster.sh build | up [--nodes 1|2] [--restart] | status | down | e2e" >&2
     exit 2
     ;;
 esac

@@ -1,10 +1,11 @@
 /**
- * `npm run cluster -- up [--nodes N] | down | status` (through scripts/cluster.sh, which builds
- * what the cluster needs first). `up` prints the admin kubeconfig's path on its last line.
+ * `npm run cluster -- up [--nodes N] [--restart] | down | status` (through scripts/cluster.sh,
+ * which builds what the cluster needs first). `up` prints the admin kubeconfig's path on its last
+ * line; a cluster that already runs with that many nodes is left as it is unless --restart.
  */
 import { Cluster } from "./cluster.js";
 
-const usage = "usage: cluster.sh up [--nodes 1|2] | down | status | build";
+const usage = "usage: cluster.sh up [--nodes 1|2] [--restart] | down | status | build";
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -12,8 +13,10 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "up": {
       let nodes = 2;
+      let restart = false;
       for (let i = 0; i < rest.length; i++) {
-        if (rest[i] === "--nodes") nodes = Number(rest[++i]);
+        if (rest[i] === "--restart") restart = true;
+        else if (rest[i] === "--nodes") nodes = Number(rest[++i]);
         else if (rest[i]?.startsWith("--nodes=")) nodes = Number(rest[i]!.slice(8));
         else {
           console.error(`cluster: unknown argument ${rest[i]}\n${usage}`);
@@ -23,6 +26,13 @@ async function main(argv: string[]): Promise<number> {
       if (!Number.isInteger(nodes) || nodes < 1 || nodes > 2) {
         console.error("cluster: --nodes is 1 or 2");
         return 2;
+      }
+      const running = Cluster.attach();
+      if (running && !restart && running.nodes.length === nodes) {
+        log("already running (--restart starts it anew)");
+        console.error(await running.status());
+        console.log(running.kubeconfigPath);
+        return 0;
       }
       const cluster = await Cluster.up({ nodes, log });
       console.error(await cluster.status());
