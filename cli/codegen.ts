@@ -6,7 +6,7 @@ import { ConfigError } from "../core/config.js";
 
 export const codegenHelp = `ddnn codegen: generate a bundle stage as a standalone C99 device program
 
-Usage: ddnn codegen c --bundle DIR|FILE.tar.gz --out DIR [--stage NAME] [--no-pack]
+Usage: ddnn codegen c --bundle DIR|FILE.tar.gz --out DIR [--stage NAME] [--no-pack] [--target c|opencl]
 
 Writes into DIR the stage as C (dev_model_infer.c/.h: weights as const arrays, static buffers,
 the layers as straight-line calls), the layer library (dnn_c_lib), the tool library (tool_lib:
@@ -18,6 +18,8 @@ what it generated. "make -C DIR" builds ddnn-device; "DIR/ddnn-device --eval IMA
   --stage NAME    the stage to generate (default: the first, the device's)
   --out DIR       folder to write (created when missing; files in it are replaced)
   --no-pack       keep binarized weights as floats instead of 1 bit per weight
+  --target T      c (default), or opencl: convolutions and matrix products as OpenCL 1.2
+                  kernels (host code in C; make links -lOpenCL)
   --json          print the report (codegen.json) instead of a summary
 `;
 
@@ -26,6 +28,7 @@ const options = {
   stage: { type: "string" },
   out: { type: "string" },
   "no-pack": { type: "boolean" },
+  target: { type: "string" },
   json: { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -53,10 +56,14 @@ export async function runCodegen(
   }
   if (flags.bundle === undefined) throw new ConfigError("codegen c: --bundle is required");
   if (flags.out === undefined) throw new ConfigError("codegen c: --out is required");
+  const kind = flags.target ?? "c";
+  if (kind !== "c" && kind !== "opencl")
+    throw new ConfigError(`codegen c: --target must be c or opencl (got "${kind}")`);
   const bundle = await readBundle(flags.bundle);
   const generated = generateC(bundle, {
     ...(flags.stage === undefined ? {} : { stage: flags.stage }),
     pack: !flags["no-pack"],
+    target: kind,
   });
   await writeGenerated(generated, flags.out);
   out(flags.json ? JSON.stringify(generated.report) : summary(generated.report, flags.out));

@@ -52,6 +52,8 @@ export interface EmitReport {
 export interface EmitOptions {
   /** Store binary weights as bits (default true). */
   readonly pack?: boolean;
+  /** "opencl": convolutions and matrix products as OpenCL kernels (dnn_cl_lib). Default "c". */
+  readonly target?: "c" | "opencl";
 }
 
 /** Shortest decimal that reads back as the same float32, as a C float literal. */
@@ -204,7 +206,8 @@ export function emitModel(
         );
         const shape = `[${layer.m}][${cg}][${layer.kh}][${layer.kw}]`;
         // Blocks of 8 output channels where a group's channels divide into them.
-        const block8 = (layer.m / layer.group) % 8 === 0;
+        const opencl = options.target === "opencl";
+        const block8 = !opencl && (layer.m / layer.group) % 8 === 0;
         if (block8) paddedFloats = Math.max(paddedFloats, layer.c * hp * wp);
         structs.push(
           `static const dnn_conv_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .m = ${layer.m}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .hp = ${block8 ? hp : 0}, .wp = ${block8 ? wp : 0}, .group = ${layer.group}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
@@ -219,7 +222,7 @@ export function emitModel(
           options.pack === false
             ? undefined
             : binaryMagnitudes(layer.weights, layer.m, (i) => Math.floor(i / taps));
-        const kernel = block8 ? "dnn_conv2d_block8" : "dnn_conv2d";
+        const kernel = opencl ? "dnn_cl_conv2d" : block8 ? "dnn_conv2d_block8" : "dnn_conv2d";
         if (alpha) {
           const bits = signBits(layer.weights, Math.ceil(layer.weights.length / 8), where);
           emitPacked(
@@ -254,6 +257,7 @@ export function emitModel(
           ? addFloats(`${id}_bias`, layer.bias, `${id} bias [${layer.rows}][${layer.n}]`)
           : "NULL";
         const { k, n } = layer;
+        const gemmKernel = options.target === "opencl" ? "dnn_cl_gemm" : "dnn_gemm";
         // The lowered weights are [k][n]; the kernel reads row j = output j, [n][k].
         const where = (i: number) => (i % n) * k + Math.floor(i / n);
         const alpha =
@@ -272,12 +276,12 @@ export function emitModel(
             alpha,
             `${id} weights [${n}][${k}] as sign bits, ${rowBytes} bytes per output`,
           );
-          return `dnn_gemm_bits(&${id}, ${x()}, ${id}_bits, ${id}_alpha, ${bias}, ${y});`;
+          return `${gemmKernel}_bits(&${id}, ${x()}, ${id}_bits, ${id}_alpha, ${bias}, ${y});`;
         }
         const weights = new Float32Array(layer.weights.length);
         for (let i = 0; i < weights.length; i++) weights[where(i)] = layer.weights[i]!;
         addFloats(`${id}_weights`, weights, `${id} weights [${n}][${k}]`);
-        return `dnn_gemm(&${id}, ${x()}, ${id}_weights, ${bias}, ${y});`;
+        return `${gemmKernel}(&${id}, ${x()}, ${id}_weights, ${bias}, ${y});`;
       }
       case "maxpool":
       case "avgpool":
@@ -411,7 +415,7 @@ void dev_model_infer(const float *input, float *features, float *logits);
 
 #include "dev_model_infer.h"
 #include "dnn_c_lib.h"
-
+${options.target === "opencl" ? '#include "dnn_cl_lib.h"\n' : ""}
 static const float input_mean[${channels}] = {${perChannel(stage.mean).join(", ")}};
 static const float input_std[${channels}] = {${perChannel(stage.std).join(", ")}};
 static const char *const labels[${classes}] = {

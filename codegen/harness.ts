@@ -10,7 +10,7 @@ import { readBundle, type VerifiedBundle } from "../core/bundle/read.js";
 import { openStages } from "../core/bundle/stages.js";
 import { argmax, normalizedEntropy } from "../core/exit.js";
 import { preprocess } from "../core/preprocess.js";
-import { type Generated, generateC, writeGenerated } from "./generate.js";
+import { type Generated, type GenerateOptions, generateC, writeGenerated } from "./generate.js";
 
 const run = promisify(execFile);
 
@@ -26,7 +26,7 @@ export async function buildStage(
   bundlePath: string,
   dir: string,
   make: readonly string[] = [],
-  options: { pack?: boolean } = {},
+  options: GenerateOptions = {},
 ): Promise<BuiltStage> {
   const bundle = await readBundle(bundlePath);
   const generated = generateC(bundle, options);
