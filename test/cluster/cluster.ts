@@ -34,6 +34,7 @@ import {
   checkNetwork,
   DNS_IP,
   KUBERNETES_SERVICE_IP,
+  NODE_RANGE,
   type NodeNet,
   nodeNet,
   POD_RANGE,
@@ -172,6 +173,28 @@ export function binaries(): Binaries {
   };
 }
 
+/**
+ * The environment of every program the cluster runs and of kubectl: without proxy settings, and
+ * with the cluster's ranges in NO_PROXY, so that nothing (kubectl, the API server's webhook
+ * client, containerd's pulls) sends a cluster address to a proxy off this machine.
+ */
+export function clusterEnv(base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(base)) if (!/^(https?|all|no)_proxy$/i.test(k)) env[k] = v;
+  const local = [
+    NODE_RANGE,
+    SERVICE_RANGE,
+    POD_RANGE,
+    "127.0.0.0/8",
+    "localhost",
+    ".svc",
+    ".cluster.local",
+  ].join(",");
+  env.NO_PROXY = local;
+  env.no_proxy = local;
+  return env;
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -185,7 +208,7 @@ function run(
     const child = execFile(
       bin,
       args,
-      { timeout: options.timeoutMs ?? 120_000, maxBuffer: 64 * 1024 * 1024 },
+      { timeout: options.timeoutMs ?? 120_000, maxBuffer: 64 * 1024 * 1024, env: clusterEnv() },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
         resolve({ code, stdout, stderr });
@@ -499,7 +522,7 @@ export class Cluster {
     name: string,
     bin: string,
     args: string[],
-    env: NodeJS.ProcessEnv = process.env,
+    env: NodeJS.ProcessEnv = clusterEnv(),
   ): ChildProcess {
     const fd = openSync(this.logFile(name), "a");
     let child: ChildProcess;
@@ -845,7 +868,7 @@ export class Cluster {
     );
     // The shims find containerd-shim-runc-v2 and runc on PATH.
     this.launch(`containerd-${n.name}`, bins.containerd, ["--config", config], {
-      ...process.env,
+      ...clusterEnv(),
       PATH: `/usr/sbin:/usr/bin:/sbin:/bin`,
     });
   }
@@ -1012,7 +1035,7 @@ export class Cluster {
         `--node-labels=${labels}`,
         "--v=0",
       ],
-      { ...process.env, PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
+      { ...clusterEnv(), PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
     );
   }
 

@@ -24,7 +24,7 @@ import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readIdx } from "../../core/dataset/idx.js";
-import { Cluster, TIER_LABELS } from "../cluster/cluster.js";
+import { Cluster, clusterEnv, TIER_LABELS } from "../cluster/cluster.js";
 import { REPO_ROOT } from "../cluster/control-plane.js";
 
 const e2e = process.env.DDNN_E2E === "1";
@@ -132,7 +132,7 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
           cwd: REPO_ROOT,
           timeout: 300_000,
           env: {
-            ...process.env,
+            ...clusterEnv(),
             HELM_CACHE_HOME: join(helmHome(), "cache"),
             HELM_CONFIG_HOME: join(helmHome(), "config"),
             HELM_DATA_HOME: join(helmHome(), "data"),

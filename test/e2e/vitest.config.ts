@@ -10,7 +10,13 @@ export default defineConfig({
   root: fileURLToPath(new URL("../..", import.meta.url)),
   test: {
     include: ["test/e2e/**/*.test.ts"],
-    env: { DDNN_E2E: "1", ORT_DISABLE_TELEMETRY: "1" },
+    // NO_PROXY: the tests' own requests go to Pod IPs on this machine, never through a proxy.
+    env: {
+      DDNN_E2E: "1",
+      ORT_DISABLE_TELEMETRY: "1",
+      NO_PROXY: "10.99.0.0/24,10.96.0.0/24,10.244.0.0/16,127.0.0.0/8,localhost",
+      no_proxy: "10.99.0.0/24,10.96.0.0/24,10.244.0.0/16,127.0.0.0/8,localhost",
+    },
     testTimeout: 300_000,
     hookTimeout: 600_000,
     pool: "forks",
