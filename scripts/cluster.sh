@@ -41,7 +41,7 @@ go_install_cached() {
   tmp=$(mktemp -d "$dest.build.XXXXXX")
   # shellcheck disable=SC2064 # the folder is fixed now
   trap "rm -rf '$tmp'" EXIT
-  GOFLAGS= CGO_ENABLED=0 GOBIN="$tmp" nice -n 10 go install -trimpath -ldflags "-s -w" "$package@$version" >&2
+  GOFLAGS='' CGO_ENABLED=0 GOBIN="$tmp" nice -n 10 go install -trimpath -ldflags "-s -w" "$package@$version" >&2
   rm -rf "$dest"
   mv "$tmp" "$dest"
   trap - EXIT
