@@ -111,7 +111,7 @@ static void pad_input(const dnn_conv_t *p, const float *x, float *padded)
     }
 }
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(DNN_PORTABLE)
 /* GCC and Clang: the 4 x 8 accumulators as vector registers (SSE on x86, NEON or VFP on ARM). */
 typedef float v4f __attribute__((vector_size(16)));
 
@@ -122,9 +122,20 @@ static v4f load4(const float *v)
     return r;
 }
 
-/* acc[q][0..8) = sum over taps of x[q] * w[tap][0..8), for one tile and one block of 8 outputs. */
-static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int oy, int ox0,
-                      float acc[TILE][8])
+typedef int v4i __attribute__((vector_size(16)));
+
+static v4f relu4(v4f a)
+{
+    const v4f zero = {0.0f, 0.0f, 0.0f, 0.0f};
+    return (v4f)((v4i)a & (a > zero));
+}
+
+/*
+ * acc[q][0..8) = sum over taps of x[q] * w[tap][0..8) (+ bias, then ReLU when the layer has them),
+ * for one tile of 4 output pixels and one block of 8 output channels.
+ */
+static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, const float *bias,
+                      int oy, int ox0, float acc[TILE][8])
 {
     const int cg = p->c / p->group;
     const size_t plane = (size_t)p->hp * p->wp;
@@ -151,6 +162,27 @@ static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int 
             }
         }
     }
+    if (bias) {
+        const v4f bl = load4(bias), bh = load4(bias + 4);
+        a0l += bl;
+        a0h += bh;
+        a1l += bl;
+        a1h += bh;
+        a2l += bl;
+        a2h += bh;
+        a3l += bl;
+        a3h += bh;
+    }
+    if (p->relu) {
+        a0l = relu4(a0l);
+        a0h = relu4(a0h);
+        a1l = relu4(a1l);
+        a1h = relu4(a1h);
+        a2l = relu4(a2l);
+        a2h = relu4(a2h);
+        a3l = relu4(a3l);
+        a3h = relu4(a3h);
+    }
     memcpy(acc[0], &a0l, 16);
     memcpy(acc[0] + 4, &a0h, 16);
     memcpy(acc[1], &a1l, 16);
@@ -161,8 +193,8 @@ static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int 
     memcpy(acc[3] + 4, &a3h, 16);
 }
 #else
-static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int oy, int ox0,
-                      float acc[TILE][8])
+static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, const float *bias,
+                      int oy, int ox0, float acc[TILE][8])
 {
     const int cg = p->c / p->group;
     const size_t plane = (size_t)p->hp * p->wp;
@@ -180,6 +212,12 @@ static void tile_taps(const dnn_conv_t *p, const float *xg, const float *w, int 
                     for (j = 0; j < 8; j++)
                         acc[q][j] += row[kx * p->dw + q * p->sw] * wv[j];
             }
+        }
+    }
+    for (q = 0; q < TILE; q++) {
+        for (j = 0; j < 8; j++) {
+            const float v = bias ? acc[q][j] + bias[j] : acc[q][j];
+            acc[q][j] = p->relu && v < 0.0f ? 0.0f : v;
         }
     }
 }
@@ -212,13 +250,18 @@ static void conv_block8(const dnn_conv_t *p, const float *x, const float *weight
         for (oy = 0; oy < p->oh; oy++) {
             for (ox0 = 0; ox0 < p->ow; ox0 += TILE) {
                 float acc[TILE][8];
-                tile_taps(p, xg, w, oy, ox0, acc);
-                for (q = 0; q < TILE && ox0 + q < p->ow; q++) {
-                    for (j = 0; j < 8; j++) {
-                        const int m = mb * 8 + j;
-                        const float v = bias ? acc[q][j] + bias[m] : acc[q][j];
-                        y[(size_t)m * plane + (size_t)oy * p->ow + ox0 + q] =
-                            p->relu && v < 0.0f ? 0.0f : v;
+                float *out = y + (size_t)mb * 8 * plane + (size_t)oy * p->ow + ox0;
+                const int n = p->ow - ox0 < TILE ? p->ow - ox0 : TILE;
+                tile_taps(p, xg, w, bias ? bias + mb * 8 : NULL, oy, ox0, acc);
+                for (j = 0; j < 8; j++, out += plane) {
+                    if (n == TILE) {
+                        out[0] = acc[0][j];
+                        out[1] = acc[1][j];
+                        out[2] = acc[2][j];
+                        out[3] = acc[3][j];
+                    } else {
+                        for (q = 0; q < n; q++)
+                            out[q] = acc[q][j];
                     }
                 }
             }
@@ -299,21 +342,38 @@ void dnn_gemm_bits(const dnn_gemm_t *p, const float *x, const uint8_t *bits, con
     gemm(p, x, NULL, bits, alpha_j, bias, y);
 }
 
-/* Max pooling whose windows all lie inside the input (no padding, no dilation): no checks. */
+#define MAXPOOL_ROW 1024 /* widest input row the unchecked max pooling takes */
+
+static float max2(float a, float b)
+{
+    return b > a ? b : a;
+}
+
+/*
+ * Max pooling whose windows all lie inside the input (no padding, no dilation): per output row,
+ * the maximum down each input column of the window's rows, then across each window's columns.
+ */
 static void maxpool_inside(const dnn_pool_t *p, const float *x, float *y)
 {
-    int c, oy, ox, i, j;
+    float column[MAXPOOL_ROW];
+    int c, oy, ox, i, j, ix;
     for (c = 0; c < p->c; c++) {
         const float *in = x + (size_t)c * p->h * p->w;
         float *out = y + (size_t)c * p->oh * p->ow;
         for (oy = 0; oy < p->oh; oy++) {
+            const float *top = in + (size_t)oy * p->sh * p->w;
+            for (ix = 0; ix < p->w; ix++)
+                column[ix] = top[ix];
+            for (i = 1; i < p->kh; i++) {
+                const float *row = top + (size_t)i * p->w;
+                for (ix = 0; ix < p->w; ix++)
+                    column[ix] = max2(column[ix], row[ix]);
+            }
             for (ox = 0; ox < p->ow; ox++) {
-                const float *window = in + (size_t)oy * p->sh * p->w + (size_t)ox * p->sw;
+                const float *window = column + ox * p->sw;
                 float best = window[0];
-                for (i = 0; i < p->kh; i++)
-                    for (j = 0; j < p->kw; j++)
-                        best = window[(size_t)i * p->w + j] > best ? window[(size_t)i * p->w + j]
-                                                                     : best;
+                for (j = 1; j < p->kw; j++)
+                    best = max2(best, window[j]);
                 out[(size_t)oy * p->ow + ox] = best;
             }
         }
@@ -323,7 +383,7 @@ static void maxpool_inside(const dnn_pool_t *p, const float *x, float *y)
 void dnn_maxpool2d(const dnn_pool_t *p, const float *x, float *y)
 {
     int c, oy, ox, i, j;
-    if (p->pt == 0 && p->pl == 0 && p->dh == 1 && p->dw == 1 &&
+    if (p->pt == 0 && p->pl == 0 && p->dh == 1 && p->dw == 1 && p->w <= MAXPOOL_ROW &&
         (p->oh - 1) * p->sh + p->kh <= p->h && (p->ow - 1) * p->sw + p->kw <= p->w) {
         maxpool_inside(p, x, y);
         return;
