@@ -35,6 +35,7 @@ COPY server ./server
 COPY gateway ./gateway
 COPY device-agent ./device-agent
 COPY operator ./operator
+COPY codegen ./codegen
 RUN npm run build --silent \
  && npm prune --omit=dev --no-audit --no-fund --update-notifier=false --loglevel=error
 # Keep only the target's onnxruntime-node binaries (the package holds ~290 MB for every OS and
