@@ -17,7 +17,7 @@ import { makeLogger } from "../core/runtime/tier.js";
 import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
 import { tempDir } from "../test/support/bundle-fixture.js";
-import { waitFor } from "../test/support/fog.js";
+import { startFog, waitFor } from "../test/support/fog.js";
 import { type Mosquitto, startMosquitto } from "../test/support/mosquitto.js";
 import { requireProgram } from "../test/support/programs.js";
 import { root } from "../test/support/run.js";
@@ -225,5 +225,57 @@ describe("ddnn-device over MQTT against the server tier", () => {
     expect(lines.slice(0, killedAt).some((l) => l.tier === "server")).toBe(true);
     expect(lines.slice(restartedAt).some((l) => l.tier === "server")).toBe(true);
     await waitFor(() => server.service.subscribed, 10_000, "server subscribed again");
+  }, 120_000);
+});
+
+describe("ddnn-device with a gateway between it and the server (fashion-3tier)", () => {
+  it("answers from the device, edge and server exits exactly as the in-process pipeline", async () => {
+    const bundle = join(root, "models/fashion-3tier");
+    const dir = join(tempDir("ddnn-codegen-mqtt3-"), "device");
+    mkdirSync(dir, { recursive: true });
+    await writeGenerated(generateC(await readBundle(bundle)), dir);
+    await run("nice", ["make", "-s", "-C", dir, "MQTT=1"]);
+    const fog = await startFog({
+      bundle,
+      broker: mosquitto.url,
+      stageNames: ["device", "edge", "server"],
+      sharedSubscriptions: true,
+      devices: 0,
+    });
+    try {
+      const pipeline = await Pipeline.load(bundle);
+      const count = 500;
+      let expected: { exitStage: Int32Array; label: Int32Array };
+      try {
+        const idx = await readIdx(images);
+        expected = adaptiveDecisions(
+          await pipeline.evaluateAll(idx.data.subarray(0, count * 784), count, 500),
+          pipeline.policy,
+        );
+      } finally {
+        await pipeline.release();
+      }
+      const { stdout } = await run(
+        join(dir, "ddnn-device"),
+        ["--broker", mosquitto.url, "--replay", images, "--limit", String(count)],
+        { maxBuffer: 1 << 24 },
+      );
+      const answers = stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as AnswerLine);
+      expect(answers).toHaveLength(count);
+      const names = ["device", "edge", "server"];
+      for (const a of answers) {
+        expect(a.degraded, `sample ${a.index}`).toBe(false);
+        expect(a.stageIndex, `sample ${a.index}`).toBe(expected.exitStage[a.index]);
+        expect(a.stage).toBe(names[a.stageIndex]);
+        expect(a.label, `sample ${a.index}`).toBe(expected.label[a.index]);
+      }
+      // Every exit answered some samples.
+      for (const s of [0, 1, 2]) expect(answers.some((a) => a.stageIndex === s)).toBe(true);
+    } finally {
+      await fog.close();
+    }
   }, 120_000);
 });
