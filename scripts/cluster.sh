@@ -67,15 +67,28 @@ cli() {
   ORT_DISABLE_TELEMETRY=1 exec npx --no-install vite-node test/cluster/cli.ts "$@"
 }
 
+# One cluster per machine: up, down and a whole e2e run hold this lock (another waits for it).
+lock_cluster() {
+  local dir=${DDNN_CLUSTER_DIR:-/var/lib/ddnn-fog-cluster}
+  mkdir -p "$dir"
+  exec 8>"$dir/.lock"
+  if ! flock -n 8; then
+    echo "cluster: waiting for another up, down or e2e run on this machine ($dir/.lock)" >&2
+    flock 8
+  fi
+}
+
 [ "$(id -u)" -eq 0 ] || { echo "cluster: needs root (bridges, iptables, containerd, kubelet)" >&2; exit 1; }
 command=${1:-}
 case $command in
   build) build ;;
-  up) build && cli "$@" ;;
-  down | status) cli "$@" ;;
+  up) build && lock_cluster && cli "$@" ;;
+  down) lock_cluster && cli "$@" ;;
+  status) cli "$@" ;;
   e2e)
     shift
     build
+    lock_cluster
     ORT_DISABLE_TELEMETRY=1 exec npx --no-install vitest run --config test/e2e/vitest.config.ts "$@"
     ;;
   *)
