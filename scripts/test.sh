@@ -32,6 +32,10 @@ for version in ${DDNN_TEST_NODES-22.23.3 24.21.0}; do
   PATH="$(dirname "$bin"):$PATH" npx --no-install vitest run --reporter=dot --reporter=json \
     --outputFile.json="${runs[-1]}" || vitest_rc=$?
 done
+# The end-to-end tests on a real cluster on this machine (docs/cluster.md), once, on the machine's Node.
+echo "== e2e (real Kubernetes cluster)"
+runs+=("$reports/e2e.json")
+bash scripts/cluster.sh e2e --reporter=default --reporter=json --outputFile.json="${runs[-1]}" || vitest_rc=$?
 echo "== pytest (trainer)"
 pytest_rc=0
 "$python" -m pytest trainer/tests -q -p no:cacheprovider --junitxml="$reports/pytest.xml" || pytest_rc=$?

@@ -85,9 +85,18 @@ async function kustomize(overlay: string): Promise<{ text: string; objects: Kube
 
 const of = (objects: KubeObject[], kind: string) => objects.filter((o) => o.kind === kind);
 
-/** The bundles shipped in models/: every folder with a ddnn.json. */
+/**
+ * The bundles shipped in models/: every folder with a ddnn.json, but multi-view ones (a `views`
+ * block, docs/bundle-views.md), which the operator and the tiers do not run yet.
+ */
 const shippedBundles = readdirSync(join(REPO_ROOT, "models"), { withFileTypes: true })
   .filter((e) => e.isDirectory() && existsSync(join(REPO_ROOT, "models", e.name, "ddnn.json")))
+  .filter(
+    (e) =>
+      !(
+        "views" in JSON.parse(readFileSync(join(REPO_ROOT, "models", e.name, "ddnn.json"), "utf8"))
+      ),
+  )
   .map((e) => e.name)
   .sort();
 

@@ -545,7 +545,10 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     const probe = offloaded[0]!;
 
     for (const tier of ["server", "broker", "device"] as const) {
-      const victim = (await tierPods(tier)).find(ready)!;
+      // Right after a rollout the new Pods may still be starting: wait for one that serves.
+      const victim = await waitUntil(`a Ready ${tier} Pod`, async () =>
+        (await tierPods(tier)).find(ready),
+      );
       const conditionType = {
         server: "ServerReady",
         broker: "BrokerReady",
