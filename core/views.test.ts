@@ -1,5 +1,16 @@
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import type * as ort from "onnxruntime-node";
 import { describe, expect, it } from "vitest";
-import { aggregateFeatures, aggregateLogits } from "./views.js";
+import { loadRuntime } from "./bundle/backend.js";
+import { readIdx } from "./dataset/idx.js";
+import { argmax, normalizedEntropy } from "./exit.js";
+import { preprocess } from "./preprocess.js";
+import { aggregateFeatures, aggregateLogits, readViewsBundle } from "./views.js";
 
 const f32 = (values: number[]) => Float32Array.from(values);
 
@@ -59,5 +70,138 @@ describe("the feature aggregator", () => {
     expect(aggregateFeatures("max", [v0, v1], 2)).toEqual(f32([1, 2, 4, 6]));
     expect(aggregateFeatures("avg", [v0, v1], 2)).toEqual(f32([0.5, 1, 3, 3]));
     expect(aggregateFeatures("avg", [undefined, v1], 2)).toEqual(v1);
+  });
+});
+
+describe("the shipped multi-view bundle models/fashion-views3", () => {
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  const bundleDir = join(root, "models", "fashion-views3");
+  const evalDir = join(bundleDir, "eval");
+  const images = [0, 1, 2].map((v) =>
+    join(evalDir, `fashion-mnist-views3-t10k-2000-view${v}-images-idx3-ubyte.gz`),
+  );
+  const labelsFile = join(evalDir, "fashion-mnist-views3-t10k-2000-labels-idx1-ubyte.gz");
+
+  interface Subset {
+    present: number[];
+    overall: number;
+    stages: { exitRate: number }[];
+  }
+
+  /** `python -m trainer evaluate-views --json`, with per-sample answers for every view present. */
+  async function pytorch() {
+    const file = join(mkdtempSync(join(tmpdir(), "ddnn-views-")), "p.json");
+    const { stdout } = await promisify(execFile)(
+      "/usr/bin/python3",
+      [
+        "-m",
+        "trainer",
+        "evaluate-views",
+        "--bundle",
+        bundleDir,
+        ...images.flatMap((p) => ["--images", p]),
+        "--labels",
+        labelsFile,
+        "--json",
+        "--predictions",
+        file,
+      ],
+      { cwd: root, timeout: 300_000 },
+    );
+    const report = JSON.parse(stdout) as {
+      all: Subset;
+      missing: { subsets: Subset[] }[];
+    };
+    return {
+      subsets: [report.all, ...report.missing.flatMap((m) => m.subsets)],
+      all: JSON.parse(readFileSync(file, "utf8")) as { exitStage: number[]; label: number[] },
+    };
+  }
+
+  it("answers as the trainer's PyTorch model, every set of views present, on the 2,000 captures", async () => {
+    const theirs = pytorch();
+    const { bundle, views, deviceBytes } = await readViewsBundle(bundleDir);
+    expect(views.count).toBe(3);
+    const { manifest } = bundle;
+    const { ort: runtime } = await loadRuntime();
+    const run = async (bytes: Uint8Array, input: string, x: ort.Tensor) => {
+      const session = await runtime.InferenceSession.create(bytes);
+      try {
+        return await session.run({ [input]: x });
+      } finally {
+        await session.release();
+      }
+    };
+    const [first, server] = [manifest.stages[0]!, manifest.stages[1]!];
+    const classes = manifest.labels.length;
+    const labels = (await readIdx(labelsFile)).data;
+    const n = labels.length;
+    // Each view's device stage once, as its device would run it.
+    const device: ort.InferenceSession.OnnxValueMapType[] = [];
+    for (const [v, bytes] of deviceBytes.entries()) {
+      const pixels = (await readIdx(images[v]!)).data;
+      const x = preprocess(manifest.input, pixels, n);
+      device.push(
+        await run(
+          bytes,
+          first.input,
+          new runtime.Tensor("float32", x, [n, ...manifest.input.shape]),
+        ),
+      );
+    }
+    const dims = device[0]![first.features!]!.dims;
+    const answers = async (present: readonly number[]) => {
+      const pick = (name: string) =>
+        device.map((out, v) =>
+          present.includes(v) ? (out[name]!.data as Float32Array) : undefined,
+        );
+      const local = aggregateLogits(views.localAggregation, pick(first.logits));
+      const h = aggregateFeatures(views.featureAggregation, pick(first.features!), n);
+      const channels = dims[1]! * (views.featureAggregation === "concat" ? views.count : 1);
+      const out = await run(
+        bundle.stageBytes[1]!,
+        server.input,
+        new runtime.Tensor("float32", h, [n, channels, ...dims.slice(2)]),
+      );
+      const serverLogits = out[server.logits]!.data as Float32Array;
+      const exitStage: number[] = [];
+      const label: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const here = normalizedEntropy(local, i * classes, classes) < first.exit!.threshold;
+        exitStage.push(here ? 0 : 1);
+        label.push(argmax(here ? local : serverLogits, i * classes, classes));
+      }
+      return { exitStage, label };
+    };
+    const py = await theirs;
+    expect(py.subsets.map((s) => s.present)).toEqual([
+      [0, 1, 2],
+      [0, 1],
+      [0, 2],
+      [1, 2],
+      [0],
+      [1],
+      [2],
+    ]);
+    for (const subset of py.subsets) {
+      const ours = await answers(subset.present);
+      const correct = ours.label.filter((l, i) => l === labels[i]).length / n;
+      const local = ours.exitStage.filter((s) => s === 0).length / n;
+      // onnxruntime and PyTorch differ in the last bits; a sample on the threshold may flip.
+      expect(Math.abs(correct - subset.overall), `views ${subset.present}`).toBeLessThanOrEqual(
+        0.001,
+      );
+      expect(
+        Math.abs(local - subset.stages[0]!.exitRate),
+        `views ${subset.present}`,
+      ).toBeLessThanOrEqual(0.001);
+      if (subset.present.length === views.count) {
+        let same = 0;
+        for (let i = 0; i < n; i++)
+          if (ours.exitStage[i] === py.all.exitStage[i] && ours.label[i] === py.all.label[i])
+            same++;
+        expect(same / n).toBeGreaterThanOrEqual(0.999);
+      }
+    }
   });
 });

@@ -141,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                         '"bestSingleView","bestSingleOverall","gain"}; "all" and every row of "single" and '
                         '"missing"[].subsets are evaluate --json tables plus "present" (the views present)')
     v.add_argument("--predictions", default=None, metavar="FILE",
-                   help="write per-sample JSON {exitStage, label, stageLabels, stageEntropy} with every view "
-                        "present to FILE (the exits: the local aggregate, then each later stage)")
+                   help="write per-sample JSON {exitStage, label, stageLabels, stageEntropy} to FILE (the exits: "
+                        "the local aggregate, then each later stage), with the views of --present")
+    v.add_argument("--present", default=None, metavar="V,V,...",
+                   help="the views present for --predictions, e.g. 0,2 (default: every view)")
     v.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
 
     s = sub.add_parser("synth", formatter_class=fmt, help="random-weight bundle of any shape (runtime cross-checks)",

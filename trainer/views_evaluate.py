@@ -166,6 +166,19 @@ def load_views_eval_set(images: Sequence[str], labels_path: str, views: int, inp
     return stacked, labels
 
 
+def parse_present(text: str | None, views: int) -> tuple[int, ...]:
+    """--present "0,2" -> (0, 2); None -> every view."""
+    if text is None:
+        return tuple(range(views))
+    try:
+        chosen = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--present {text!r}: comma-separated view indices, e.g. 0,2") from None
+    if not chosen or chosen[0] < 0 or chosen[-1] >= views:
+        raise ValueError(f"--present {text!r}: views are 0..{views - 1}")
+    return tuple(chosen)
+
+
 def main(args: Any) -> int:
     torch.set_num_threads(args.threads)
     manifest, model, config = load_views_bundle(args.bundle)
@@ -189,8 +202,9 @@ def main(args: Any) -> int:
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"labels must be in 0..{classes - 1}")
     report = views_report(model, views, labels, spec, thresholds)
+    present = parse_present(args.present, model.views)
     if args.predictions:
-        preds, etas = infer_views(model, views, spec, [tuple(range(model.views))])[tuple(range(model.views))]
+        preds, etas = infer_views(model, views, spec, [present])[present]
         with open(args.predictions, "w") as f:
             json.dump(predictions(preds, etas, thresholds), f)
     if args.json:

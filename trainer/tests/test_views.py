@@ -249,6 +249,15 @@ def test_train_sample_and_evaluate_views(tmp_path, capsys):
     assert "0,1,2 (all)" in text and "1 (alone)" in text and "2 views missing" in text
     p = json.load(open(tmp_path / "p.json"))
     assert p["exitStage"] == [1] * 50
+    # --present: the predictions of the model with only those views.
+    assert main(["evaluate-views", "--bundle", bundle, "--limit", "50", "--present", "2,0", "--json",
+                 "--predictions", str(tmp_path / "p02.json")]) == 0
+    two = json.loads(capsys.readouterr().out)["missing"][0]["subsets"][1]
+    assert two["present"] == [0, 2]
+    p = json.load(open(tmp_path / "p02.json"))
+    assert np.mean(np.array(p["label"]) == data.test.labels[:50]) == pytest.approx(two["overall"])
+    assert main(["evaluate-views", "--bundle", bundle, "--present", "3", "--limit", "5"]) == 2
+    assert "views are 0..2" in capsys.readouterr().err
 
     # The single-view commands refuse a multi-view bundle and say what to use.
     assert main(["evaluate", "--bundle", bundle, "--images", images[0], "--labels", labels]) == 2
@@ -267,3 +276,13 @@ def test_train_refuses_a_bad_view_count(tmp_path, capsys):
 def test_subsets_list_every_set_of_views_present_all_first():
     assert all_subsets(3) == [(0, 1, 2), (0, 1), (0, 2), (1, 2), (0,), (1,), (2,)]
     assert len(all_subsets(6)) == 63
+
+
+@requires_fashion
+def test_the_same_command_writes_the_same_bundle(tmp_path):
+    argv = ["train", "--views", "2", "--local-agg", "avg", "--filters", "4", "--epochs", "1", "--batch-size", "64",
+            "--train-limit", "640", "--val-size", "200", "--test-limit", "100"]
+    for out in ("a", "b"):
+        assert main([*argv, "--out", str(tmp_path / out / "views2")]) == 0
+    for file in ("ddnn.json", "device-view0.onnx", "device-view1.onnx", "server.onnx"):
+        assert (tmp_path / "a" / "views2" / file).read_bytes() == (tmp_path / "b" / "views2" / file).read_bytes(), file
