@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 python_packages=(python3-torch python3-onnx python3-numpy python3-pytest python3-paho-mqtt dataset-fashion-mnist)
 # Libraries the generated C device programs build against (ddnn codegen c): the ARM C libraries
 # for static cross builds, zlib, libmosquitto and cJSON for ddnn-device, and an OpenCL platform.
-build_packages=(libc6-dev-armhf-cross libc6-dev-arm64-cross zlib1g-dev libmosquitto-dev libcjson-dev pocl-opencl-icd ocl-icd-opencl-dev)
+build_packages=(gcc-12-arm-linux-gnueabihf gcc-12-aarch64-linux-gnu libc6-dev-armhf-cross libc6-dev-arm64-cross zlib1g-dev libmosquitto-dev libcjson-dev pocl-opencl-icd ocl-icd-opencl-dev)
 mapfile -t program_table < <(grep -vE '^\s*(#|$)' scripts/programs.txt)
 program_packages=()
 for row in "${program_table[@]}"; do program_packages+=("$(awk '{ print $2 }' <<<"$row")"); done
