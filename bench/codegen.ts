@@ -10,7 +10,10 @@
  * all alike; each figure is the median over rounds.
  *
  *   node dist/bench/codegen.js [--bundles fashion-deep,fashion-3tier,fashion-shallow]
- *                              [--samples 2000] [--rounds 4] [--no-callgrind]
+ *                              [--samples 2000] [--rounds 4] [--no-callgrind] [--callgrind-wasm]
+ *
+ * --callgrind-wasm also counts onnxruntime-web's instructions per sample under callgrind (Node and
+ * the WebAssembly runtime under valgrind: about 4 minutes per bundle).
  *
  * Goals: the C at batch 1 no slower than onnxruntime-node, and at least 3x faster than the
  * WebAssembly backend, for every bundle.
@@ -20,6 +23,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { pathToFileURL } from "node:url";
 import { parseArgs, promisify } from "node:util";
 import { packageRoot } from "../cli/paths.js";
 import { renderTable } from "../cli/table.js";
@@ -38,6 +42,7 @@ const { values } = parseArgs({
     samples: { type: "string", default: "2000" },
     rounds: { type: "string", default: "4" },
     "no-callgrind": { type: "boolean", default: false },
+    "callgrind-wasm": { type: "boolean", default: false },
   },
 });
 
@@ -114,6 +119,38 @@ async function cInstructions(program: string): Promise<number> {
   return ((await count(60)) - (await count(10))) / 50;
 }
 
+/** onnxruntime-web's instructions per sample under callgrind, from 110 and 10 runs. */
+async function wasmInstructions(bundlePath: string, shape: readonly number[]): Promise<number> {
+  const module = (file: string) => JSON.stringify(pathToFileURL(join(root, "dist", file)).href);
+  const script = `
+import { readBundle } from ${module("core/bundle/read.js")};
+import { openStages } from ${module("core/bundle/stages.js")};
+const [s] = await openStages(await readBundle(process.argv[1]), { only: [0], backend: "wasm", intraOpThreads: 1 });
+const x = new Float32Array(${shape.reduce((a, b) => a * b, 1)}).fill(0.5);
+for (let i = 0; i < Number(process.argv[2]); i++)
+  await s.session.run({ [s.spec.input]: new s.runtime.ort.Tensor("float32", x, [1, ${shape.join(", ")}]) });
+await s.session.release();
+`;
+  const count = async (n: number) => {
+    const { stderr } = await run(
+      "valgrind",
+      [
+        "--tool=callgrind",
+        `--callgrind-out-file=${join(work, `wasm.${n}`)}`,
+        process.execPath,
+        "--input-type=module",
+        "-e",
+        script,
+        bundlePath,
+        String(n),
+      ],
+      { maxBuffer: 1 << 26 },
+    );
+    return Number((/refs:\s+([\d,]+)/.exec(stderr)?.[1] ?? "0").replaceAll(",", ""));
+  };
+  return ((await count(110)) - (await count(10))) / 100;
+}
+
 const median = (v: number[]) => {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -125,6 +162,7 @@ interface Row {
   nodeUs: number;
   wasmUs: number;
   cInstructions: number | null;
+  wasmInstructions: number | null;
   packed: Footprint;
   unpacked: Footprint;
   packedLayers: number;
@@ -168,6 +206,9 @@ async function benchBundle(name: string): Promise<Row> {
     nodeUs: median(times.node),
     wasmUs: median(times.wasm),
     cInstructions: values["no-callgrind"] ? null : await cInstructions(program),
+    wasmInstructions: values["callgrind-wasm"]
+      ? await wasmInstructions(join(root, "models", name), bundle.manifest.input.shape)
+      : null,
     packed,
     unpacked,
     packedLayers: generateC(bundle).report.packed.length,
@@ -196,6 +237,7 @@ async function main(): Promise<number> {
         "node / C",
         "wasm / C",
         "C instr/sample",
+        "wasm instr/sample",
       ],
       rows.map((r) => [
         r.bundle,
@@ -205,6 +247,7 @@ async function main(): Promise<number> {
         ratio(r.nodeUs / r.cUs),
         ratio(r.wasmUs / r.cUs),
         r.cInstructions === null ? "-" : `${(r.cInstructions / 1e6).toFixed(2)} M`,
+        r.wasmInstructions === null ? "-" : `${(r.wasmInstructions / 1e6).toFixed(2)} M`,
       ]),
     ),
   );
