@@ -193,7 +193,7 @@ describe("ddnn bundle pack", () => {
   it("refuses bad flags with one line", async () => {
     for (const [args, message] of [
       [["bundle", "pack"], "name the bundle directory"],
-      [["bundle", "pack", "a", "b"], "one bundle directory, not 2"],
+      [["bundle", "pack", "a", "b"], "one DIR, not 2"],
       [["bundle", "pack", "models/fashion-deep", "--namespace", "Fog"], "--namespace"],
       [["bundle", "pack", "models/fashion-deep", "--name", "a_b"], "--name"],
       [["bundle", "pack", "models/fashion-deep", "--nmae", "x"], "--nmae"],

@@ -5,18 +5,81 @@
  */
 import { readdir, stat, writeFile } from "node:fs/promises";
 import { join, relative, sep } from "node:path";
-import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import { stringify } from "yaml";
+import { z } from "zod";
 import { MANIFEST_FILE, type Manifest } from "../core/bundle/manifest.js";
 import { readBundle, readBundleArchive, type VerifiedBundle } from "../core/bundle/read.js";
-import { ConfigError } from "../core/config.js";
+import {
+  ConfigError,
+  type ConfigOf,
+  field,
+  loadConfig,
+  program,
+  programHelp,
+  wantsHelp,
+} from "../core/config.js";
 
-export const bundleHelp = `ddnn bundle: prepare a model bundle for a cluster
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
+const fileName = z.string().min(1, "needs a file name").optional();
 
-Usage: ddnn bundle pack DIR [--name NAME] [--namespace NS] [--out FILE] [--archive FILE]
+/** `ddnn bundle pack`: every argument, flag, environment variable, file key and default it has. */
+export const packConfig = program({
+  dir: field(
+    z
+      .string({ message: "name the bundle directory (ddnn bundle pack DIR)" })
+      .min(1, "name the bundle directory (ddnn bundle pack DIR)"),
+    {
+      positional: true,
+      env: "DDNN_BUNDLE",
+      value: "DIR",
+      help: "the bundle: a directory holding ddnn.json and its stage files, or a .tar.gz",
+    },
+  ),
+  name: field(
+    z
+      .string()
+      .max(253, "must be a ConfigMap name (at most 253 characters)")
+      .regex(DNS_SUBDOMAIN, "must be a ConfigMap name (lowercase a-z, 0-9, - and ., at most 253)")
+      .optional(),
+    {
+      env: "DDNN_BUNDLE_CONFIGMAP",
+      help: "the ConfigMap's name",
+      value: "NAME",
+      defaultText: "<bundle name>-bundle",
+    },
+  ),
+  namespace: field(
+    z
+      .string()
+      .max(63, "must be a namespace name (at most 63 characters)")
+      .regex(DNS_LABEL, "must be a namespace name (lowercase a-z, 0-9 and -, at most 63)")
+      .optional(),
+    {
+      env: "DDNN_BUNDLE_NAMESPACE",
+      help: "the ConfigMap's namespace, which must be the DDNNModel's; without it kubectl -n or kustomize's namespace decide",
+      value: "NS",
+      defaultText: "none",
+    },
+  ),
+  out: field(fileName, {
+    env: "DDNN_BUNDLE_OUT",
+    help: "write the ConfigMap manifest to FILE instead of stdout",
+    value: "FILE",
+  }),
+  archive: field(fileName, {
+    env: "DDNN_BUNDLE_ARCHIVE",
+    help: "also write the .tar.gz to FILE (required when it is over 1 MiB)",
+    value: "FILE",
+  }),
+});
 
-pack verifies the bundle DIR (ddnn.json and the sha256 of every stage file; a .tar.gz works
+export const bundleHelp = programHelp(packConfig, {
+  title: "ddnn bundle: prepare a model bundle for a cluster",
+  usage: "ddnn bundle pack DIR [--name NAME] [--namespace NS] [--out FILE] [--archive FILE]",
+  after: `pack verifies the bundle DIR (ddnn.json and the sha256 of every stage file; a .tar.gz works
 too) and packs ddnn.json and the stage files it names, nothing else, as a reproducible .tar.gz
 (sorted names, owner 0:0, mtime 0, gzip without name or time: the same bundle always gives the
 same bytes). When that is at most 1 MiB (the most a ConfigMap holds) it writes a ConfigMap
@@ -24,24 +87,14 @@ manifest with the archive under binaryData key bundle.tar.gz; larger bundles are
 HTTP(S) and named by spec.bundle.url. On stderr it prints the sha256 of ddnn.json, which goes
 in the DDNNModel's spec.bundle.sha256, and a DDNNModel that uses the bundle.
 
-  --name NAME        the ConfigMap's name (default: <bundle name>-bundle)
-  --namespace NS     the ConfigMap's namespace (default: none, so kubectl -n or kustomize's
-                     namespace decide); it must be the DDNNModel's namespace
-  --out FILE         write the ConfigMap manifest to FILE instead of stdout
-  --archive FILE     also write the .tar.gz to FILE (required when it is over 1 MiB)
-
 Apply the ConfigMap with "kubectl apply --server-side" (or kubectl create): a client-side
-apply copies the object into an annotation, which holds at most 256 KiB.
-`;
+apply copies the object into an annotation, which holds at most 256 KiB.`,
+});
 
 /** The most the API server stores in one ConfigMap (data and binaryData together). */
 export const CONFIGMAP_MAX_BYTES = 1024 * 1024;
 /** The binaryData key of the ConfigMap, the default of the DDNNModel's spec.bundle.configMap.key. */
 export const CONFIGMAP_KEY = "bundle.tar.gz";
-
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
 
 export async function runBundle(
   argv: readonly string[],
@@ -63,72 +116,18 @@ export async function runBundle(
   }
 }
 
-interface PackFlags {
-  dir: string;
-  name?: string;
-  namespace?: string;
-  out?: string;
-  archive?: string;
-}
-
-const packOptions = {
-  name: { type: "string" },
-  namespace: { type: "string" },
-  out: { type: "string" },
-  archive: { type: "string" },
-  help: { type: "boolean", short: "h" },
-} as const;
-
-function parsePackFlags(argv: readonly string[]): PackFlags | "help" {
-  const parse = () =>
-    parseArgs({ args: [...argv], options: packOptions, strict: true, allowPositionals: true });
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse();
-  } catch (e) {
-    throw new ConfigError((e as Error).message);
-  }
-  const { values, positionals } = parsed;
-  if (values.help) return "help";
-  if (positionals.length !== 1) {
-    throw new ConfigError(
-      positionals.length === 0
-        ? "bundle pack: name the bundle directory (ddnn bundle pack DIR)"
-        : `bundle pack: one bundle directory, not ${positionals.length} (${positionals.join(" ")})`,
-    );
-  }
-  if (values.name !== undefined && !(DNS_SUBDOMAIN.test(values.name) && values.name.length <= 253))
-    throw new ConfigError(
-      `--name ${JSON.stringify(values.name)}: must be a ConfigMap name (lowercase a-z, 0-9, - and ., at most 253)`,
-    );
-  if (
-    values.namespace !== undefined &&
-    !(DNS_LABEL.test(values.namespace) && values.namespace.length <= 63)
-  )
-    throw new ConfigError(
-      `--namespace ${JSON.stringify(values.namespace)}: must be a namespace name (lowercase a-z, 0-9 and -, at most 63)`,
-    );
-  for (const key of ["out", "archive"] as const)
-    if (values[key] === "") throw new ConfigError(`--${key}: needs a file name`);
-  return {
-    dir: positionals[0]!,
-    ...(values.name === undefined ? {} : { name: values.name }),
-    ...(values.namespace === undefined ? {} : { namespace: values.namespace }),
-    ...(values.out === undefined ? {} : { out: values.out }),
-    ...(values.archive === undefined ? {} : { archive: values.archive }),
-  };
-}
+type PackFlags = ConfigOf<typeof packConfig>;
 
 async function runPack(
   argv: readonly string[],
   out: (text: string) => void,
   err: (text: string) => void,
 ): Promise<number> {
-  const flags = parsePackFlags(argv);
-  if (flags === "help") {
+  if (wantsHelp(argv)) {
     out(bundleHelp);
     return 0;
   }
+  const flags = loadConfig(packConfig, argv);
   const bundle = await readBundle(flags.dir);
   const files = bundleFiles(bundle);
   const archive = packReproducibly(files);

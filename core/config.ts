@@ -38,6 +38,11 @@ export interface FieldOptions {
   readonly value?: string;
   /** The default as `--help` says it, where the schema has none or computes it when it runs. */
   readonly defaultText?: string;
+  /**
+   * The program's one positional argument (`ddnn bundle pack DIR`) rather than a flag; the
+   * environment and the file may still set it. `value` names it in the usage and help.
+   */
+  readonly positional?: boolean;
 }
 
 /** One configuration field. */
@@ -123,6 +128,7 @@ export function program<const F extends Fields>(
 export function fieldName(key: string, f: Field | undefined): string {
   if (!f) return key;
   const env = envList(key, f).join(" / ");
+  if (f.options.positional) return `${f.options.value ?? key} / ${env}`;
   return f.options.secret ? env : `--${kebab(key)} / ${env}`;
 }
 
@@ -141,8 +147,9 @@ export function loadConfig<P extends Program>(
     string,
     { type: "string" | "boolean"; multiple?: boolean; short?: string }
   > = { config: { type: "string" } };
+  const positional = Object.entries(p.fields).find(([, f]) => f.options.positional);
   for (const [key, f] of Object.entries(p.fields)) {
-    if (f.options.secret) continue;
+    if (f.options.secret || f.options.positional) continue;
     options[kebab(key)] = {
       type: f.options.switch ? "boolean" : "string",
       ...(f.options.multiple ? { multiple: true } : {}),
@@ -150,10 +157,22 @@ export function loadConfig<P extends Program>(
     };
   }
   let flags: Record<string, unknown>;
+  let positionals: string[];
   try {
-    flags = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values;
+    ({ values: flags, positionals } = parseArgs({
+      args: [...argv],
+      options,
+      strict: true,
+      allowPositionals: positional !== undefined,
+    }));
   } catch (err) {
     throw new ConfigError((err as Error).message);
+  }
+  if (positionals.length > 1) {
+    const name = positional![1].options.value ?? positional![0];
+    throw new ConfigError(
+      `one ${name}, not ${positionals.length} (${positionals.map((a) => JSON.stringify(a)).join(" ")})`,
+    );
   }
   const file = (flags.config as string | undefined) ?? (env[CONFIG_ENV] || undefined);
   let fromFile: Record<string, unknown> = {};
@@ -178,11 +197,18 @@ export function loadConfig<P extends Program>(
   const merged: Record<string, unknown> = {};
   const source: Record<string, { where: string; list: boolean }> = {};
   for (const [key, f] of Object.entries(p.fields)) {
-    const flag = f.options.secret ? undefined : flags[kebab(key)];
+    const flag = f.options.secret
+      ? undefined
+      : f.options.positional
+        ? positionals[0]
+        : flags[kebab(key)];
     const named = envList(key, f).find((n) => env[n] !== undefined && env[n] !== "");
     if (flag !== undefined) {
       merged[key] = flag;
-      source[key] = { where: `--${kebab(key)}`, list: true };
+      source[key] = {
+        where: f.options.positional ? (f.options.value ?? key) : `--${kebab(key)}`,
+        list: true,
+      };
     } else if (named !== undefined) {
       const value = env[named]!;
       merged[key] = f.options.multiple
@@ -256,9 +282,11 @@ export function fieldHelp(p: Program): string {
     .map(([key, f]) => {
       const o = f.options;
       const names = envList(key, f);
-      const flag = o.secret
-        ? `(env ${names.join(" / ")} only)`
-        : `--${kebab(key)}${o.short ? `, -${o.short}` : ""}${o.switch ? "" : ` ${o.value ?? "VALUE"}`}`;
+      const flag = o.positional
+        ? (o.value ?? key)
+        : o.secret
+          ? `(env ${names.join(" / ")} only)`
+          : `--${kebab(key)}${o.short ? `, -${o.short}` : ""}${o.switch ? "" : ` ${o.value ?? "VALUE"}`}`;
       const d = defaultOf(f);
       const also = names.length > 1 ? `, then ${names.slice(1).join(", then ")}` : "";
       const env = o.secret ? "" : ` (${names[0]}${o.multiple ? ", comma-separated" : ""}${also})`;

@@ -5,6 +5,7 @@
  * instead of declaring its own.
  */
 import { describe, expect, it } from "vitest";
+import { packConfig } from "../cli/bundle.js";
 import { evalConfig, evalHelp } from "../cli/eval.js";
 import { operatorConfig, operatorHelp } from "../cli/operator.js";
 import { tierProgram } from "../cli/tiers.js";
@@ -17,7 +18,7 @@ import { serverConfig } from "../server/config.js";
 const kebab = (key: string) => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 const flagsOf = (p: Program) =>
   Object.entries(p.fields)
-    .filter(([, f]) => !f.options.secret)
+    .filter(([, f]) => !f.options.secret && !f.options.positional)
     .map(([k]) => kebab(k));
 
 const TIER = [
@@ -167,6 +168,18 @@ const before: [string, Program, string[], string[]][] = [
     ],
   ],
   [
+    "bundle pack",
+    packConfig,
+    ["name", "namespace", "out", "archive"],
+    [
+      "DDNN_BUNDLE",
+      "DDNN_BUNDLE_CONFIGMAP",
+      "DDNN_BUNDLE_NAMESPACE",
+      "DDNN_BUNDLE_OUT",
+      "DDNN_BUNDLE_ARCHIVE",
+    ],
+  ],
+  [
     "operator",
     operatorConfig,
     [
@@ -220,6 +233,8 @@ describe("program configuration", () => {
     for (const [key, f] of Object.entries(p.fields)) {
       const env = p.env[key]!;
       if (f.options.secret) expect(help).toContain(`(env ${env} only)`);
+      else if (f.options.positional)
+        expect(help).toMatch(new RegExp(`^ {2}${f.options.value}\\b[^\\n]*\\(${env}[,)]`, "m"));
       else expect(help).toMatch(new RegExp(`--${kebab(key)}\\b[^\\n]*\\(${env}[,)]`));
     }
     for (const line of raw.split("\n")) expect(line.length).toBeLessThanOrEqual(100);
