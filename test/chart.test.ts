@@ -325,6 +325,7 @@ describe("helm lint and helm template", () => {
       "ClusterRole/ddnn-fog",
       "ClusterRoleBinding/ddnn-fog",
       "Deployment/ddnn-fog",
+      "Lease/ddnn-fog",
       "PodDisruptionBudget/ddnn-fog",
       "Role/ddnn-fog-leader-election",
       "RoleBinding/ddnn-fog-leader-election",
@@ -479,6 +480,7 @@ describe("helm lint and helm template", () => {
     ]);
     expect(single.map((o) => o.kind)).not.toContain("PodDisruptionBudget");
     expect(single.filter((o) => o.kind === "Role")).toEqual([]);
+    expect(single.filter((o) => o.kind === "Lease")).toEqual([]);
   });
 });
 
@@ -490,9 +492,13 @@ describe("RBAC", () => {
     expect(lease.metadata.namespace).toBe("ddnn-system");
     expect(flatten([...role.rules, ...lease.rules])).toEqual(flatten(neededRules("ddnn-fog")));
     expect(flatten(role.rules).filter((r) => r.includes("secrets"))).toEqual([]);
-    // The Lease the Role names is the one the operator campaigns for.
+    // The Lease the Role names is the one the operator campaigns for, and the chart makes it (so
+    // that helm uninstall removes it), without a holder.
     const env = one<Deployment>(objects, "Deployment").spec.template.spec.containers[0]!.env;
     expect(env.find((e) => e.name === "DDNN_LEASE_NAME")?.value).toBe("ddnn-fog");
+    const made = one(objects, "Lease") as K8sObject & { spec?: unknown };
+    expect(made.metadata).toMatchObject({ name: "ddnn-fog", namespace: "ddnn-system" });
+    expect(made.spec).toBeUndefined();
   });
 
   it("with operator.watchNamespace, the same rules as a Role in that namespace", async () => {
@@ -574,10 +580,13 @@ const MANIFESTS: { file: string; args: string[]; about: string[] }[] = [
       "templates/service.yaml",
       "--show-only",
       "templates/poddisruptionbudget.yaml",
+      "--show-only",
+      "templates/lease.yaml",
     ],
     about: [
-      "ddnn-operator itself: two replicas, one leader (Lease ddnn-system/ddnn-operator), its metrics",
-      "Service and disruption budget. Apply after operator/rbac.yaml and crds/.",
+      "ddnn-operator itself: two replicas, one leader (Lease ddnn-system/ddnn-operator, made here so",
+      "that deleting these objects deletes it too), its metrics Service and disruption budget. Apply",
+      "after operator/rbac.yaml and crds/.",
     ],
   },
 ];
