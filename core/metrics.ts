@@ -1,5 +1,20 @@
-/** Prometheus metric names shared by every tier (prefix ddnn_). Each program makes its own registry. */
+/**
+ * Prometheus metric names shared by every tier (prefix ddnn_). Each program makes its own registry;
+ * every series carries the registry's `tier` and `model` labels. Labels stay bounded (stage names,
+ * error codes, reasons, outcomes): never a request or device id, which would make a series per
+ * request. docs/metrics.md describes each metric.
+ */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+/** What the gauges of a tier's inference worker pool are read from, at every scrape. */
+export interface PoolReadings {
+  /** Requests waiting for a worker. */
+  readonly queued: number;
+  /** Workers able to take a batch. */
+  readonly readyWorkers: number;
+  /** Seconds the workers have spent running batches since the pool started, summed over workers. */
+  readonly busySeconds: number;
+}
 
 const latencyBuckets = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
@@ -9,17 +24,27 @@ export function tierMetrics(tier: string, model: string) {
   const registry = new Registry();
   registry.setDefaultLabels({ tier, model });
   collectDefaultMetrics({ register: registry });
-  // Read at every scrape, so the gauge is the queue as it is now, not as the last answer left it.
-  let queued: () => number = () => 0;
+  // Read at every scrape, so a gauge is the state as it is now, not as the last answer left it.
+  let pool: PoolReadings = { queued: 0, readyWorkers: 0, busySeconds: 0 };
+  let requestsInFlight: () => number = () => 0;
+  let offloadsInFlight: () => number = () => 0;
   return {
     registry,
-    /** Where ddnn_queue_depth is read from (the tier's worker pool). */
-    watchQueue(source: () => number): void {
-      queued = source;
+    /** Where ddnn_queue_depth, ddnn_workers and ddnn_worker_busy_seconds_total are read from. */
+    watchPool(readings: PoolReadings): void {
+      pool = readings;
+    },
+    /** Where ddnn_requests_in_flight is read from (an upstream tier's accepted, unanswered requests). */
+    watchRequestsInFlight(source: () => number): void {
+      requestsInFlight = source;
+    },
+    /** Where ddnn_offloads_in_flight is read from (a device's offloads waiting for an answer). */
+    watchOffloadsInFlight(source: () => number): void {
+      offloadsInFlight = source;
     },
     requests: new Counter({
       name: "ddnn_requests_total",
-      help: "Inference requests handled, by stage that answered or forwarded and outcome",
+      help: "Inference requests handled, by the stage that answered or forwarded them and outcome: ok (answered over MQTT), forwarded (sent on to the next stage), ok_http (answered over HTTP, Server Only), or the error code answered",
       labelNames: ["stage", "outcome"] as const,
       registers: [registry],
     }),
@@ -38,7 +63,28 @@ export function tierMetrics(tier: string, model: string) {
     }),
     requestSeconds: new Histogram({
       name: "ddnn_request_seconds",
-      help: "Time from receiving a request to publishing its answer or forwarding it",
+      help: "Time from receiving a request (on a device: a frame) to publishing its answer or forwarding it",
+      buckets: latencyBuckets,
+      registers: [registry],
+    }),
+    queueSeconds: new Histogram({
+      name: "ddnn_queue_seconds",
+      help: "Time a request waited for an inference worker, by the first stage it ran",
+      labelNames: ["stage"] as const,
+      buckets: latencyBuckets,
+      registers: [registry],
+    }),
+    transitSeconds: new Histogram({
+      name: "ddnn_transit_seconds",
+      help: "Time from the device sending a request to this tier receiving it (device and tier clocks), by the stage it runs here",
+      labelNames: ["stage"] as const,
+      buckets: latencyBuckets,
+      registers: [registry],
+    }),
+    offloadSeconds: new Histogram({
+      name: "ddnn_offload_seconds",
+      help: "Time from a device publishing an offload request to its answer arriving, by the stage it was sent to",
+      labelNames: ["stage"] as const,
       buckets: latencyBuckets,
       registers: [registry],
     }),
@@ -53,8 +99,48 @@ export function tierMetrics(tier: string, model: string) {
       help: "Requests waiting for a worker",
       registers: [registry],
       collect() {
-        this.set(queued());
+        this.set(pool.queued);
       },
+    }),
+    workers: new Gauge({
+      name: "ddnn_workers",
+      help: "Inference worker threads ready to take a batch",
+      registers: [registry],
+      collect() {
+        this.set(pool.readyWorkers);
+      },
+    }),
+    workerBusySeconds: new Counter({
+      name: "ddnn_worker_busy_seconds_total",
+      help: "Time the inference workers spent running batches, summed over workers (divided by ddnn_workers: utilisation)",
+      registers: [registry],
+      collect() {
+        // The pool keeps the total; a counter only goes up, and so does the pool's sum.
+        this.reset();
+        this.inc(pool.busySeconds);
+      },
+    }),
+    requestsInFlight: new Gauge({
+      name: "ddnn_requests_in_flight",
+      help: "Requests taken from MQTT and not yet answered or forwarded",
+      registers: [registry],
+      collect() {
+        this.set(requestsInFlight());
+      },
+    }),
+    offloadsInFlight: new Gauge({
+      name: "ddnn_offloads_in_flight",
+      help: "Requests a device sent upstream that wait for their answer",
+      registers: [registry],
+      collect() {
+        this.set(offloadsInFlight());
+      },
+    }),
+    errors: new Counter({
+      name: "ddnn_errors_total",
+      help: "Requests this tier answered with an error (MQTT error replies, dropped frames, HTTP inference), by stage and protocol error code",
+      labelNames: ["stage", "code"] as const,
+      registers: [registry],
     }),
     framesDropped: new Counter({
       name: "ddnn_frames_dropped_total",
@@ -64,7 +150,7 @@ export function tierMetrics(tier: string, model: string) {
     }),
     offloads: new Counter({
       name: "ddnn_offloads_total",
-      help: "Requests sent upstream, by outcome",
+      help: "Requests a device sent upstream, by outcome: ok, deadline, broker_unreachable, upstream_error",
       labelNames: ["outcome"] as const,
       registers: [registry],
     }),

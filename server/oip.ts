@@ -185,6 +185,7 @@ export const inferencePlugin =
         };
       } catch (err) {
         const code = err instanceof PoolError ? err.code : "internal";
+        o.metrics.errors.inc({ stage: manifest.stages[0]?.name ?? "0", code });
         return reply
           .code(status[code] ?? 500)
           .send({ error: `${code}: ${(err as Error).message}` });

@@ -1,12 +1,17 @@
 /**
  * Every tier's /metrics after a known run, against the run's own counts: each answer counted once
  * over the tiers (by the tier whose exit gave it), batch sizes per batch (MQTT and HTTP), the queue
- * as it is at scrape time, offloads and bytes as the devices saw them.
+ * as it is at scrape time, offloads and bytes as the devices saw them, the time per hop (queue,
+ * transit) once per request, workers and their busy time, and error answers by code.
  */
+import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Pipeline } from "../core/pipeline.js";
+import { modelKey, parseModelRef, requestTopic } from "../core/topics.js";
+import { encodeFrame } from "../core/wire/frame.js";
+import { encodeTensor } from "../core/wire/tensor.js";
 import { type FixtureStage, pseudoPixels, writeBundle } from "./support/bundle-fixture.js";
-import { type Fog, startFog } from "./support/fog.js";
+import { type Fog, startFog, waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
 
 const stages: FixtureStage[] = [
@@ -77,6 +82,7 @@ afterAll(async () => {
 
 describe("/metrics of every tier after a known run", () => {
   it("count each answer once, at the tier whose exit gave it, and each batch once", async () => {
+    const started = performance.now();
     const expected = await reference.infer(px, n);
     const at = [0, 1, 2].map((s) => expected.filter((e) => e.stage === s).length);
     // Every tier answers some, so a count put at the wrong tier shows.
@@ -124,6 +130,101 @@ describe("/metrics of every tier after a known run", () => {
     // Per-sample compute of each stage, once per sample that ran it.
     expect(edge.get('ddnn_stage_seconds_count{stage="edge"}')).toBe(n - at[0]!);
     expect(server.get('ddnn_stage_seconds_count{stage="server"}')).toBe(at[2]);
+
+    // Per hop, once per request a tier took: the wait for a worker, and the way from the device.
+    expect(edge.get('ddnn_queue_seconds_count{stage="edge"}')).toBe(n - at[0]!);
+    expect(server.get('ddnn_queue_seconds_count{stage="server"}')).toBe(at[2]);
+    expect(edge.get('ddnn_transit_seconds_count{stage="edge"}')).toBe(n - at[0]!);
+    expect(server.get('ddnn_transit_seconds_count{stage="server"}')).toBe(at[2]);
+    // A request reaches the server after the edge: its way from the device is longer on average.
+    const meanTransit = (m: Map<string, number>, stage: string) =>
+      m.get(`ddnn_transit_seconds_sum{stage="${stage}"}`)! /
+      m.get(`ddnn_transit_seconds_count{stage="${stage}"}`)!;
+    expect(meanTransit(server, "server")).toBeGreaterThanOrEqual(meanTransit(edge, "edge"));
+
+    // Workers: as many as configured (gateway 1, server 2), busy at least as long as the
+    // per-sample compute they reported and no longer than the run lasted on all of them.
+    expect(edge.get("ddnn_workers")).toBe(1);
+    expect(server.get("ddnn_workers")).toBe(2);
+    const elapsed = (performance.now() - started) / 1000;
+    for (const [tier, stage, workers] of [
+      [edge, "edge", 1],
+      [server, "server", 2],
+    ] as const) {
+      const busy = tier.get("ddnn_worker_busy_seconds_total")!;
+      expect(busy).toBeGreaterThanOrEqual(tier.get(`ddnn_stage_seconds_sum{stage="${stage}"}`)!);
+      expect(busy).toBeLessThanOrEqual(elapsed * workers);
+    }
+    // Nothing in flight once every answer is in, and no error answered.
+    expect(edge.get("ddnn_requests_in_flight")).toBe(0);
+    expect(server.get("ddnn_requests_in_flight")).toBe(0);
+    expect(
+      [...edge.keys(), ...server.keys()].filter((k) => k.startsWith("ddnn_errors_total")),
+    ).toEqual([]);
+  });
+
+  it("count error answers by code, at the tier that answered them", async () => {
+    const server = fog.server!;
+    const model = parseModelRef(`default/${server.bundle.manifest.name}`);
+    const client = await mqtt.connectAsync(mosquitto.url, { protocolVersion: 4, clean: true });
+    try {
+      const replyTo = "ddnn/default/metrics-test/reply/raw";
+      const replies = new Map<string, string>();
+      client.on("message", (_topic, payload) => {
+        const h = payload.readUInt32LE(4);
+        const header = JSON.parse(payload.toString("utf8", 8, 8 + h)) as {
+          id: string;
+          error?: { code: string };
+        };
+        replies.set(header.id, header.error?.code ?? "ok");
+      });
+      await client.subscribeAsync(replyTo, { qos: 1 });
+      const before = await scrape(server.port);
+      const { fields, body } = encodeTensor(new Float32Array(8), [1, 8], {
+        dtype: "f32",
+        compression: "none",
+      });
+      const frame = (id: string, overrides: Record<string, unknown>) =>
+        Buffer.from(
+          encodeFrame(
+            {
+              kind: "infer",
+              id,
+              model: modelKey(model),
+              digest: server.bundle.digest,
+              stage: 2,
+              replyTo,
+              deadline: Date.now() + 10_000,
+              ...fields,
+              ...overrides,
+            },
+            body,
+          ),
+        );
+      const sent = {
+        a: { digest: "0".repeat(64) },
+        b: { digest: "1".repeat(64) },
+        c: { deadline: Date.now() - 1 },
+      };
+      for (const [id, overrides] of Object.entries(sent))
+        await client.publishAsync(requestTopic(model, "server"), frame(id, overrides), { qos: 1 });
+      await waitFor(() => replies.size === 3, 5000, "three error replies");
+      expect(Object.fromEntries(replies)).toEqual({
+        a: "digest_mismatch",
+        b: "digest_mismatch",
+        c: "deadline_exceeded",
+      });
+      const after = await scrape(server.port);
+      const delta = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+      expect(delta('ddnn_errors_total{code="digest_mismatch",stage="server"}')).toBe(2);
+      expect(delta('ddnn_errors_total{code="deadline_exceeded",stage="server"}')).toBe(1);
+      expect(delta('ddnn_requests_total{outcome="digest_mismatch",stage="server"}')).toBe(2);
+      // Refused before they reached a worker: nothing queued, computed or answered as an exit.
+      expect(delta('ddnn_queue_seconds_count{stage="server"}')).toBe(0);
+      expect(delta('ddnn_exits_total{stage="server"}')).toBe(0);
+    } finally {
+      await client.endAsync();
+    }
   });
 
   it("count the batches of an HTTP (Open Inference Protocol) request too", async () => {

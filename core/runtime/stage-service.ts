@@ -67,6 +67,7 @@ export class StageService {
       ? o.sampleShape.reduce((a, b) => a * b, 1)
       : Number.POSITIVE_INFINITY;
     this.maxElements = Math.min(known, o.maxFrameBytes);
+    o.metrics.watchRequestsInFlight(() => this.inFlight.size);
   }
 
   /** The subscription filter this service listens on. */
@@ -143,6 +144,11 @@ export class StageService {
       const frame = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
       const decoded = decodeRequest(frame);
       header = decoded.header;
+      if (header.sentAt !== undefined)
+        metrics.transitSeconds.observe(
+          { stage: this.stageName },
+          Math.max(0, Date.now() - header.sentAt) / 1000,
+        );
       this.check(header);
       const data = decodeTensor(header, decoded.body, this.maxElements);
       const { result, queueMs } = await this.o.pool.submit({
@@ -152,6 +158,7 @@ export class StageService {
         dims: header.shape,
         ...(header.deadline !== undefined ? { deadline: header.deadline } : {}),
       });
+      metrics.queueSeconds.observe({ stage: this.stageName }, queueMs / 1000);
       let compute = 0;
       for (let s = this.o.from; s <= result.stage; s++) {
         const ms = result.stageMs[s] ?? 0;
@@ -199,7 +206,6 @@ export class StageService {
       metrics.requestSeconds.observe((performance.now() - started) / 1000);
     } catch (err) {
       await this.fail(err, header);
-    } finally {
     }
   }
 
@@ -252,6 +258,7 @@ export class StageService {
       message = `internal error: ${message}`;
     }
     metrics.requests.inc({ stage: this.stageName, outcome: code });
+    metrics.errors.inc({ stage: this.stageName, code });
     if (id === undefined || replyTo === undefined) {
       metrics.framesDropped.inc({ reason: code });
       log.warn({ code, message }, "dropped a frame without id or replyTo");

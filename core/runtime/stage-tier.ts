@@ -100,7 +100,7 @@ export function startStageTier(
       // Finishes what is queued and in flight (the service has drained by then).
       (p) => p.close(),
     );
-    metrics.watchQueue(() => pool.queued);
+    metrics.watchPool(pool);
     const client = ownBrokerConnection(
       resources,
       config,

@@ -124,6 +124,8 @@ export class WorkerPool {
   private nextBatch = 1;
   private closing = false;
   private restarts = 0;
+  /** Milliseconds of finished (or interrupted) batches, summed over workers. */
+  private busyMs = 0;
   /** Set once every first worker is ready; before that a worker that exits is not replaced. */
   private started = false;
   backend: string | undefined;
@@ -174,6 +176,16 @@ export class WorkerPool {
 
   get readyWorkers(): number {
     return this.slots.filter((s) => s.ready).length;
+  }
+
+  /**
+   * Seconds the workers have spent running batches, summed over workers, batches still running
+   * included (so the total only grows); its rate over the number of workers is the utilisation.
+   */
+  get busySeconds(): number {
+    const now = performance.now();
+    const running = this.slots.reduce((ms, s) => ms + (s.busy ? now - s.busy.started : 0), 0);
+    return (this.busyMs + running) / 1000;
   }
 
   submit(job: Job): Promise<JobResult> {
@@ -284,6 +296,7 @@ export class WorkerPool {
     if (!busy || busy.batch !== batch) return;
     slot.busy = undefined;
     const ms = performance.now() - busy.started;
+    this.busyMs += ms;
     this.options.onBatch?.({ size: busy.jobs.length, ms, from: busy.from });
     busy.jobs.forEach((p, i) => {
       const queueMs = busy.started - p.enqueued;
@@ -304,6 +317,7 @@ export class WorkerPool {
     // A first worker that never got ready fails the pool's start instead of being replaced.
     if (!this.started && !slot.ready) return;
     const jobs = slot.busy?.jobs ?? [];
+    if (slot.busy) this.busyMs += performance.now() - slot.busy.started;
     slot.busy = undefined;
     slot.ready = false;
     if (this.closing) {
