@@ -36,35 +36,21 @@ function random(seed: number): () => number {
   };
 }
 
-const MODEL = `fog/fashion-deep <img src=x onerror="alert(1)"> & co`;
-
-/**
- * A report as `ddnn profile` would fill it for fashion-deep (device -> server, exit 0.4) on one
- * machine: 2000 samples, 71% leaving at the device, a ramp to saturation, a sweep and an advice.
- */
-function exampleInput(): ProfileHtmlInput {
-  const rnd = random(7);
-  const n = 2000;
-  const exp = (mean: number) => -Math.log(1 - rnd()) * mean;
-  const ds = Array.from({ length: n }, () => {
-    const device = 0.06 + exp(0.01);
-    const offloaded = rnd() > 0.71;
-    const server = offloaded ? 0.04 + exp(0.02) : 0;
-    const comm = offloaded ? 0.35 + exp(0.15) : 0;
-    return { device, server, comm, total: device + server + comm + 0.02 };
-  });
-  const so = Array.from({ length: n }, () => {
-    const server = 0.1 + exp(0.03);
-    const comm = 0.45 + exp(0.2);
-    return { server, comm, total: server + comm };
-  });
-  const sweepOf = (exit: string, current: number, advised: number, base: number): ExitSweep => ({
+/** A sweep of one exit shaped like a real one: more exits, less accuracy, less time and traffic. */
+function exitSweep(
+  exit: string,
+  current: number,
+  advised: number,
+  base: number,
+  steep = 2.2,
+): ExitSweep {
+  return {
     exit,
     currentThreshold: current,
     advisedThreshold: advised,
     points: Array.from({ length: 21 }, (_, i) => {
       const t = i / 20;
-      const exitRate = 1 - (1 - t) ** 2.2;
+      const exitRate = 1 - (1 - t) ** steep;
       return {
         threshold: t,
         exitRate,
@@ -75,6 +61,31 @@ function exampleInput(): ProfileHtmlInput {
         bytesPerSample: (1 - exitRate) * 3170,
       };
     }),
+  };
+}
+
+const MODEL = `fog/fashion-deep <img src=x onerror="alert(1)"> & co`;
+
+/**
+ * A report as `ddnn profile` would fill it for fashion-deep (device -> server, exit 0.4) on one
+ * machine: 2000 samples, 71% leaving at the device, a ramp to saturation, a sweep and an advice.
+ */
+function exampleInput(): ProfileHtmlInput {
+  const rnd = random(7);
+  const n = 2000;
+  const exp = (mean: number) => -Math.log(1 - rnd()) * mean;
+  const ds = Array.from({ length: n }, (_, i) => {
+    const device = 0.06 + exp(0.01);
+    const offloaded = rnd() > 0.71;
+    const server = offloaded ? 0.04 + exp(0.02) : 0;
+    // Three answers stuck 40 ms behind a pause (a collection, a reconnect): the tail a real run has.
+    const comm = (offloaded ? 0.35 + exp(0.15) : 0) + (i % 700 === 499 ? 40 : 0);
+    return { device, server, comm, total: device + server + comm + 0.02 };
+  });
+  const so = Array.from({ length: n }, () => {
+    const server = 0.1 + exp(0.03);
+    const comm = 0.45 + exp(0.2);
+    return { server, comm, total: server + comm };
   });
   const capacity: CapacityRun = {
     sloMs: 50,
@@ -160,7 +171,7 @@ function exampleInput(): ProfileHtmlInput {
       { configuration: "Device&Server", totalMs: ds.map((d) => d.total) },
       { configuration: "Server Only", totalMs: so.map((s) => s.total) },
     ],
-    sweep: [sweepOf("device", 0.4, 0.55, 0.911)],
+    sweep: [exitSweep("device", 0.4, 0.55, 0.911)],
     capacity,
     advice: {
       summary: [
@@ -231,6 +242,10 @@ describe("the HTML profile report", () => {
     expect(html).toContain('<tr class="current"><td>0.400 <span class="tag">current</span>');
     expect(html).toContain('<tr class="advised"><td>0.550 <span class="tag">advised</span>');
     expect(html).toContain("predicted / measured = 1.15 (within 30%)");
+    // The pauses' three samples stay in the histogram, in its last bin, and it says so.
+    expect(figs.get("latency-histogram")).toMatch(
+      /3 samples over 2\.\d\d ms are counted in the last bin/,
+    );
     expect(html).toContain(
       '<pre class="patch"><code>spec:\n  exits:\n    device: 0.55\n  placement:',
     );
@@ -273,6 +288,20 @@ describe("the HTML profile report", () => {
     const bare = await renderProfileHtml({ model: "m" });
     expect(figures(bare).size).toBe(0);
     expect(bare.match(/class="not-measured"/g)).toHaveLength(7);
+  });
+
+  it("draws every exit of a three-tier model in the sweep's charts", async () => {
+    const threeTier = await renderProfileHtml({
+      model: "fog/fashion-3tier",
+      sweep: [exitSweep("device", 0.4, 0.5, 0.915), exitSweep("edge", 0.3, 0.35, 0.921, 1.4)],
+    });
+    const figs = figures(threeTier);
+    const lines = (name: string) =>
+      figs.get(name)!.match(/aria-roledescription="line mark"/g)?.length;
+    // Two exits: five series each in the sweep, Overall and at-exit accuracy in the other.
+    expect(lines("sweep")).toBe(10);
+    expect(lines("exit-accuracy")).toBe(4);
+    expect(threeTier).toContain("exit edge: 21 thresholds, current 0.300, advised 0.350");
   });
 
   describe("in headless Chromium", () => {

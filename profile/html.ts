@@ -400,7 +400,7 @@ details { margin: 6px 0; }
 summary { cursor: pointer; color: #1a5fb4; }
 ul.notes li { color: var(--muted); }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-@media print { details { display: block; } body { padding: 0; } }
+@media print { body { padding: 0; } figure.chart { break-inside: avoid; } }
 `;
 
 /**
