@@ -20,6 +20,7 @@ import {
   escapeHtml,
   type ProfileHtmlInput,
   renderProfileHtml,
+  type TableIIRow,
 } from "./html.js";
 
 const run = promisify(execFile);
@@ -285,6 +286,18 @@ describe("the HTML profile report", () => {
       "not measured: no --slo-ms given, so no ramp test",
       "not measured in this run",
     ]);
+    // Rows without a finite per-tier mean: no empty bar chart.
+    const untimed = await renderProfileHtml({
+      model: "m",
+      tableII: [
+        {
+          ...(full.tableII as readonly TableIIRow[])[0]!,
+          timingsMs: { device: null, server: null, comm: null, total: null },
+        },
+      ],
+    });
+    expect(figures(untimed).has("tier-latency")).toBe(false);
+    expect(untimed).toContain('<p class="not-measured">not measured: no per-tier times</p>');
     const bare = await renderProfileHtml({ model: "m" });
     expect(figures(bare).size).toBe(0);
     expect(bare.match(/class="not-measured"/g)).toHaveLength(7);

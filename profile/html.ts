@@ -410,7 +410,12 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 export async function renderProfileHtml(input: ProfileHtmlInput): Promise<string> {
   const table = measured(input.tableII, isEmpty);
   const tiers: Measured<readonly TableIIRow[]> =
-    "data" in table && !table.data.some((r) => r.timingsMs.device || r.timingsMs.server)
+    "data" in table &&
+    !table.data.some((r) =>
+      [r.timingsMs.device, r.timingsMs.comm, r.timingsMs.server].some(
+        (t) => t && Number.isFinite(t.mean),
+      ),
+    )
       ? { reason: "not measured: no per-tier times" }
       : table;
   const samples = measured(input.latencySamples, (xs) => xs.every((s) => s.totalMs.length === 0));
