@@ -423,6 +423,11 @@ export const tierFields = {
       .optional(),
     { help: "expected sha256 of the bundle's ddnn.json; refuse any other", value: "SHA256" },
   ),
+  bundleCache: field(z.string().min(1).optional(), {
+    help: "directory that keeps a bundle downloaded from a URL once verified; with --bundle-digest a restart loads it from there, network or not",
+    value: "DIR",
+    defaultText: "none: download on every start",
+  }),
   model: field(z.string().optional(), {
     help: "model as <namespace>/<name> for topics",
     value: "NS/NAME",

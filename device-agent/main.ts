@@ -58,7 +58,7 @@ export async function startAgent(
   if (config.source.includes("replay") && !config.replayImages)
     throw new ConfigError("--replay-images is required with --source replay");
   return startUp(async (resources) => {
-    const { bundle, model, policy, metrics } = await openTier(config, "device");
+    const { bundle, model, policy, metrics } = await openTier(config, "device", log);
     const { manifest } = bundle;
     const range = stageRange(manifest, config.stages, [0, 0]);
     if (range.from !== 0)

@@ -106,6 +106,7 @@ describe("builders", () => {
       DDNN_MODEL: "fog/demo",
       DDNN_BUNDLE: "http://models.fog.svc/demo.tar.gz",
       DDNN_BUNDLE_DIGEST: DIGEST,
+      DDNN_BUNDLE_CACHE: "/var/cache/ddnn/bundles",
       DDNN_STAGES: "server",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
       DDNN_HTTP_PORT: "8080",
@@ -307,6 +308,51 @@ describe("builders", () => {
     // Without one, nothing is mounted and the image's CAs apply.
     const plain = buildServerDeployment(input(exampleSpec()));
     expect(envOf(plain).DDNN_BROKER_CA).toBeUndefined();
+  });
+
+  it("give every tier of a bundle URL a cache of the verified bundle; a device's may be a node directory", () => {
+    const volumeOf = (o: V1Deployment | V1DaemonSet) => {
+      const pod = o.spec!.template.spec!;
+      const mount = pod.containers[0]!.volumeMounts!.find((m) => m.name === "bundle-cache");
+      return { mount, volume: pod.volumes!.find((v) => v.name === "bundle-cache") };
+    };
+    const tiers = (spec: DDNNModelSpecInput) =>
+      buildOwnedObjects(input(spec)).filter(
+        (o): o is V1Deployment | V1DaemonSet =>
+          (o.kind === "Deployment" || o.kind === "DaemonSet") && o.metadata!.name !== "demo-broker",
+      );
+    const byUrl = tiers(exampleSpec());
+    expect(byUrl.map((o) => o.metadata!.name).sort()).toEqual([
+      "demo-device",
+      "demo-edge",
+      "demo-server",
+    ]);
+    for (const o of byUrl) {
+      expect(envOf(o).DDNN_BUNDLE_CACHE).toBe("/var/cache/ddnn/bundles");
+      expect(volumeOf(o)).toEqual({
+        mount: { name: "bundle-cache", mountPath: "/var/cache/ddnn/bundles" },
+        volume: { name: "bundle-cache", emptyDir: { sizeLimit: "256Mi" } },
+      });
+    }
+    const spec = exampleSpec();
+    spec.tiers = { ...spec.tiers, device: { bundleCache: { hostPath: "/var/lib/ddnn-fog" } } };
+    const onNode = tiers(spec);
+    expect(volumeOf(onNode.find((o) => o.kind === "DaemonSet")!).volume).toEqual({
+      name: "bundle-cache",
+      hostPath: { path: "/var/lib/ddnn-fog", type: "DirectoryOrCreate" },
+    });
+    // Only the device's: the edge and server keep an emptyDir.
+    for (const o of onNode.filter((o) => o.kind === "Deployment"))
+      expect(volumeOf(o).volume?.emptyDir).toBeDefined();
+    // A bundle from a ConfigMap is on the node already (the kubelet keeps it): no cache.
+    const fromConfigMap = tiers({
+      ...exampleSpec(),
+      bundle: { configMap: { name: "b" }, sha256: DIGEST },
+    });
+    for (const o of fromConfigMap) {
+      expect(envOf(o).DDNN_BUNDLE_CACHE).toBeUndefined();
+      expect(volumeOf(o).volume).toBeUndefined();
+    }
   });
 
   it("give every tier the operator's proxy, never one with credentials", () => {

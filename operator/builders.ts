@@ -51,6 +51,8 @@ export const HTTP_PORT = 8080;
 export const MQTT_PORT = 1883;
 /** Where a ConfigMap-held bundle is mounted in the tier Pods. */
 export const BUNDLE_MOUNT = "/var/lib/ddnn/bundle";
+/** Where a tier keeps the bundle it downloaded from spec.bundle.url (its --bundle-cache). */
+export const BUNDLE_CACHE_MOUNT = "/var/cache/ddnn/bundles";
 /** Where an external broker's CA ConfigMap is mounted in every tier. */
 export const BROKER_CA_MOUNT = "/etc/ddnn/broker-ca";
 
@@ -201,6 +203,7 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
     env(TIER_ENV.bundleDigest, bundle.digest),
     env(TIER_ENV.stages, plan[tier].join(",")),
   ];
+  if (spec.bundle.url) out.push(env(TIER_ENV.bundleCache, BUNDLE_CACHE_MOUNT));
   const t = thresholds(spec, plan[tier]);
   if (t !== "") out.push(env(TIER_ENV.threshold, t));
   out.push(env(TIER_ENV.broker, brokerUrl(model)));
@@ -326,6 +329,16 @@ function tierPod(
   if (spec.bundle.configMap) {
     mounts.push({ name: "bundle", mountPath: BUNDLE_MOUNT, readOnly: true });
     volumes.push({ name: "bundle", configMap: { name: spec.bundle.configMap.name } });
+  } else {
+    // A downloaded bundle is kept, verified, for restarts without the network: an emptyDir lives
+    // as long as the Pod; a device's hostPath as long as the node's disk.
+    const hostPath = tier === "device" ? spec.tiers.device.bundleCache?.hostPath : undefined;
+    mounts.push({ name: "bundle-cache", mountPath: BUNDLE_CACHE_MOUNT });
+    volumes.push(
+      hostPath
+        ? { name: "bundle-cache", hostPath: { path: hostPath, type: "DirectoryOrCreate" } }
+        : { name: "bundle-cache", emptyDir: { sizeLimit: "256Mi" } },
+    );
   }
   const ca = spec.broker.external?.caConfigMap;
   if (ca) {

@@ -152,6 +152,16 @@ const deviceSource = cel(
   },
 );
 
+const bundleCache = described(
+  z.object({
+    hostPath: described(
+      matching("^/[^\\s]*$", "bundleCache.hostPath must be an absolute path", 4096),
+      "a directory of the node (made when missing; writable by UID 65532): the copy outlives the Pod, so a device replaced or rebooted while the network is down starts from it",
+    ),
+  }),
+  "where a device agent keeps the verified bundle it fetched from bundle.url; default an emptyDir of the Pod (kept across container restarts)",
+);
+
 const deviceTier = z.object({
   nodeSelector: nodeSelector(
     'default fog.ddnn.io/device: "true" (a node may also carry the edge and server labels)',
@@ -159,6 +169,7 @@ const deviceTier = z.object({
   tolerations: tolerations("").optional(),
   source: deviceSource.default({ http: { port: 8080 } }),
   resources: resources.optional(),
+  bundleCache: bundleCache.optional(),
 });
 const edgeTier = z.object({
   replicas: z.number().int().min(0).max(100).default(1),

@@ -189,7 +189,8 @@ function mountedFiles(pod: V1PodSpec, c: V1Container): { files: Set<string>; dir
 }
 
 function provides(mounted: { files: Set<string>; dirs: Set<string> }, path: string): boolean {
-  if (mounted.files.has(path)) return true;
+  // A file, or a directory the program is told to use (--bundle-cache), is on a volume.
+  if (mounted.files.has(path) || mounted.dirs.has(path)) return true;
   return [...mounted.dirs].some((d) => path.startsWith(`${d}/`));
 }
 

@@ -2,9 +2,12 @@
  * One start-up path for every tier: what a tier acquired before a late failure is released, in
  * reverse order, so a failed start leaves no port, broker connection, worker or session behind.
  */
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bundleFiles, packReproducibly } from "../cli/bundle.js";
+import { readBundle } from "../core/bundle/read.js";
 import { ConfigError } from "../core/config.js";
 import { Resources, startUp } from "../core/runtime/startup.js";
 import { makeLogger } from "../core/runtime/tier.js";
@@ -13,6 +16,7 @@ import { startAgent } from "../device-agent/main.js";
 import { gatewaySchema, startGateway } from "../gateway/gateway.js";
 import { serverSchema } from "../server/config.js";
 import { startServer } from "../server/server.js";
+import { tempDir } from "./support/bundle-fixture.js";
 import { freePort, type Mosquitto, startMosquitto } from "./support/mosquitto.js";
 import { root } from "./support/run.js";
 
@@ -149,5 +153,59 @@ describe("a tier that fails late in its start-up", () => {
     await s.close();
     await expectBackTo(before);
     expect(await refused(port)).toBe(true);
+  });
+
+  it("device agent: restarts from its bundle cache while the bundle's origin is down", async () => {
+    const verified = await readBundle(`${root}/models/fashion-deep`);
+    const archive = packReproducibly(bundleFiles(verified));
+    let up = true;
+    let requests = 0;
+    const origin = createHttpServer((_req, res) => {
+      requests++;
+      if (up) res.writeHead(200, { "Content-Length": archive.length }).end(archive);
+      else res.writeHead(503).end();
+    });
+    await new Promise<void>((r) => origin.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(origin.address() as { port: number }).port}/fashion-deep.tar.gz`;
+    const cache = tempDir();
+    const config = agentSchema.parse({
+      bundle: url,
+      bundleDigest: verified.digest,
+      bundleCache: cache,
+      broker: mosquitto.url,
+      deviceId: "cached",
+      httpPort: 0,
+      httpHost: "127.0.0.1",
+      source: ["http"],
+    });
+    const answer = async (port: number) => {
+      const res = await fetch(`http://127.0.0.1:${port}/v1/infer`, {
+        method: "POST",
+        headers: { "Content-Type": "application/octet-stream" },
+        body: new Uint8Array(784).fill(200),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { label: number };
+    };
+    try {
+      const first = await startAgent(config, {}, log);
+      const label = (await answer(first.port)).label;
+      await first.close();
+      expect(requests).toBe(1);
+      up = false;
+      const again = await startAgent(config, {}, log);
+      try {
+        expect((await answer(again.port)).label).toBe(label);
+        expect(requests).toBe(1);
+      } finally {
+        await again.close();
+      }
+      // Without the cache the same start fails, naming the origin's answer.
+      await expect(
+        startAgent(agentSchema.parse({ ...config, bundleCache: undefined }), {}, log),
+      ).rejects.toThrow(/HTTP 503/);
+    } finally {
+      origin.close();
+    }
   });
 });

@@ -1,15 +1,40 @@
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { readdir, utimes, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { packedSmallBundle } from "../../test/support/bundle-fixture.js";
+import {
+  packBundle,
+  packedSmallBundle,
+  smallStages,
+  tempDir,
+  writeBundle,
+} from "../../test/support/bundle-fixture.js";
 import { type ForwardProxy, startForwardProxy } from "../../test/support/http-proxy.js";
-import { openBundleSource } from "./source.js";
+import { BundleError } from "./manifest.js";
+import { CACHED_BUNDLES, type CacheLog, openBundleSource } from "./source.js";
 
 const MiB = 1024 * 1024;
 const { archive, digest } = packedSmallBundle();
+/** Another bundle (another version), for a cache holding several. */
+const other = (version: string) => {
+  const { dir } = writeBundle(smallStages(), {
+    edit: (m) => {
+      m.version = version;
+    },
+  });
+  const digest = createHash("sha256")
+    .update(readFileSync(join(dir, "ddnn.json")))
+    .digest("hex");
+  return { archive: readFileSync(packBundle(dir)), digest };
+};
 
 /** What the origin saw: request lines with their Via header, and bytes of the big bodies sent. */
 const origin = { seen: [] as string[], sent: 0, closedEarly: false };
+/** What /v/<name> serves; a name missing answers 503, as an origin that is down. */
+const served = new Map<string, Buffer>();
 let server: Server;
 let base: string;
 let proxy: ForwardProxy;
@@ -17,7 +42,11 @@ let proxy: ForwardProxy;
 function route(req: IncomingMessage, res: ServerResponse): void {
   origin.seen.push(`${req.url} via=${req.headers.via ?? "-"}`);
   const path = req.url ?? "";
-  if (path === "/bundle.tar.gz") {
+  if (path.startsWith("/v/")) {
+    const body = served.get(path.slice(3));
+    if (body) res.writeHead(200, { "Content-Length": body.length }).end(body);
+    else res.writeHead(503).end("down");
+  } else if (path === "/bundle.tar.gz") {
     res.writeHead(200, { "Content-Length": archive.length }).end(archive);
   } else if (path === "/private/bundle.tar.gz") {
     const ok =
@@ -212,3 +241,105 @@ async function unusedPort(): Promise<number> {
   await new Promise((r) => s.close(r));
   return port;
 }
+
+describe("the node's bundle cache (--bundle-cache)", () => {
+  const logged = () => {
+    const lines: string[] = [];
+    const log: CacheLog = {
+      info: (_o, msg) => lines.push(`info ${msg}`),
+      warn: (o, msg) => lines.push(`warn ${msg} ${JSON.stringify(o)}`),
+    };
+    return { lines, log };
+  };
+
+  it("keeps the verified bundle, then loads it with the origin down, without a request", async () => {
+    const cacheDir = join(tempDir(), "cache");
+    served.set("a", archive);
+    const { lines, log } = logged();
+    const first = await openBundleSource(`${base}/v/a`, digest, { cacheDir, log });
+    expect(first.digest).toBe(digest);
+    expect(await readdir(cacheDir)).toEqual([`${digest}.tar.gz`]);
+    expect(readFileSync(join(cacheDir, `${digest}.tar.gz`)).equals(archive)).toBe(true);
+    expect(lines).toEqual(["info bundle kept in the node's cache"]);
+
+    served.delete("a");
+    origin.seen.length = 0;
+    const again = await openBundleSource(`${base}/v/a`, digest, { cacheDir, log });
+    expect(again.digest).toBe(digest);
+    expect(again.manifest).toEqual(first.manifest);
+    expect(origin.seen).toEqual([]);
+    expect(lines.at(-1)).toBe("info bundle loaded from the node's cache, not downloaded");
+  });
+
+  it("replaces a cached copy that fails verification by a fresh download", async () => {
+    const cacheDir = tempDir();
+    const file = join(cacheDir, `${digest}.tar.gz`);
+    await writeFile(file, archive.subarray(0, archive.length - 40));
+    served.set("b", archive);
+    const { lines, log } = logged();
+    expect((await openBundleSource(`${base}/v/b`, digest, { cacheDir, log })).digest).toBe(digest);
+    expect(origin.seen.map((l) => l.split(" ")[0])).toEqual(["/v/b"]);
+    expect(lines[0]).toMatch(/^warn the cached bundle failed verification: removed/);
+    expect(lines[0]).toContain(file);
+    expect(readFileSync(file).equals(archive)).toBe(true);
+
+    // The origin down and the copy corrupt again: the download's error, saying the cache is empty.
+    await writeFile(file, "not a tar.gz");
+    served.delete("b");
+    await expect(openBundleSource(`${base}/v/b`, digest, { cacheDir, log })).rejects.toThrow(
+      `${base}/v/b: HTTP 503 Service Unavailable (and the bundle cache ${cacheDir} holds no copy of ${digest})`,
+    );
+  });
+
+  it("never trusts a cached copy without the expected digest", async () => {
+    const cacheDir = tempDir();
+    served.set("c", archive);
+    await openBundleSource(`${base}/v/c`, undefined, { cacheDir });
+    expect(await readdir(cacheDir)).toEqual([`${digest}.tar.gz`]);
+    served.delete("c");
+    const err = await openBundleSource(`${base}/v/c`, undefined, { cacheDir }).catch((e) => e);
+    expect(err).toBeInstanceOf(BundleError);
+    expect((err as Error).message).toContain("used only with the bundle's digest");
+    // A digest the download does not match is refused, and nothing of it is cached.
+    served.set("c", archive);
+    const wrong = "1".repeat(64);
+    await expect(openBundleSource(`${base}/v/c`, wrong, { cacheDir })).rejects.toThrow(
+      /digest mismatch/,
+    );
+    expect(await readdir(cacheDir)).toEqual([`${digest}.tar.gz`]);
+  });
+
+  it(`keeps the ${CACHED_BUNDLES} most recently used bundles`, async () => {
+    const cacheDir = tempDir();
+    const versions = ["1.0.1", "1.0.2", "1.0.3"].map(other);
+    for (const [i, v] of versions.entries()) {
+      served.set(`v${i}`, v.archive);
+      await openBundleSource(`${base}/v/v${i}`, v.digest, { cacheDir });
+      // mtime has a resolution; make the order plain.
+      const at = new Date(Date.now() - (versions.length - i) * 10_000);
+      await utimes(join(cacheDir, `${v.digest}.tar.gz`), at, at);
+    }
+    expect((await readdir(cacheDir)).sort()).toEqual(
+      [versions[1]!.digest, versions[2]!.digest].map((d) => `${d}.tar.gz`).sort(),
+    );
+    // Rolling back to the one before works offline, and it is then the most recent.
+    served.clear();
+    await openBundleSource(`${base}/v/v1`, versions[1]!.digest, { cacheDir });
+    served.set("new", archive);
+    await openBundleSource(`${base}/v/new`, digest, { cacheDir });
+    expect((await readdir(cacheDir)).sort()).toEqual(
+      [versions[1]!.digest, digest].map((d) => `${d}.tar.gz`).sort(),
+    );
+  });
+
+  it("a cache it cannot write costs a warning, not the start", async () => {
+    const parent = tempDir();
+    const cacheDir = join(parent, "file-not-dir");
+    await writeFile(cacheDir, "x");
+    served.set("d", archive);
+    const { lines, log } = logged();
+    expect((await openBundleSource(`${base}/v/d`, digest, { cacheDir, log })).digest).toBe(digest);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^warn cannot write the bundle cache/);
+  });
+});

@@ -73,7 +73,7 @@ export function startStageTier(
   log: Logger,
 ): Promise<RunningTier> {
   return startUp(async (resources) => {
-    const { bundle, model, policy, metrics } = await openTier(config, spec.tier);
+    const { bundle, model, policy, metrics } = await openTier(config, spec.tier, log);
     const { manifest } = bundle;
     const k = manifest.stages.length;
     const range = stageRange(manifest, config.stages, spec.defaultRange(k));

@@ -78,6 +78,7 @@ export async function startUp<T extends object>(
 export interface TierBasics {
   bundle: string;
   bundleDigest?: string | undefined;
+  bundleCache?: string | undefined;
   model?: string | undefined;
   broker: string;
   brokerUsername?: string | undefined;
@@ -90,6 +91,7 @@ export interface TierBasics {
 export async function openTier(
   config: TierBasics,
   tier: string,
+  log: Logger,
 ): Promise<{
   bundle: VerifiedBundle;
   model: ModelRef;
@@ -98,7 +100,10 @@ export async function openTier(
 }> {
   // Wrong broker settings stop the tier before it loads a model.
   checkBrokerConfig(config);
-  const bundle = await openBundleSource(config.bundle, config.bundleDigest);
+  const bundle = await openBundleSource(config.bundle, config.bundleDigest, {
+    cacheDir: config.bundleCache,
+    log,
+  });
   const model = resolveModel(bundle.manifest, config.model);
   const policy = exitPolicyFor(bundle.manifest, config.threshold);
   return { bundle, model, policy, metrics: tierMetrics(tier, modelKey(model)) };

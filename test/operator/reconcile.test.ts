@@ -199,6 +199,7 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_MODEL: "fog/demo",
       DDNN_BUNDLE: DEMO_DIGEST_URL,
       DDNN_BUNDLE_DIGEST: exampleDigest,
+      DDNN_BUNDLE_CACHE: "/var/cache/ddnn/bundles",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
       DDNN_HTTP_PORT: "8080",
       HTTP_PROXY: process.env.HTTP_PROXY,
