@@ -209,6 +209,41 @@ function dataMarks(svg: string): Set<string> {
   return kinds;
 }
 
+/**
+ * What Chromium's NetLog says went out: URL requests that got an answer, and TCP connections
+ * attempted. (The browser's own update and sign-in requests still start, and fail at the resolver
+ * rules; the one socket it opens is the host resolver's UDP connect() that probes IPv6 routing,
+ * which sends no packet.)
+ */
+function networkUse(netLogPath: string): { answered: string[]; tcp: string[] } {
+  interface NetLog {
+    constants: { logEventTypes: Record<string, number>; logSourceType: Record<string, number> };
+    events: {
+      type: number;
+      phase?: number;
+      source: { id: number; type: number };
+      params?: { url?: string; net_error?: number; address?: string };
+    }[];
+  }
+  const log = JSON.parse(readFileSync(netLogPath, "utf8")) as NetLog;
+  const event = log.constants.logEventTypes;
+  const source = log.constants.logSourceType;
+  const urls = new Map<number, string>();
+  const failed = new Set<number>();
+  const tcp: string[] = [];
+  for (const e of log.events) {
+    if (e.type === event.REQUEST_ALIVE && e.params?.url) urls.set(e.source.id, e.params.url);
+    if (e.type === event.REQUEST_ALIVE && e.params?.net_error !== undefined)
+      failed.add(e.source.id);
+    const connect = e.type === event.TCP_CONNECT_ATTEMPT || e.type === event.SOCKET_CONNECT;
+    if (connect && e.source.type === source.SOCKET) tcp.push(e.params?.address ?? "?");
+  }
+  const answered = [...urls]
+    .filter(([id, url]) => !url.startsWith("file:") && !failed.has(id))
+    .map(([, url]) => url);
+  return { answered, tcp };
+}
+
 describe("the HTML profile report", () => {
   let html = "";
   beforeAll(async () => {
@@ -351,9 +386,12 @@ describe("the HTML profile report", () => {
           "--disable-domain-reliability",
           "--disable-client-side-phishing-detection",
           "--no-pings",
-          "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
-          // Any name the page or the browser tried to look up fails: nothing leaves the machine.
+          "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,NetworkTimeServiceQuerying",
+          // Any name the page or the browser looks up fails, and any connection goes to a closed
+          // local port: nothing leaves the machine, even for an address without a name.
           "--host-resolver-rules=MAP * ~NOTFOUND",
+          "--proxy-server=127.0.0.1:9",
+          "--proxy-bypass-list=<-loopback>",
           "--hide-scrollbars",
           ...args,
           pathToFileURL(join(dir, "report.html")).href,
@@ -367,8 +405,10 @@ describe("the HTML profile report", () => {
       return stdout;
     }
 
-    it("lays out every chart with its marks", async () => {
-      const dom = await browse(["--dump-dom"], "dom");
+    it("lays out every chart with its marks, and sends nothing anywhere", async () => {
+      const netLog = join(dir, "net.json");
+      const dom = await browse(["--dump-dom", `--log-net-log=${netLog}`], "dom");
+      expect(networkUse(netLog)).toEqual({ answered: [], tcp: [] });
       expect(dom).toContain('<section id="table-ii">');
       const figs = figures(dom);
       expect([...figs.keys()].sort()).toEqual([...CHARTS].sort());
