@@ -395,7 +395,7 @@ figure.chart { margin: 12px 0 20px; }
 figure.chart svg { max-width: 100%; height: auto; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; margin: 8px 0; }
 dl.facts dt { color: var(--muted); }
-dl.facts dd { margin: 0; font-variant-numeric: tabular-nums; }
+dl.facts dd { margin: 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
 details { margin: 6px 0; }
 summary { cursor: pointer; color: #1a5fb4; }
 ul.notes li { color: var(--muted); }
