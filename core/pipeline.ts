@@ -7,6 +7,7 @@ import { loadBundle, type Stage, type StageOptions } from "./bundle/stages.js";
 import { ConfigError } from "./config.js";
 import { argmax, ExitPolicy, normalizedEntropy } from "./exit.js";
 import { preprocess } from "./preprocess.js";
+import type { ExitAnswer } from "./wire/frame.js";
 
 /** What one stage produced for a batch. */
 export interface StageOutput {
@@ -27,6 +28,8 @@ export interface SampleResult {
   readonly entropy: number;
   /** Milliseconds spent per stage on this sample (batch time divided by batch size); 0 where not run. */
   readonly stageMs: readonly number[];
+  /** The answer of every exit this range ran on the sample, in stage order (a probe reports them all). */
+  readonly exits?: readonly ExitAnswer[];
 }
 
 /** A sample answered in a stage range, or handed on to the next stage with its features. */
@@ -40,6 +43,7 @@ export type RangeResult =
       readonly label: number;
       readonly entropy: number;
       readonly stageMs: readonly number[];
+      readonly exits?: readonly ExitAnswer[];
     };
 
 export function isForward(r: RangeResult): r is Extract<RangeResult, { forward: unknown }> {
@@ -182,6 +186,7 @@ export class Pipeline {
     const stageMs = Array.from({ length: count }, () =>
       new Array<number>(this.manifest.stages.length).fill(0),
     );
+    const exits = Array.from({ length: count }, (): ExitAnswer[] => []);
     let rows = Array.from({ length: count }, (_, i) => i);
     let current = input;
     for (let index = from; index <= to && rows.length > 0; index++) {
@@ -194,8 +199,15 @@ export class Pipeline {
         (stageMs[sample] as number[])[index] = perSample;
         const entropy = normalizedEntropy(out.logits, r * this.classes, this.classes);
         const label = argmax(out.logits, r * this.classes, this.classes);
+        (exits[sample] as ExitAnswer[]).push({ stage: index, label, entropy });
         if (policy.exits(index, entropy)) {
-          results[sample] = { stage: index, label, entropy, stageMs: stageMs[sample] as number[] };
+          results[sample] = {
+            stage: index,
+            label,
+            entropy,
+            stageMs: stageMs[sample] as number[],
+            exits: exits[sample] as ExitAnswer[],
+          };
         } else {
           remaining.push(sample);
           keep.push(r);
@@ -216,6 +228,7 @@ export class Pipeline {
               },
               ...(guesses[r] as { label: number; entropy: number }),
               stageMs: stageMs[sample] as number[],
+              exits: exits[sample] as ExitAnswer[],
             };
           });
         }

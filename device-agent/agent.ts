@@ -6,10 +6,16 @@
 import { performance } from "node:perf_hooks";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
+import { ExitPolicy } from "../core/exit.js";
 import type { TierMetrics } from "../core/metrics.js";
 import { isForward, type Pipeline } from "../core/pipeline.js";
-import { type OffloadClient, OffloadError } from "../core/runtime/offload-client.js";
+import {
+  type OffloadClient,
+  OffloadError,
+  type OffloadReply,
+} from "../core/runtime/offload-client.js";
 import { eventsTopic, type ModelRef } from "../core/topics.js";
+import type { ExitAnswer } from "../core/wire/frame.js";
 
 export interface Answer {
   readonly label: number;
@@ -27,6 +33,26 @@ export interface Answer {
   readonly timings: { device: number; comm: number; upstream: number; total: number };
   /** Bytes of the request frame sent upstream (0 when answered locally). */
   readonly bytesSent: number;
+  /** Milliseconds per tier as the upstream reply reported them (compute and queue); absent when answered locally. */
+  readonly upstreamTimings?: Readonly<Record<string, number>>;
+  /** Probe mode: every exit's answer known for this sample, in stage order (the device's own and upstream's). */
+  readonly exits?: readonly ExitAnswer[];
+  /**
+   * Probe mode: the measurement request sent for a sample the upstream answer did not cover (not
+   * traffic: its bytes and time are not in `bytesSent` or `timings`).
+   */
+  readonly probe?: ProbeMeasurement;
+}
+
+/** What a probe request measured: the upstream path for a sample the device had answered. */
+export interface ProbeMeasurement {
+  /** Index of the stage whose exit answered the probe (the last when upstream honours probes). */
+  readonly stage: number;
+  readonly roundTripMs: number;
+  readonly bytes: number;
+  readonly timings: Readonly<Record<string, number>>;
+  /** Set when the probe got no answer (deadline, broker, upstream error). */
+  readonly failed?: string;
 }
 
 export interface AgentOptions {
@@ -42,10 +68,25 @@ export interface AgentOptions {
   readonly alarms: ReadonlySet<number>;
   readonly metrics: TierMetrics;
   readonly log: Logger;
+  /**
+   * Also learn every exit's answer for every sample (`ddnn profile`, `ddnn up`): the device stages
+   * run all their exits, and a sample the upstream answer does not cover (answered here, or at a
+   * middle exit) is sent upstream once more as a probe, which is not traffic.
+   */
+  readonly probe?: boolean;
+  /** Device stage compute made this many times slower by busy computation (a slow board). Default 1. */
+  readonly deviceSlowdown?: number;
 }
 
 export class Agent {
-  constructor(private readonly o: AgentOptions) {}
+  private readonly allExits: ExitPolicy;
+
+  constructor(private readonly o: AgentOptions) {
+    // Threshold 0 never exits early: every device stage runs and every exit's answer is seen.
+    this.allExits = new ExitPolicy(
+      o.pipeline.policy.thresholds.map((t) => (t === undefined ? undefined : 0)),
+    );
+  }
 
   /** Classifies one sample of raw u8 pixels in the bundle's input layout. */
   async classify(pixels: Uint8Array): Promise<Answer> {
@@ -53,42 +94,55 @@ export class Agent {
     const deadline = Date.now() + this.o.deadlineMs;
     const { pipeline, metrics } = this.o;
     const stages = pipeline.manifest.stages;
-    const [local] = await pipeline.runRange(0, this.o.to, pipeline.inputTensor(pixels, 1));
-    if (!local) throw new Error("the device stages returned no result");
-    const device = local.stageMs.reduce((a, b) => a + b, 0);
-    for (let s = 0; s <= local.stage; s++)
+    const [ran] = await pipeline.runRange(
+      0,
+      this.o.to,
+      pipeline.inputTensor(pixels, 1),
+      this.o.probe ? this.allExits : pipeline.policy,
+    );
+    if (!ran) throw new Error("the device stages returned no result");
+    const computed = ran.stageMs.reduce((a, b) => a + b, 0);
+    const slowdown = this.o.deviceSlowdown ?? 1;
+    // Busy computation, not a sleep: a slow board keeps its CPU busy and its queue growing.
+    if (slowdown > 1) spin(computed * (slowdown - 1));
+    const device = computed * slowdown;
+    const local = this.o.probe ? this.ownExit(ran) : { answer: ran, exitsHere: !isForward(ran) };
+    const deviceExits = ran.exits ?? [];
+    for (let s = 0; s <= local.answer.stage; s++)
       metrics.stageSeconds.observe(
         { stage: stages[s]?.name ?? String(s) },
-        (local.stageMs[s] ?? 0) / 1000,
+        ((ran.stageMs[s] ?? 0) * slowdown) / 1000,
       );
     // The device's own exit: confident, or the fallback when upstream cannot answer (`reason`).
-    const answerLocally = (reason?: string) =>
-      this.finish({
-        label: local.label,
-        stageIndex: local.stage,
-        tier: "device",
-        entropy: local.entropy,
-        degraded: reason !== undefined,
-        ...(reason !== undefined ? { reason } : {}),
-        timings: { device, comm: 0, upstream: 0, total: performance.now() - started },
-        bytesSent: 0,
-      });
-    if (!isForward(local)) return answerLocally();
-    const next = stages[this.o.to + 1]!;
+    const answerLocally = (reason?: string): Omit<Answer, "labelName" | "stage"> => ({
+      label: local.answer.label,
+      stageIndex: local.answer.stage,
+      tier: "device",
+      entropy: local.answer.entropy,
+      degraded: reason !== undefined,
+      ...(reason !== undefined ? { reason } : {}),
+      timings: { device, comm: 0, upstream: 0, total: performance.now() - started },
+      bytesSent: 0,
+    });
+    const next = stages[this.o.to + 1];
+    const forward = isForward(ran) ? ran.forward : undefined;
+    if (local.exitsHere || !forward || !next)
+      return this.probed(answerLocally(), deviceExits, forward);
+    let answer: Omit<Answer, "labelName" | "stage">;
+    let upstreamExits: readonly ExitAnswer[] = [];
     try {
       const reply = await this.o.offload.offload(
         { index: this.o.to + 1, name: next.name },
-        local.forward.features,
-        local.forward.dims,
+        forward.features,
+        forward.dims,
         deadline,
       );
       metrics.offloads.inc({ outcome: "ok" });
       metrics.offloadBytes.inc(reply.bytesSent);
       const h = reply.header;
-      const upstream = Object.entries(h.timings)
-        .filter(([k]) => !k.endsWith("Queue"))
-        .reduce((a, [, v]) => a + v, 0);
-      return this.finish({
+      const upstream = upstreamCompute(h.timings);
+      upstreamExits = repliedExits(reply);
+      answer = {
         label: h.label,
         stageIndex: h.stage,
         tier: typeof h.tier === "string" ? h.tier : (stages[h.stage]?.name ?? "upstream"),
@@ -101,14 +155,78 @@ export class Agent {
           total: performance.now() - started,
         },
         bytesSent: reply.bytesSent,
-      });
+        upstreamTimings: h.timings,
+      };
     } catch (err) {
       const reason = err instanceof OffloadError ? err.reason : "internal";
       metrics.offloads.inc({ outcome: reason });
       metrics.degraded.inc({ reason });
       this.o.log.debug({ reason, message: (err as Error).message }, "answering locally");
-      return answerLocally(reason);
+      answer = answerLocally(reason);
     }
+    return this.probed(answer, [...deviceExits, ...upstreamExits], forward);
+  }
+
+  /** The device's own decision from every exit it ran: the first confident one, else its last. */
+  private ownExit(ran: {
+    stage: number;
+    label: number;
+    entropy: number;
+    exits?: readonly ExitAnswer[];
+  }): {
+    answer: ExitAnswer;
+    exitsHere: boolean;
+  } {
+    const confident = ran.exits?.find((e) => this.o.pipeline.policy.exits(e.stage, e.entropy));
+    if (confident) return { answer: confident, exitsHere: true };
+    return {
+      answer: { stage: ran.stage, label: ran.label, entropy: ran.entropy },
+      exitsHere: false,
+    };
+  }
+
+  /**
+   * Finishes an answer; in probe mode first completes its exits with a probe request when the
+   * exits known so far do not reach the last stage.
+   */
+  private async probed(
+    answer: Omit<Answer, "labelName" | "stage">,
+    known: readonly ExitAnswer[],
+    forward: { features: Float32Array; dims: readonly number[] } | undefined,
+  ): Promise<Answer> {
+    if (!this.o.probe) return this.finish(answer);
+    const stages = this.o.pipeline.manifest.stages;
+    const last = stages.length - 1;
+    let exits = byStage(known);
+    let probe: ProbeMeasurement | undefined;
+    const next = stages[this.o.to + 1];
+    if (forward && next && !exits.some((e) => e.stage === last)) {
+      try {
+        const reply = await this.o.offload.offload(
+          { index: this.o.to + 1, name: next.name },
+          forward.features,
+          forward.dims,
+          Date.now() + this.o.deadlineMs,
+          { probe: true },
+        );
+        exits = byStage([...exits, ...repliedExits(reply)]);
+        probe = {
+          stage: reply.header.stage,
+          roundTripMs: reply.roundTripMs,
+          bytes: reply.bytesSent,
+          timings: reply.header.timings,
+        };
+      } catch (err) {
+        probe = {
+          stage: -1,
+          roundTripMs: Number.NaN,
+          bytes: 0,
+          timings: {},
+          failed: err instanceof OffloadError ? err.reason : "internal",
+        };
+      }
+    }
+    return this.finish({ ...answer, exits, ...(probe ? { probe } : {}) });
   }
 
   private finish(a: Omit<Answer, "labelName" | "stage">): Answer {
@@ -135,4 +253,32 @@ export class Agent {
     }
     return answer;
   }
+}
+
+/** Upstream compute in a reply's timings: every tier's own entry, not its queue wait. */
+export function upstreamCompute(timings: Readonly<Record<string, number>>): number {
+  return Object.entries(timings)
+    .filter(([k]) => !k.endsWith("Queue"))
+    .reduce((a, [, v]) => a + v, 0);
+}
+
+/** The exits a reply reports: all of them from a tier that honours probes, else the one that answered. */
+function repliedExits(reply: OffloadReply): readonly ExitAnswer[] {
+  const h = reply.header;
+  return h.exits ?? [{ stage: h.stage, label: h.label, entropy: h.entropy }];
+}
+
+function byStage(exits: readonly ExitAnswer[]): ExitAnswer[] {
+  const seen = new Map<number, ExitAnswer>();
+  for (const e of exits) if (!seen.has(e.stage)) seen.set(e.stage, e);
+  return [...seen.values()].sort((a, b) => a.stage - b.stage);
+}
+
+/** Keeps this thread computing for `ms` milliseconds. */
+function spin(ms: number): void {
+  const until = performance.now() + ms;
+  let x = 0;
+  while (performance.now() < until)
+    for (let i = 0; i < 1000; i++) x = (x * 1103515245 + 12345) % 2147483648;
+  if (x < 0) throw new Error("unreachable");
 }

@@ -63,6 +63,17 @@ export const agentConfig = program(
       value: "TOPIC",
       defaultText: "ddnn/<ns>/<model>/input/<device id>",
     }),
+    deviceSlowdown: field(
+      z.coerce
+        .number()
+        .min(1, "must be at least 1")
+        .max(100_000, "must be at most 100000")
+        .default(1),
+      {
+        help: "make the device stage this many times slower by busy computation (stands in for a slow board)",
+        value: "X",
+      },
+    ),
     alarm: field(z.array(z.string()).default([]), {
       multiple: true,
       help: "labels (names or indices) that publish an alarm event",

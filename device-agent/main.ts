@@ -48,6 +48,8 @@ export interface AgentHooks {
    * a camera starts at once and answers locally until the broker is there.
    */
   replayWaitForUpstreamMs?: number;
+  /** Learn every exit's answer of every sample with probe requests (`Answer.exits`); see Agent. */
+  probe?: boolean;
 }
 
 export async function startAgent(
@@ -114,6 +116,8 @@ export async function startAgent(
       alarms,
       metrics,
       log,
+      probe: hooks.probe ?? false,
+      deviceSlowdown: config.deviceSlowdown,
     });
     const { app, port } = await serveTierHttp(resources, {
       // Ready as soon as the device stages are loaded: without a broker the agent still answers (degraded).

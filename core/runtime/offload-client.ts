@@ -82,12 +82,17 @@ export class OffloadClient {
     return this.waiting.size;
   }
 
-  /** Sends features for stage `stage` (by index and name) and resolves with the upstream answer. */
+  /**
+   * Sends features for stage `stage` (by index and name) and resolves with the upstream answer.
+   * `probe` tags the request as a measurement of a sample the device already answered (header
+   * field `probe`, docs/protocol.md).
+   */
   offload(
     stage: { index: number; name: string },
     features: Float32Array,
     dims: readonly number[],
     deadline: number,
+    options: { probe?: boolean } = {},
   ): Promise<OffloadReply> {
     if (!this.o.client.connected || !this.subscribed) {
       return Promise.reject(
@@ -107,6 +112,7 @@ export class OffloadClient {
         replyTo: this.o.replyTo,
         deadline,
         sentAt,
+        ...(options.probe ? { probe: true } : {}),
         ...fields,
       },
       body,

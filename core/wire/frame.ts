@@ -54,6 +54,19 @@ export const tensorHeaderSchema = z.object({
   compression: z.enum(compressions).default("none"),
 });
 
+/** One exit's answer for a sample: its stage index, argmax label and normalized entropy. */
+export interface ExitAnswer {
+  readonly stage: number;
+  readonly label: number;
+  readonly entropy: number;
+}
+
+export const exitAnswerSchema = z.object({
+  stage: z.number().int().nonnegative(),
+  label: z.number().int().nonnegative(),
+  entropy: z.number(),
+});
+
 export const requestHeaderSchema = z.looseObject({
   kind: z.literal("infer"),
   id: z.string().min(1).max(256),
@@ -72,6 +85,14 @@ export const requestHeaderSchema = z.looseObject({
   sentAt: z.number().finite().optional(),
   /** Milliseconds spent by the tiers before this one; each tier adds its own to the reply. */
   timings: z.record(z.string(), z.number().finite()).optional(),
+  /**
+   * A measurement, not traffic (`ddnn profile`): the device already answered this sample. A tier
+   * that honours it runs every stage to the last one without exiting early and reports each exit's
+   * answer in the reply's `exits`; a tier that does not treats it as an ordinary request.
+   */
+  probe: z.boolean().optional(),
+  /** Exits answered by the tiers before this one, carried along a probe. */
+  exits: z.array(exitAnswerSchema).max(64).optional(),
   ...tensorHeaderSchema.shape,
 });
 export type RequestHeader = z.infer<typeof requestHeaderSchema>;
@@ -84,6 +105,8 @@ export interface ResultOk {
   label: number;
   entropy: number;
   timings: Record<string, number>;
+  /** In a reply to a probe: every exit's answer the upstream tiers computed, in stage order. */
+  exits?: ExitAnswer[];
   [extra: string]: unknown;
 }
 
@@ -106,6 +129,7 @@ export const resultHeaderSchema = z.discriminatedUnion("status", [
     label: z.number().int().nonnegative(),
     entropy: z.number(),
     timings: z.record(z.string(), z.number()).default({}),
+    exits: z.array(exitAnswerSchema).max(64).optional(),
   }),
   z.looseObject({
     kind: z.literal("result"),

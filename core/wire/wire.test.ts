@@ -108,6 +108,34 @@ describe("DDN1 frames", () => {
   });
 });
 
+describe("probe requests (an optional field: older frames stay valid)", () => {
+  it("reads probe and the exits carried along it, and a reply's exits", () => {
+    const exits = [{ stage: 1, label: 3, entropy: 0.25 }];
+    const { header } = decodeRequest(encodeFrame(request({ probe: true, exits })));
+    expect(header.probe).toBe(true);
+    expect(header.exits).toEqual(exits);
+    expect(decodeRequest(encodeFrame(request())).header.probe).toBeUndefined();
+    const reply = decodeResult(
+      encodeFrame({
+        kind: "result",
+        id: "r1",
+        status: "ok",
+        stage: 2,
+        label: 4,
+        entropy: 0.5,
+        timings: {},
+        exits: [...exits, { stage: 2, label: 4, entropy: 0.5 }],
+      }),
+    ).header;
+    expect(reply.status === "ok" && reply.exits?.map((e) => e.stage)).toEqual([1, 2]);
+  });
+
+  it("refuses a malformed probe or exits with bad_frame", () => {
+    expect(() => decodeRequest(encodeFrame(request({ probe: "yes" })))).toThrow(/probe/);
+    expect(() => decodeRequest(encodeFrame(request({ exits: [{ stage: -1 }] })))).toThrow(/exits/);
+  });
+});
+
 describe("tensor bodies", () => {
   const data = Float32Array.from({ length: 1000 }, (_, i) => Math.max(0, Math.sin(i) * 3));
   const shape = [1, 10, 10, 10];
