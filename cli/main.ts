@@ -14,6 +14,8 @@ Usage: ddnn <command> [flags]
 Commands:
   up        the whole fog on one machine (embedded broker, server, gateway, device agents
             replaying the shipped sample), ending with the paper's Table II for the run
+  profile   Table II measured on a fog it starts (probe requests for Local and Ideal), the
+            threshold sweep from that one pass, server capacity, advice as a DDNNModel patch
   eval      accuracy table of a bundle on an idx data set (per-stage exit rate and accuracy,
             Overall, Ideal), a threshold sweep, per-sample predictions
   server    the server tier (MQTT worker pool, HTTP inference)
@@ -35,6 +37,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return runEval(rest, out);
     case "up":
       return runUp(rest, out);
+    case "profile":
+      return (await import("./profile.js")).runProfile(rest, out);
     case "operator":
       return runOperator(rest);
     case "codegen":

@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest";
 import { packConfig } from "../cli/bundle.js";
 import { evalConfig, evalHelp } from "../cli/eval.js";
 import { operatorConfig, operatorHelp } from "../cli/operator.js";
+import { profileConfig } from "../cli/profile.js";
 import { tierProgram } from "../cli/tiers.js";
 import { upConfig } from "../cli/up.js";
 import { loadConfig, type Program, programHelp } from "../core/config.js";
@@ -286,6 +287,7 @@ describe("program configuration", () => {
       source: ["http"],
       fps: 10,
       loop: false,
+      deviceSlowdown: 1,
       alarm: [],
     });
   });
@@ -300,6 +302,7 @@ describe("program configuration", () => {
       ["sharedSubscriptions", agentConfig],
       ["brokerCa", agentConfig],
       ["deadlineMs", agentConfig],
+      ["deviceSlowdown", agentConfig],
       ["workers", serverConfig],
       ["maxBatch", serverConfig],
       ["maxDelayMs", serverConfig],
@@ -322,6 +325,12 @@ describe("program configuration", () => {
     expect(() => loadConfig(upConfig, ["--broker", "http://h"], {})).toThrow(
       /^--broker: must be a broker URL/,
     );
+    // ddnn profile runs the same fog: every field of up but its --json switch, under the same names.
+    for (const key of Object.keys(up).filter((k) => k !== "json"))
+      expect((profileConfig.env as Record<string, string>)[key], key).toBe(
+        (upConfig.env as Record<string, string>)[key],
+      );
+    expect(loadConfig(profileConfig, ["--json", "r.json"], {}).json).toBe("r.json");
   });
 
   it("ddnn eval and ddnn operator read the environment and a file like every program", () => {

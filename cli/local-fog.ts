@@ -1,0 +1,488 @@
+/**
+ * The whole fog on one machine, as `ddnn up` and `ddnn profile` run it: an embedded broker (or
+ * --broker), the server pool, a gateway when the bundle has middle stages, K device agents
+ * replaying the evaluation sample like cameras, and the Server Only configuration (the image over
+ * MQTT to a server that runs every stage, and over HTTP).
+ */
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+import { z } from "zod";
+import type { Manifest } from "../core/bundle/manifest.js";
+import type { VerifiedBundle } from "../core/bundle/read.js";
+import { openBundleSource } from "../core/bundle/source.js";
+import {
+  boolField,
+  brokerUrlField,
+  ConfigError,
+  encodingFields,
+  field,
+  intField,
+  tierFields,
+} from "../core/config.js";
+import { readIdx } from "../core/dataset/idx.js";
+import { preprocess } from "../core/preprocess.js";
+import { connectBroker, safeBrokerUrl, whenConnected } from "../core/runtime/mqtt.js";
+import { OffloadClient, OffloadError } from "../core/runtime/offload-client.js";
+import { checkBrokerConfig, makeLogger, readBrokerCa, resolveModel } from "../core/runtime/tier.js";
+import { summarize } from "../core/stats.js";
+import { replyTopic } from "../core/topics.js";
+import { agentConfig, agentSchema } from "../device-agent/config.js";
+import { type RunningAgent, startAgent } from "../device-agent/main.js";
+import { gatewaySchema, type RunningGateway, startGateway } from "../gateway/gateway.js";
+import type { Row, ServerOnlyRow } from "../profile/measure.js";
+import { serverConfig, serverSchema } from "../server/config.js";
+import { type RunningServer, startServer } from "../server/server.js";
+import { type EmbeddedBroker, startEmbeddedBroker } from "./broker.js";
+import { shipped } from "./paths.js";
+import { percent } from "./table.js";
+
+const agent = agentConfig.fields;
+const server = serverConfig.fields;
+
+/**
+ * The fields of a fog on one machine (`ddnn up`, `ddnn profile`), and the tiers' fields passed on
+ * to the tiers it starts (their types, environment names and defaults come from the tiers; help and
+ * default say where the command differs).
+ */
+export const localFogFields = {
+  bundle: tierFields.bundle.with({
+    schema: z.string().min(1).optional(),
+    defaultText: "the shipped models/fashion-deep",
+  }),
+  images: field(z.string().min(1).optional(), {
+    help: "idx images to replay",
+    value: "PATH",
+    defaultText: "the shipped 2,000-image sample",
+  }),
+  labels: field(z.string().min(1).optional(), { help: "idx labels of --images", value: "PATH" }),
+  broker: tierFields.broker.with({
+    schema: brokerUrlField.optional(),
+    // DDNN_BROKER: what `ddnn up` read before it shared the tiers' name.
+    env: [tierFields.broker.options.env as string, "DDNN_BROKER"],
+    help: "use this broker instead of the embedded one",
+    defaultText: "an embedded broker on a free port",
+  }),
+  brokerCa: tierFields.brokerCa.with({
+    help: "with an mqtts:// --broker: PEM file of the CA(s) that sign its certificate",
+  }),
+  sharedSubscriptions: encodingFields.sharedSubscriptions.with({
+    help: "with --broker: subscribe through $share/ groups (the embedded broker has none)",
+  }),
+  devices: field(intField(1, 256).default(4), { help: "device agents", value: "N" }),
+  fps: agent.fps.withDefault(100, "images per second per device"),
+  duration: field(z.coerce.number().positive("must be > 0").optional(), {
+    help: "stop after this many seconds",
+    value: "S",
+    defaultText: "when the sample ends",
+  }),
+  limit: field(intField(1, 10_000_000).optional(), {
+    help: "replay only the first N images",
+    value: "N",
+  }),
+  threshold: tierFields.threshold.with({
+    // DDNN_THRESHOLD: what `ddnn up` read before it shared the tiers' name.
+    env: [tierFields.threshold.options.env as string, "DDNN_THRESHOLD"],
+  }),
+  deadlineMs: agent.deadlineMs.with({ help: "device deadline for upstream answers, ms" }),
+  deviceSlowdown: agent.deviceSlowdown,
+  dtype: encodingFields.dtype,
+  compression: encodingFields.compression,
+  workers: server.workers.with({ help: "server inference workers" }),
+  maxBatch: server.maxBatch.with({ help: "server micro-batch size" }),
+  maxDelayMs: server.maxDelayMs.with({ help: "server micro-batch wait, ms" }),
+  serverOnly: field(boolField.default(true), {
+    help: "also measure the Server Only configuration (the image over MQTT to a server running every stage, and over HTTP)",
+    value: "BOOL",
+  }),
+  logLevel: tierFields.logLevel.withDefault("warn", "log level of the tiers"),
+};
+
+/** What a local fog is configured with: the values of `localFogFields`. */
+export interface LocalFogConfig {
+  bundle?: string | undefined;
+  images?: string | undefined;
+  labels?: string | undefined;
+  broker?: string | undefined;
+  brokerCa?: string | undefined;
+  sharedSubscriptions: boolean;
+  devices: number;
+  fps: number;
+  duration?: number | undefined;
+  limit?: number | undefined;
+  threshold: Record<string, number>;
+  deadlineMs: number;
+  deviceSlowdown: number;
+  dtype: "f32" | "f16" | "u8q";
+  compression: "none" | "deflate";
+  workers: number;
+  maxBatch: number;
+  maxDelayMs: number;
+  serverOnly: boolean;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug";
+}
+
+/** The bundle and the samples a run replays. */
+export interface Workload {
+  readonly bundlePath: string;
+  readonly bundle: VerifiedBundle;
+  readonly manifest: Manifest;
+  readonly names: readonly string[];
+  readonly imagesPath: string;
+  readonly images: { readonly shape: readonly number[]; readonly data: Uint8Array };
+  readonly truth: Uint8Array;
+  /** Samples replayed: the first `count` of the file. */
+  readonly count: number;
+  /** Bytes of one raw image. */
+  readonly per: number;
+}
+
+export async function openWorkload(cfg: LocalFogConfig): Promise<Workload> {
+  if (cfg.brokerCa !== undefined && cfg.broker === undefined)
+    throw new ConfigError(
+      "--broker-ca needs an mqtts:// --broker (the embedded broker has no TLS)",
+    );
+  if (cfg.broker !== undefined) checkBrokerConfig({ broker: cfg.broker, brokerCa: cfg.brokerCa });
+  const defaults = shipped();
+  const bundlePath = cfg.bundle ?? defaults.bundle;
+  const bundle = await openBundleSource(bundlePath);
+  const imagesPath = cfg.images ?? defaults.images;
+  const images = await readIdx(imagesPath);
+  const labels = await readIdx(cfg.labels ?? defaults.labels);
+  const count = Math.min(cfg.limit ?? Number.POSITIVE_INFINITY, images.shape[0] ?? 0);
+  return {
+    bundlePath,
+    bundle,
+    manifest: bundle.manifest,
+    names: bundle.manifest.stages.map((s) => s.name),
+    imagesPath,
+    images,
+    truth: labels.data,
+    count,
+    per: images.data.length / (images.shape[0] ?? 1),
+  };
+}
+
+/** The tiers of a running local fog. */
+export interface LocalFog {
+  readonly brokerUrl: string;
+  readonly embedded: boolean;
+  readonly server: RunningServer;
+  readonly gateway?: RunningGateway;
+  /** The Server Only configuration's server: every stage, no early exit, on stage 0's topic. */
+  readonly serverOnly?: RunningServer;
+  close(): Promise<void>;
+}
+
+/** The settings every tier of a local fog shares. */
+function commonOf(cfg: LocalFogConfig, w: Workload, brokerUrl: string, shared: boolean) {
+  return {
+    bundle: w.bundlePath,
+    broker: brokerUrl,
+    ...(cfg.brokerCa !== undefined ? { brokerCa: cfg.brokerCa } : {}),
+    httpHost: "127.0.0.1",
+    httpPort: 0,
+    logLevel: cfg.logLevel,
+    threshold: cfg.threshold,
+    dtype: cfg.dtype,
+    compression: cfg.compression,
+    sharedSubscriptions: shared,
+  };
+}
+
+/** The model reference the Server Only server answers under. */
+function serverOnlyModel(w: Workload): string {
+  return `default/${w.manifest.name}-server-only`;
+}
+
+/** Starts the broker (unless --broker), the server and the gateway; `serverOnly` adds that configuration's server. */
+export async function startLocalFog(
+  cfg: LocalFogConfig,
+  w: Workload,
+  options: { serverOnly?: boolean } = {},
+): Promise<LocalFog> {
+  const k = w.names.length;
+  let embedded: EmbeddedBroker | undefined;
+  const started: { close(): Promise<void> }[] = [];
+  const close = async () => {
+    for (const s of started.reverse()) await s.close();
+    await embedded?.close();
+  };
+  try {
+    embedded = cfg.broker ? undefined : await startEmbeddedBroker();
+    const brokerUrl = cfg.broker ?? embedded!.url;
+    const common = commonOf(cfg, w, brokerUrl, embedded ? false : cfg.sharedSubscriptions);
+    const pool = { workers: cfg.workers, maxBatch: cfg.maxBatch, maxDelayMs: cfg.maxDelayMs };
+    const serverStages = k >= 3 ? [w.names[k - 1]!] : k === 2 ? [w.names[1]!] : [w.names[0]!];
+    const srv = await startServer(
+      serverSchema.parse({ ...common, ...pool, stages: serverStages }),
+      makeLogger(cfg.logLevel, "server"),
+    );
+    started.push(srv);
+    let gateway: RunningGateway | undefined;
+    if (k >= 3) {
+      gateway = await startGateway(
+        gatewaySchema.parse({ ...common, stages: w.names.slice(1, k - 1) }),
+        makeLogger(cfg.logLevel, "edge"),
+      );
+      started.push(gateway);
+    }
+    let serverOnly: RunningServer | undefined;
+    if (options.serverOnly && k >= 2) {
+      // Threshold 0 at every early exit: the last stage answers every sample. A model name of its
+      // own keeps its topics and broker client id apart from the Device&Server tiers'.
+      const never = Object.fromEntries(w.names.slice(0, -1).map((n) => [n, 0]));
+      serverOnly = await startServer(
+        serverSchema.parse({
+          ...common,
+          ...pool,
+          model: serverOnlyModel(w),
+          stages: [...w.names],
+          threshold: never,
+        }),
+        makeLogger(cfg.logLevel, "server-only"),
+      );
+      started.push(serverOnly);
+    }
+    return {
+      brokerUrl,
+      embedded: embedded !== undefined,
+      server: srv,
+      ...(gateway ? { gateway } : {}),
+      ...(serverOnly ? { serverOnly } : {}),
+      close,
+    };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+export function describeFog(cfg: LocalFogConfig, w: Workload, fog: LocalFog): string {
+  return `${w.manifest.name} ${w.manifest.version} (${w.names.join(" -> ")}), broker ${fog.embedded ? `embedded at ${fog.brokerUrl}` : safeBrokerUrl(fog.brokerUrl)}, ${cfg.devices} devices at ${cfg.fps} fps, ${w.count} images${cfg.deviceSlowdown > 1 ? `, device ${cfg.deviceSlowdown}x slower` : ""}`;
+}
+
+export interface ReplayOptions {
+  /** Learn every exit's answer of every sample (probe requests, not traffic). */
+  readonly probe: boolean;
+  /** Threshold overrides for this replay (default the configuration's). */
+  readonly threshold?: Readonly<Record<string, number>>;
+  /** Images per second per device (default the configuration's). */
+  readonly fps?: number;
+  /** Samples to replay (default the workload's first `count`). */
+  readonly indices?: readonly number[];
+  readonly onProgress?: (rows: readonly Row[], elapsedMs: number) => void;
+}
+
+/**
+ * Starts K device agents that replay the samples at `fps` each (sample i goes to device i mod K),
+ * collects every answer, and stops them. The server and gateway answer with their own thresholds:
+ * `threshold` here moves the device's exits only, unless the fog was started with the same.
+ */
+export async function replayDevices(
+  cfg: LocalFogConfig,
+  w: Workload,
+  fog: LocalFog,
+  options: ReplayOptions,
+): Promise<{ rows: Row[]; wallS: number }> {
+  const rows: Row[] = [];
+  const indices = options.indices ?? Array.from({ length: w.count }, (_, i) => i);
+  const common = commonOf(cfg, w, fog.brokerUrl, fog.embedded ? false : cfg.sharedSubscriptions);
+  const started = performance.now();
+  const agents: RunningAgent[] = [];
+  try {
+    for (let d = 0; d < cfg.devices; d++) {
+      agents.push(
+        await startAgent(
+          agentSchema.parse({
+            ...common,
+            threshold: options.threshold ?? cfg.threshold,
+            deviceId: `camera-${d + 1}`,
+            stages: [w.names[0]!],
+            deadlineMs: cfg.deadlineMs,
+            deviceSlowdown: cfg.deviceSlowdown,
+            source: ["replay"],
+            replayImages: w.imagesPath,
+            fps: options.fps ?? cfg.fps,
+          }),
+          {
+            replayIndices: indices.filter((_, i) => i % cfg.devices === d),
+            replayWaitForUpstreamMs: 10_000,
+            probe: options.probe,
+            onReplayAnswer: (answer, index) =>
+              rows.push({ index, truth: w.truth[index] ?? 0, answer }),
+          },
+          makeLogger(cfg.logLevel, "device"),
+        ),
+      );
+    }
+    const ticker = options.onProgress
+      ? setInterval(() => options.onProgress?.(rows, performance.now() - started), 1000)
+      : undefined;
+    const allDone = Promise.all(agents.map((a) => a.replayDone));
+    let durationTimer: NodeJS.Timeout | undefined;
+    const timeout = cfg.duration
+      ? new Promise((r) => {
+          durationTimer = setTimeout(r, cfg.duration! * 1000);
+        })
+      : new Promise(() => {});
+    await Promise.race([allDone, timeout]);
+    clearTimeout(durationTimer);
+    clearInterval(ticker);
+  } finally {
+    await Promise.all(agents.map((a) => a.close()));
+  }
+  const wallMs = performance.now() - started;
+  options.onProgress?.(rows, wallMs);
+  return { rows, wallS: wallMs / 1000 };
+}
+
+/** One progress line: answers so far, by exit, degraded, accuracy, recent median T_Total. */
+export function liveLine(
+  rows: readonly Row[],
+  count: number,
+  names: readonly string[],
+  ms: number,
+): string {
+  const by = names.map(
+    (n) => rows.filter((r) => r.answer.stage === n && !r.answer.degraded).length,
+  );
+  const degraded = rows.filter((r) => r.answer.degraded).length;
+  const correct = rows.filter((r) => r.answer.label === r.truth).length;
+  const total = summarize(rows.slice(-200).map((r) => r.answer.timings.total));
+  return `  ${(ms / 1000).toFixed(1)} s  answered ${rows.length}/${count}  ${names.map((n, i) => `${n} ${by[i]}`).join("  ")}  degraded ${degraded}  accuracy ${percent(rows.length ? correct / rows.length : 0)}  recent p50 ${Number.isFinite(total.p50) ? total.p50.toFixed(3) : "-"} ms`;
+}
+
+/** Calls `each(i)` for the samples of `devices` cameras, each camera at `fps`, concurrently. */
+async function paced(
+  indices: readonly number[],
+  devices: number,
+  fps: number,
+  each: (index: number) => Promise<void>,
+): Promise<void> {
+  await Promise.all(
+    Array.from({ length: devices }, async (_, d) => {
+      const mine = indices.filter((_, i) => i % devices === d);
+      const start = performance.now();
+      const pending: Promise<void>[] = [];
+      for (let f = 0; f < mine.length; f++) {
+        const wait = start + (f * 1000) / fps - performance.now();
+        if (wait > 0) await sleep(wait);
+        pending.push(each(mine[f]!));
+      }
+      await Promise.all(pending);
+    }),
+  );
+}
+
+/**
+ * Server Only over MQTT, as the paper measured it: each camera sends the preprocessed image
+ * (float32, the model's input) to stage 0's topic, where the Server Only server runs every stage.
+ */
+export async function serverOnlyMqtt(
+  cfg: LocalFogConfig,
+  w: Workload,
+  fog: LocalFog,
+  indices: readonly number[],
+): Promise<ServerOnlyRow[]> {
+  const model = resolveModel(w.manifest, serverOnlyModel(w));
+  const client = connectBroker({
+    url: fog.brokerUrl,
+    clientId: `ddnn-server-only-${process.pid}`,
+    ...(cfg.brokerCa ? { ca: readBrokerCa(cfg.brokerCa) } : {}),
+  });
+  const rows: ServerOnlyRow[] = [];
+  try {
+    await whenConnected(client);
+    const offload = new OffloadClient({
+      client,
+      model,
+      digest: w.bundle.digest,
+      replyTo: replyTopic(model, `server-only-${process.pid}`),
+      encoding: { dtype: "f32", compression: "none" },
+      idPrefix: "server-only",
+    });
+    offload.start();
+    const until = Date.now() + 10_000;
+    while (!offload.subscribed && Date.now() < until) await sleep(10);
+    const first = { index: 0, name: w.names[0]! };
+    const dims = [1, ...w.manifest.input.shape];
+    await paced(indices, cfg.devices, cfg.fps, async (i) => {
+      const t0 = performance.now();
+      const x = preprocess(w.manifest.input, w.images.data.subarray(i * w.per, (i + 1) * w.per), 1);
+      try {
+        const reply = await offload.offload(first, x, dims, Date.now() + cfg.deadlineMs);
+        const h = reply.header;
+        const serverMs = h.timings.server ?? 0;
+        rows.push({
+          index: i,
+          truth: w.truth[i] ?? 0,
+          label: h.label,
+          stage: h.stage,
+          serverMs,
+          commMs: Math.max(0, reply.roundTripMs - serverMs),
+          totalMs: performance.now() - t0,
+          bytes: reply.bytesSent,
+        });
+      } catch (err) {
+        rows.push({
+          index: i,
+          truth: w.truth[i] ?? 0,
+          label: -1,
+          stage: -1,
+          serverMs: Number.NaN,
+          commMs: Number.NaN,
+          totalMs: performance.now() - t0,
+          bytes: 0,
+          failed: err instanceof OffloadError ? err.reason : (err as Error).message,
+        });
+      }
+    });
+    offload.failAll("broker_unreachable", "done");
+  } finally {
+    await client.endAsync();
+  }
+  return rows;
+}
+
+/** Server Only over HTTP (Open Inference Protocol v2), one request per image from each camera. */
+export async function serverOnlyHttp(
+  cfg: LocalFogConfig,
+  w: Workload,
+  fog: LocalFog,
+  indices: readonly number[],
+): Promise<ServerOnlyRow[]> {
+  const rows: ServerOnlyRow[] = [];
+  const url = `http://127.0.0.1:${fog.server.port}/v2/models/${w.manifest.name}/infer`;
+  await paced(indices, cfg.devices, cfg.fps, async (i) => {
+    const t0 = performance.now();
+    const data = Array.from(w.images.data.subarray(i * w.per, (i + 1) * w.per));
+    const body = JSON.stringify({
+      inputs: [{ name: "image", shape: [1, ...w.manifest.input.shape], datatype: "UINT8", data }],
+    });
+    const res = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+    const reply = (await res.json()) as {
+      outputs?: { name: string; data: number[] }[];
+      parameters?: { server_ms?: number };
+      error?: string;
+    };
+    const totalMs = performance.now() - t0;
+    const label = reply.outputs?.find((o) => o.name === "label")?.data[0];
+    const serverMs = reply.parameters?.server_ms ?? Number.NaN;
+    rows.push({
+      index: i,
+      truth: w.truth[i] ?? 0,
+      label: res.ok && label !== undefined ? label : -1,
+      stage: w.names.length - 1,
+      serverMs,
+      commMs: Math.max(0, totalMs - serverMs),
+      totalMs,
+      bytes: Buffer.byteLength(body),
+      ...(res.ok && label !== undefined ? {} : { failed: reply.error ?? String(res.status) }),
+    });
+  });
+  return rows;
+}

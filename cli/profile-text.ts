@@ -1,0 +1,117 @@
+/** The profile report for a terminal: Table II, exits, the sweep, capacity, advice, notes. */
+import type { LatencyStats, ProfileReport, TableIIRow } from "../profile/schema.js";
+import { percent, renderTable } from "./table.js";
+
+function ms(x: number | undefined): string {
+  return x !== undefined && Number.isFinite(x) ? x.toFixed(3) : "-";
+}
+
+const cell = (s: LatencyStats | null) =>
+  s ? `${ms(s.mean)} / ${ms(s.p50)} / ${ms(s.p95)} / ${ms(s.p99)}` : "-";
+
+/** The paper's Table II, one line per configuration; times mean / p50 / p95 / p99 in ms. */
+export function renderTableII(rows: readonly TableIIRow[]): string {
+  return [
+    renderTable(
+      [
+        "configuration",
+        "Local",
+        "Server",
+        "Overall",
+        "Ideal",
+        "T_Device ms",
+        "T_Server ms",
+        "T_Comm ms",
+        "T_Total ms",
+        "bytes/offload",
+        "bytes/sample",
+      ],
+      rows.map((r) => [
+        `${r.configuration} (${r.transport})`,
+        percent(r.accuracy.local),
+        percent(r.accuracy.server),
+        percent(r.accuracy.overall),
+        percent(r.accuracy.ideal),
+        cell(r.timingsMs.device),
+        cell(r.timingsMs.server),
+        cell(r.timingsMs.comm),
+        cell(r.timingsMs.total),
+        r.bytesPerOffload === null ? "-" : Math.round(r.bytesPerOffload).toString(),
+        r.bytesPerSample === null ? "-" : r.bytesPerSample.toFixed(1),
+      ]),
+    ),
+    "times: mean / p50 / p95 / p99 over the samples, on the devices' clocks; T_Server = upstream compute (edge + server, from the tiers' reply timings); T_Comm = round trip less upstream compute; Local and Ideal from probe requests (every exit's answer), not counted as traffic",
+    ...rows.flatMap((r) => (r.note ? [`${r.configuration}: ${r.note}`] : [])),
+  ].join("\n");
+}
+
+export function renderProfileText(r: ProfileReport): string {
+  const lines = [
+    "",
+    `ddnn profile: ${r.model.name} ${r.model.version} (${r.model.stages.join(" -> ")}), ${r.run.samples} samples, ${r.run.devices} devices at ${r.run.fps} fps, device slowdown ${r.run.deviceSlowdown}x, features ${r.run.encoding.dtype}+${r.run.encoding.compression}, ${r.run.wallSeconds.toFixed(1)} s`,
+    "",
+    renderTableII(r.tableII),
+    "",
+    renderTable(
+      ["exit", "threshold", "exit rate", "accuracy (all)", "accuracy (exited)"],
+      r.exits.map((e) => [
+        e.stage,
+        e.threshold === null ? "always" : e.threshold.toString(),
+        percent(e.exitRate),
+        percent(e.accuracyAll),
+        percent(e.accuracyExited),
+      ]),
+    ),
+  ];
+  if (r.sweep) {
+    for (const s of r.sweep.exits) {
+      lines.push(
+        "",
+        `sweep of the ${s.exit} exit (now ${s.currentThreshold}), ${r.sweep.samples} samples, from the one probe pass:`,
+        renderTable(
+          [
+            "threshold",
+            "exit rate",
+            "Overall",
+            "mean T_Total ms",
+            "p95 T_Total ms",
+            "bytes/sample",
+          ],
+          s.points.map((p) => [
+            p.threshold.toFixed(3),
+            percent(p.exitRate),
+            percent(p.overallAccuracy),
+            ms(p.meanTotalMs),
+            ms(p.p95TotalMs),
+            p.bytesPerSample.toFixed(1),
+          ]),
+        ),
+      );
+    }
+  }
+  if (r.capacity) {
+    const c = r.capacity;
+    lines.push(
+      "",
+      `capacity of one server replica (${c.serverWorkers} workers): ${ms(c.serverMsPerOffload)} ms server compute per offload x offload ratio ${percent(c.offloadRatio)} -> predicted ${Math.round(c.predictedSamplesPerS)} samples/s = ${c.predictedDevicesPerReplica.toFixed(1)} devices at ${c.framesPerS} fps`,
+      renderTable(
+        ["offered /s", "achieved /s", "p50 T_Total ms", "p99 T_Total ms", "degraded"],
+        c.steps.map((s) => [
+          s.offeredPerS.toFixed(0),
+          s.achievedPerS.toFixed(0),
+          ms(s.p50TotalMs),
+          ms(s.p99TotalMs),
+          s.degraded.toString(),
+        ]),
+      ),
+      `measured saturation (p99 T_Total > ${c.sloMs} ms): ${c.measuredSaturationPerS === null ? "not reached" : `${Math.round(c.measuredSaturationPerS)} samples/s = ${c.measuredDevicesPerReplica?.toFixed(1)} devices`}`,
+      c.note,
+    );
+  }
+  if (r.advice) {
+    lines.push("", "advice:", ...r.advice.summary.map((s) => `  ${s}`));
+    if (r.advice.patchYaml) lines.push("", r.advice.patchYaml);
+  }
+  if (r.notes.length) lines.push("", ...r.notes.map((n) => `note: ${n}`));
+  return lines.join("\n");
+}

@@ -1,0 +1,105 @@
+/** The profile report as HTML: `ddnn profile --html FILE` maps its report onto profile/html.ts's input. */
+import { type ProfileHtmlInput, renderProfileHtml } from "./html.js";
+import type { ProfileReport } from "./schema.js";
+
+const ms = (x: number) => `${x.toFixed(3)} ms`;
+const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
+
+export function htmlInput(r: ProfileReport): ProfileHtmlInput {
+  const advised = r.advice?.thresholds ?? {};
+  return {
+    model: `${r.model.name} ${r.model.version}`,
+    generatedAt: r.generatedAt,
+    command: r.command,
+    settings: [
+      { label: "stages", value: r.model.stages.join(" -> ") },
+      {
+        label: "thresholds",
+        value: Object.entries(r.model.thresholds)
+          .map(([s, t]) => `${s} ${t}`)
+          .join(", "),
+      },
+      { label: "samples", value: String(r.run.samples) },
+      { label: "devices", value: `${r.run.devices} at ${r.run.fps} frames/s each` },
+      { label: "device slowdown", value: `${r.run.deviceSlowdown}x` },
+      {
+        label: "features on the wire",
+        value: `${r.run.encoding.dtype} + ${r.run.encoding.compression}`,
+      },
+      { label: "broker", value: r.run.broker },
+      { label: "bundle digest", value: r.model.digest },
+    ],
+    notes: r.notes,
+    tableII: r.tableII.map((row) => ({
+      configuration: row.configuration,
+      transport: row.transport,
+      samples: row.samples,
+      accuracy: row.accuracy,
+      timingsMs: row.timingsMs,
+      bytesPerOffload: row.bytesPerOffload,
+      bytesPerSample: row.bytesPerSample,
+      exitRates: row.exitRates,
+      ...(row.note ? { note: row.note } : {}),
+    })),
+    latencySamples: r.latencySamples,
+    sweep: r.sweep
+      ? r.sweep.exits.map((e) => ({
+          exit: e.exit,
+          currentThreshold: e.currentThreshold,
+          ...(advised[e.exit] !== undefined ? { advisedThreshold: advised[e.exit] } : {}),
+          points: e.points,
+        }))
+      : { notMeasured: "no sample had every exit's answer and path time" },
+    capacity: r.capacity
+      ? {
+          sloMs: r.capacity.sloMs,
+          points: r.capacity.steps.map((s) => ({
+            offeredPerS: s.offeredPerS,
+            achievedPerS: s.achievedPerS,
+            p99TotalMs: s.p99TotalMs,
+          })),
+          measuredSaturationPerS: r.capacity.measuredSaturationPerS,
+          predictedSaturationPerS: r.capacity.predictedSamplesPerS,
+          facts: [
+            { label: "server compute per offload", value: ms(r.capacity.serverMsPerOffload) },
+            { label: "offload ratio", value: pct(r.capacity.offloadRatio) },
+            { label: "server workers", value: String(r.capacity.serverWorkers) },
+            {
+              label: "predicted devices per replica",
+              value: `${r.capacity.predictedDevicesPerReplica.toFixed(1)} at ${r.capacity.framesPerS} frames/s`,
+            },
+            {
+              label: "measured devices per replica",
+              value:
+                r.capacity.measuredDevicesPerReplica === null
+                  ? "saturation not reached"
+                  : r.capacity.measuredDevicesPerReplica.toFixed(1),
+            },
+          ],
+          note: r.capacity.note,
+        }
+      : { notMeasured: "no --slo-ms given: no capacity ramp" },
+    advice: r.advice
+      ? {
+          summary: r.advice.summary,
+          ...(r.advice.predicted
+            ? {
+                facts: [
+                  { label: "predicted Overall", value: pct(r.advice.predicted.overallAccuracy) },
+                  { label: "predicted p95 T_Total", value: ms(r.advice.predicted.p95TotalMs) },
+                  {
+                    label: "predicted uplink per device",
+                    value: `${r.advice.predicted.bytesPerSecond.toFixed(0)} B/s`,
+                  },
+                ],
+              }
+            : {}),
+          patchYaml: r.advice.patchYaml,
+        }
+      : { notMeasured: "no sample had every exit's answer and path time" },
+  };
+}
+
+export function renderReportHtml(r: ProfileReport): Promise<string> {
+  return renderProfileHtml(htmlInput(r));
+}

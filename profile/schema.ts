@@ -1,0 +1,181 @@
+/**
+ * The `ddnn profile --json FILE` report (`ddnn-profile/v1`), documented field by field in
+ * docs/profile.md. Times are milliseconds, accuracies and rates fractions in [0, 1], sizes bytes.
+ * Every figure comes from the run itself; a figure the run could not measure is null and a note
+ * says why.
+ */
+
+export const PROFILE_FORMAT = "ddnn-profile/v1";
+
+/** mean, p50, p95, p99 of a time in ms over the samples of a configuration. */
+export interface LatencyStats {
+  readonly n: number;
+  readonly mean: number;
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+}
+
+/** One row of the reference paper's Table II: one configuration as measured on the fog. */
+export interface TableIIRow {
+  /** "Device&Server", "Server Only", "Server Only (HTTP)". */
+  readonly configuration: string;
+  /** "MQTT" or "HTTP". */
+  readonly transport: string;
+  /** Samples answered (degraded answers included). */
+  readonly samples: number;
+  readonly accuracy: {
+    /** The first exit's answer over every sample (the device alone); null for Server Only. */
+    readonly local: number | null;
+    /** Accuracy of the samples the last stage answered; null when it answered none. */
+    readonly server: number | null;
+    /** Accuracy of the answers the system gave. */
+    readonly overall: number | null;
+    /** Fraction of samples some exit classifies correctly; null unless every exit's answer is known for every sample. */
+    readonly ideal: number | null;
+  };
+  /** Per-sample times; device null for Server Only. */
+  readonly timingsMs: {
+    readonly device: LatencyStats | null;
+    /** Upstream compute (edge + server), 0 for a sample answered on the device. */
+    readonly server: LatencyStats | null;
+    /** Round trip less upstream compute (broker, encoding, queues), 0 for a local answer. */
+    readonly comm: LatencyStats | null;
+    /** What the device saw, from its input to the answer. */
+    readonly total: LatencyStats | null;
+  };
+  /** Mean bytes of one upstream frame (header included); null when nothing was sent. */
+  readonly bytesPerOffload: number | null;
+  /** Upstream bytes divided by all samples. */
+  readonly bytesPerSample: number | null;
+  /** Fraction of samples each stage's exit answered (degraded answers are in none). */
+  readonly exitRates: readonly { readonly stage: string; readonly rate: number }[];
+  /** Answers given by the device alone because upstream did not answer in time. */
+  readonly degraded: number;
+  readonly note?: string;
+}
+
+/** One exit's figures over the Device&Server run. */
+export interface ExitReport {
+  readonly stage: string;
+  readonly threshold: number | null;
+  readonly exitRate: number;
+  /** This exit's accuracy over every sample (needs its answer for every sample); null otherwise. */
+  readonly accuracyAll: number | null;
+  /** Accuracy over the samples that exited here; null when none did. */
+  readonly accuracyExited: number | null;
+}
+
+/** The whole system's figures with one exit's threshold set to `threshold`, the others unchanged. */
+export interface SweepPoint {
+  readonly threshold: number;
+  readonly exitRate: number;
+  readonly overallAccuracy: number;
+  readonly exitAccuracy: number | null;
+  readonly meanTotalMs: number;
+  readonly p95TotalMs: number;
+  /** Device uplink bytes per sample (confident samples count 0). */
+  readonly bytesPerSample: number;
+  /** Per stage: fraction of samples answered there. */
+  readonly exitRates: readonly number[];
+}
+
+export interface ExitSweep {
+  readonly exit: string;
+  readonly currentThreshold: number;
+  readonly advisedThreshold?: number;
+  readonly points: readonly SweepPoint[];
+}
+
+export interface Sweep {
+  /** Samples with every exit's answer and every path's time known: the ones the sweep uses. */
+  readonly samples: number;
+  /** What the times are made of, in words. */
+  readonly method: string;
+  readonly exits: readonly ExitSweep[];
+}
+
+export interface CapacityStep {
+  readonly offeredPerS: number;
+  readonly achievedPerS: number;
+  readonly p50TotalMs: number;
+  readonly p99TotalMs: number;
+  readonly degraded: number;
+}
+
+export interface Capacity {
+  readonly sloMs: number;
+  readonly framesPerS: number;
+  /** Server compute per offloaded sample, ms (mean of the run's upstream compute). */
+  readonly serverMsPerOffload: number;
+  readonly offloadRatio: number;
+  readonly serverWorkers: number;
+  /** workers * 1000 / (serverMsPerOffload * offloadRatio): samples per second one replica carries. */
+  readonly predictedSamplesPerS: number;
+  /** predictedSamplesPerS / framesPerS. */
+  readonly predictedDevicesPerReplica: number;
+  readonly steps: readonly CapacityStep[];
+  /** Offered load of the first step whose p99 T_Total passed the SLO; null if none did. */
+  readonly measuredSaturationPerS: number | null;
+  readonly measuredDevicesPerReplica: number | null;
+  readonly note: string;
+}
+
+export interface Advice {
+  readonly sloMs: number;
+  readonly bytesPerSecondBudget: number | null;
+  readonly framesPerS: number;
+  /** The thresholds advised; null when no setting meets the constraints. */
+  readonly thresholds: Readonly<Record<string, number>> | null;
+  readonly predicted: {
+    readonly overallAccuracy: number;
+    readonly p95TotalMs: number;
+    readonly bytesPerSecond: number;
+  } | null;
+  /** Stage name -> tier, when moving a stage is predicted to do better; null otherwise. */
+  readonly placement: Readonly<Record<string, string>> | null;
+  readonly summary: readonly string[];
+  /** The DDNNModel patch as YAML; null when nothing should change. */
+  readonly patchYaml: string | null;
+}
+
+export interface ProfileReport {
+  readonly format: typeof PROFILE_FORMAT;
+  readonly generatedAt: string;
+  readonly command: string;
+  readonly model: {
+    readonly name: string;
+    readonly version: string;
+    readonly digest: string;
+    readonly stages: readonly string[];
+    readonly thresholds: Readonly<Record<string, number>>;
+  };
+  readonly run: {
+    readonly samples: number;
+    readonly devices: number;
+    readonly fps: number;
+    readonly deviceSlowdown: number;
+    readonly encoding: { readonly dtype: string; readonly compression: string };
+    readonly broker: string;
+    readonly wallSeconds: number;
+  };
+  readonly tableII: readonly TableIIRow[];
+  readonly exits: readonly ExitReport[];
+  readonly probe: {
+    /** Samples whose every exit's answer is known. */
+    readonly complete: number;
+    /** Samples missing the answer of some exit, by stage name. */
+    readonly missing: Readonly<Record<string, number>>;
+    /** Probe requests that got no answer. */
+    readonly failed: number;
+  };
+  /** Every sample's T_Total per configuration (for histograms). */
+  readonly latencySamples: readonly {
+    readonly configuration: string;
+    readonly totalMs: readonly number[];
+  }[];
+  readonly sweep: Sweep | null;
+  readonly capacity: Capacity | null;
+  readonly advice: Advice | null;
+  readonly notes: readonly string[];
+}

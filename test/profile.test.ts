@@ -1,0 +1,182 @@
+/**
+ * `ddnn profile` on the shipped bundles, on a fog it starts (embedded broker): its Table II equals
+ * `ddnn eval` on the same samples, and its one-pass sweep equals full runs at three thresholds.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import type { ProfileReport } from "../profile/schema.js";
+import { ddnn, root } from "./support/run.js";
+
+const dir = mkdtempSync(join(tmpdir(), "ddnn-profile-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const SAMPLES = "400";
+// Correctness, not latency: f32 frames (what eval computes with) and a deadline a loaded machine meets.
+const exact = ["--dtype", "f32", "--compression", "none", "--deadline-ms", "10000"];
+
+async function profileJson(name: string, args: readonly string[]): Promise<ProfileReport> {
+  const file = join(dir, `${name}.json`);
+  const r = await ddnn([
+    "profile",
+    "--limit",
+    SAMPLES,
+    "--devices",
+    "3",
+    "--fps",
+    "400",
+    ...exact,
+    ...args,
+    "--json",
+    file,
+  ]);
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stderr).toMatch(new RegExp(`answered ${SAMPLES}/${SAMPLES}`));
+  return JSON.parse(readFileSync(file, "utf8")) as ProfileReport;
+}
+
+interface EvalJson {
+  samples: number;
+  stages: { name: string; exitRate: number; accuracyAll: number; accuracyExited: number | null }[];
+  overall: number;
+  ideal: number;
+}
+
+async function evalJson(bundle: string, args: readonly string[] = []): Promise<EvalJson> {
+  const r = await ddnn(["eval", "--bundle", bundle, "--limit", SAMPLES, ...args, "--json"]);
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as EvalJson;
+}
+
+describe("ddnn profile reports what ddnn eval computes, from the distributed run", () => {
+  for (const model of ["fashion-deep", "fashion-3tier"]) {
+    it(`${model}: Device&Server and Server Only (MQTT, HTTP) equal eval on the same samples`, async () => {
+      const bundle = join(root, "models", model);
+      const [p, e] = await Promise.all([
+        profileJson(model, ["--bundle", bundle, "--sweep-steps", "4"]),
+        evalJson(bundle),
+      ]);
+      const last = e.stages.length - 1;
+      const [ds, soMqtt, soHttp] = p.tableII;
+      expect(p.run.samples).toBe(e.samples);
+      expect(ds!.configuration).toBe("Device&Server");
+      expect(ds!.degraded).toBe(0);
+      expect(p.exits.map((x) => x.exitRate)).toEqual(e.stages.map((s) => s.exitRate));
+      expect(p.exits.map((x) => x.accuracyExited)).toEqual(e.stages.map((s) => s.accuracyExited));
+      expect(ds!.accuracy.local).toBe(e.stages[0]!.accuracyAll);
+      expect(ds!.accuracy.server).toBe(e.stages[last]!.accuracyExited);
+      expect(ds!.accuracy.overall).toBe(e.overall);
+      if (model === "fashion-deep") {
+        // The probe's answers from the server give every exit's label: Ideal of the run itself.
+        expect(ds!.accuracy.ideal).toBe(e.ideal);
+        expect(p.probe).toEqual({ complete: e.samples, missing: {}, failed: 0 });
+        expect(p.sweep?.samples).toBe(e.samples);
+      } else {
+        // The edge answers a probe it is confident about, so the server's label stays unknown
+        // for those samples: Ideal is not guessed, and the report says what is missing.
+        expect(ds!.accuracy.ideal).toBeNull();
+        expect(p.probe.missing.server).toBeGreaterThan(0);
+        expect(ds!.note).toMatch(/lack some exit's answer/);
+      }
+      for (const so of [soMqtt!, soHttp!]) {
+        expect(so.samples).toBe(e.samples);
+        expect(so.accuracy.overall).toBe(e.stages[last]!.accuracyAll);
+        expect(so.exitRates[last]!.rate).toBe(1);
+        expect(so.timingsMs.device).toBeNull();
+      }
+      expect([soMqtt!.transport, soHttp!.transport]).toEqual(["MQTT", "HTTP"]);
+      // f32 features: 4 bytes per value plus the frame's header.
+      expect(ds!.bytesPerOffload).toBeGreaterThan(4 * 64);
+      expect(ds!.bytesPerSample).toBeCloseTo(
+        (ds!.bytesPerOffload ?? 0) * (1 - p.exits[0]!.exitRate),
+        6,
+      );
+    });
+  }
+
+  it("the one-pass sweep equals full runs of the fog at three thresholds", async () => {
+    const bundle = join(root, "models", "fashion-deep");
+    const base = await profileJson("sweep-base", ["--bundle", bundle, "--sweep-steps", "20"]);
+    const device = base.sweep!.exits.find((s) => s.exit === "device")!;
+    expect(device.points.map((p) => p.threshold)).toHaveLength(21);
+    for (const t of [0.1, 0.5, 0.8]) {
+      const full = await profileJson(`sweep-${t}`, [
+        "--bundle",
+        bundle,
+        "--threshold",
+        `device=${t}`,
+        "--server-only",
+        "false",
+        "--sweep-steps",
+        "1",
+      ]);
+      const point = device.points.find((p) => p.threshold === t)!;
+      const ds = full.tableII[0]!;
+      expect(ds.degraded).toBe(0);
+      expect(point.exitRate, `exit rate at ${t}`).toBe(full.exits[0]!.exitRate);
+      expect(point.overallAccuracy, `Overall at ${t}`).toBe(ds.accuracy.overall);
+      // Request ids differ in length by a digit or two between runs; the frames otherwise do not.
+      expect(
+        Math.abs(point.bytesPerSample - (ds.bytesPerSample ?? 0)),
+        `bytes at ${t}`,
+      ).toBeLessThan(0.002 * (ds.bytesPerSample ?? 0) + 2);
+      // Times are two runs on a shared machine: the same order of magnitude, not the same value.
+      const measured = ds.timingsMs.total!.mean;
+      expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeLessThan(measured * 3 + 2);
+      expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeGreaterThan(measured / 3 - 2);
+    }
+  });
+});
+
+describe("ddnn up's Table II", () => {
+  interface UpJson {
+    samples: number;
+    deviceAndServer: {
+      local: number | null;
+      ideal: number | null;
+      degraded: number;
+      agreementWithInProcess: number;
+    };
+    inProcess: EvalJson;
+  }
+  const up = async (args: readonly string[]) => {
+    const r = await ddnn([
+      "up",
+      "--limit",
+      SAMPLES,
+      "--devices",
+      "2",
+      "--fps",
+      "400",
+      "--dtype",
+      "f32",
+      "--compression",
+      "none",
+      "--server-only",
+      "false",
+      ...args,
+      "--json",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout) as UpJson;
+  };
+
+  it("takes Local and Ideal from the distributed run's probe answers", async () => {
+    const r = await up(["--deadline-ms", "10000"]);
+    expect(r.deviceAndServer.degraded).toBe(0);
+    expect(r.deviceAndServer.local).toBe(r.inProcess.stages[0]!.accuracyAll);
+    expect(r.deviceAndServer.ideal).toBe(r.inProcess.ideal);
+    expect(r.deviceAndServer.agreementWithInProcess).toBe(1);
+  });
+
+  it("does not count a degraded answer as agreeing with the in-process pipeline", async () => {
+    // A 1 ms deadline: most offloads are answered by the device's fallback.
+    const r = await up(["--deadline-ms", "1"]);
+    const { degraded, agreementWithInProcess } = r.deviceAndServer;
+    expect(degraded).toBeGreaterThan(0);
+    expect(agreementWithInProcess).toBeLessThanOrEqual((r.samples - degraded) / r.samples);
+    // The device's own exit is known for every sample, whatever upstream did.
+    expect(r.deviceAndServer.local).toBe(r.inProcess.stages[0]!.accuracyAll);
+  });
+});
