@@ -355,6 +355,29 @@ describe("builders", () => {
     }
   });
 
+  it("give spec.wire to the tiers that send features (device, edge), not to the server", () => {
+    const objs = (spec: DDNNModelSpecInput): Record<string, Record<string, string | undefined>> =>
+      Object.fromEntries(
+        buildOwnedObjects(input(spec))
+          .filter((o) => o.kind === "Deployment" || o.kind === "DaemonSet")
+          .map((o) => [o.metadata!.name, envOf(o as V1Deployment)]),
+      );
+    const wired = objs({ ...exampleSpec(), wire: { dtype: "f32", compression: "none" } });
+    for (const name of ["demo-device", "demo-edge"])
+      expect(wired[name]).toMatchObject({ DDNN_DTYPE: "f32", DDNN_COMPRESSION: "none" });
+    expect(wired["demo-server"]?.DDNN_DTYPE).toBeUndefined();
+    expect(wired["demo-server"]?.DDNN_COMPRESSION).toBeUndefined();
+    // Unset: the tiers' own defaults, nothing written.
+    const plain = objs(exampleSpec());
+    for (const e of Object.values(plain)) {
+      expect(e.DDNN_DTYPE).toBeUndefined();
+      expect(e.DDNN_COMPRESSION).toBeUndefined();
+    }
+    const half = objs({ ...exampleSpec(), wire: { dtype: "f16" } });
+    expect(half["demo-device"]).toMatchObject({ DDNN_DTYPE: "f16" });
+    expect(half["demo-device"]?.DDNN_COMPRESSION).toBeUndefined();
+  });
+
   it("give every tier the operator's proxy, never one with credentials", () => {
     const { proxy, skipped } = proxyEnvForPods({
       https_proxy: "http://proxy.corp:3128",

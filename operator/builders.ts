@@ -15,6 +15,7 @@ import type {
   V1VolumeMount,
 } from "@kubernetes/client-node";
 import {
+  encodingFields,
   PROXY_ENV,
   PROXY_URL_ENV,
   type ProxyVariable,
@@ -185,6 +186,8 @@ function thresholds(spec: DDNNModelSpec, stages: readonly string[]): string {
  * its program (`serverConfig.env`, `agentConfig.env`); no variable is spelled here.
  */
 const TIER_ENV = program(tierFields).env;
+/** The same for the fields of the tiers that send features upstream (agent and gateway). */
+const ENCODING_ENV = program(encodingFields).env;
 
 function env(name: string, value: string | number): V1EnvVar {
   return { name, value: String(value) };
@@ -204,6 +207,10 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
     env(TIER_ENV.stages, plan[tier].join(",")),
   ];
   if (spec.bundle.url) out.push(env(TIER_ENV.bundleCache, BUNDLE_CACHE_MOUNT));
+  // Only the device and the edge send features; the server answers.
+  if (tier !== "server" && spec.wire?.dtype) out.push(env(ENCODING_ENV.dtype, spec.wire.dtype));
+  if (tier !== "server" && spec.wire?.compression)
+    out.push(env(ENCODING_ENV.compression, spec.wire.compression));
   const t = thresholds(spec, plan[tier]);
   if (t !== "") out.push(env(TIER_ENV.threshold, t));
   out.push(env(TIER_ENV.broker, brokerUrl(model)));

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { compressions, dtypes } from "../core/wire/frame.js";
 
 /**
  * The DDNNModel resource (Contract 4). This file is the one source of truth: the operator parses
@@ -308,6 +309,19 @@ export const ddnnModelSpecSchema = cel(
     bundle,
     placement,
     exits: exits.optional(),
+    wire: described(
+      z.object({
+        dtype: described(
+          z.enum(dtypes),
+          "dtype of the features a device or edge gateway sends upstream: u8q (the tiers' default: 1 byte per value, quantized per tensor), f16, or f32 (the exact values, so answers equal ddnn eval's)",
+        ).optional(),
+        compression: described(
+          z.enum(compressions),
+          "deflate (the tiers' default) or none",
+        ).optional(),
+      }),
+      "how features travel between tiers (Contract 2's frame); unset fields keep the tiers' defaults",
+    ).optional(),
     deadlineMs: described(
       z.number().int().min(1).max(600000),
       "how long a device waits for an answer from the next tier before it answers locally",

@@ -74,6 +74,13 @@ const fixtureSpecs: [string, DDNNModelSpecInput][] = [
     }),
   ],
   [
+    "f32 features without compression, the device's bundle cache on the node",
+    variant((s) => {
+      s.wire = { dtype: "f32", compression: "none" };
+      s.tiers!.device!.bundleCache = { hostPath: "/var/lib/ddnn-fog" };
+    }),
+  ],
+  [
     "server workers set",
     variant((s) => {
       s.tiers!.server!.batching = { workers: 3, maxBatch: 8, maxDelayMs: 0 };
