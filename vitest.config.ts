@@ -2,7 +2,7 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["{core,cli,server,gateway,device-agent,operator,codegen,test}/**/*.test.ts"],
+    include: ["{core,cli,server,gateway,device-agent,operator,codegen,profile,test}/**/*.test.ts"],
     // The real-cluster tests run once, on their own (scripts/cluster.sh e2e; scripts/test.sh).
     exclude: ["test/e2e/**", "**/node_modules/**"],
     testTimeout: 120_000,

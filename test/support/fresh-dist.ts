@@ -17,6 +17,8 @@ export const BUILT_FOLDERS = [
   "gateway",
   "device-agent",
   "operator",
+  "codegen",
+  "profile",
 ];
 
 /** Source files (relative to `root`) whose dist/ output is missing or older than the source. */
