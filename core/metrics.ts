@@ -20,6 +20,9 @@ const latencyBuckets = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 ];
 
+/** Why a device's offload did not get an answer (offload-client.ts OffloadFailure, and internal). */
+const offloadFailures = ["deadline", "broker_unreachable", "upstream_error", "internal"] as const;
+
 export function tierMetrics(tier: string, model: string) {
   const registry = new Registry();
   registry.setDefaultLabels({ tier, model });
@@ -28,7 +31,7 @@ export function tierMetrics(tier: string, model: string) {
   let pool: PoolReadings = { queued: 0, readyWorkers: 0, busySeconds: 0 };
   let requestsInFlight: () => number = () => 0;
   let offloadsInFlight: () => number = () => 0;
-  return {
+  const metrics = {
     registry,
     /** Where ddnn_queue_depth, ddnn_workers and ddnn_worker_busy_seconds_total are read from. */
     watchPool(readings: PoolReadings): void {
@@ -176,6 +179,13 @@ export function tierMetrics(tier: string, model: string) {
       registers: [registry],
     }),
   };
+  if (tier === "device") {
+    // Series that exist from the start: rate() and increase() miss the first event of a series
+    // that appears with it, and a degraded answer may be the only one in a long while.
+    for (const outcome of ["ok", ...offloadFailures]) metrics.offloads.inc({ outcome }, 0);
+    for (const reason of offloadFailures) metrics.degraded.inc({ reason }, 0);
+  }
+  return metrics;
 }
 
 export type TierMetrics = ReturnType<typeof tierMetrics>;

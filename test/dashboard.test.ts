@@ -208,7 +208,7 @@ describe("the Grafana dashboard", () => {
       ],
       [
         "worker utilisation",
-        /rate\(ddnn_worker_busy_seconds_total.*\/ sum by \(tier, pod\) \(ddnn_workers/,
+        /rate\(ddnn_worker_busy_seconds_total.*\/ \(sum by \(tier, pod\) \(ddnn_workers/,
       ],
     ];
     expect(needed.filter(([, re]) => !re.test(exprs)).map(([what]) => what)).toEqual([]);

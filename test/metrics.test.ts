@@ -8,37 +8,13 @@ import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Pipeline } from "../core/pipeline.js";
 import { modelKey, parseModelRef, requestTopic } from "../core/topics.js";
-import { encodeFrame } from "../core/wire/frame.js";
+import { encodeFrame, errorCodes } from "../core/wire/frame.js";
 import { encodeTensor } from "../core/wire/tensor.js";
-import { type FixtureStage, pseudoPixels, writeBundle } from "./support/bundle-fixture.js";
+import { pseudoPixels, threeTierStages, writeBundle } from "./support/bundle-fixture.js";
 import { type Fog, startFog, waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
 
-const stages: FixtureStage[] = [
-  {
-    name: "device",
-    inputName: "image",
-    inShape: [1, 4, 4],
-    featuresName: "f0",
-    featureSize: 12,
-    logitsName: "logits",
-    classes: 4,
-    seed: 41,
-    threshold: 0.6,
-  },
-  {
-    name: "edge",
-    inputName: "f0",
-    inShape: [12],
-    featuresName: "f1",
-    featureSize: 8,
-    logitsName: "logits",
-    classes: 4,
-    seed: 43,
-    threshold: 0.6,
-  },
-  { name: "server", inputName: "f1", inShape: [8], logitsName: "logits", classes: 4, seed: 47 },
-];
+const stages = threeTierStages();
 
 /** Parses Prometheus text: metric name with its labels (sorted, without tier/model) -> value. */
 async function scrape(port: number): Promise<Map<string, number>> {
@@ -158,9 +134,11 @@ describe("/metrics of every tier after a known run", () => {
     // Nothing in flight once every answer is in, and no error answered.
     expect(edge.get("ddnn_requests_in_flight")).toBe(0);
     expect(server.get("ddnn_requests_in_flight")).toBe(0);
-    expect(
-      [...edge.keys(), ...server.keys()].filter((k) => k.startsWith("ddnn_errors_total")),
-    ).toEqual([]);
+    // Every error code's series exists from the start, at 0.
+    for (const tier of [edge, server]) {
+      const errors = [...tier].filter(([k]) => k.startsWith("ddnn_errors_total"));
+      expect(errors.map(([, v]) => v)).toEqual(new Array(errorCodes.length).fill(0));
+    }
   });
 
   it("count error answers by code, at the tier that answered them", async () => {

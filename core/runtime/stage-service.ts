@@ -16,6 +16,7 @@ import {
   decodeRequest,
   type ErrorCode,
   encodeFrame,
+  errorCodes,
   FrameError,
   isTopicName,
   type RequestHeader,
@@ -68,6 +69,11 @@ export class StageService {
       : Number.POSITIVE_INFINITY;
     this.maxElements = Math.min(known, o.maxFrameBytes);
     o.metrics.watchRequestsInFlight(() => this.inFlight.size);
+    // Series that exist from the start: rate() and increase() miss the first event of a series
+    // that appears with it (an error, or the first exit of a stage).
+    for (let s = o.from; s <= o.to; s++)
+      o.metrics.exits.inc({ stage: o.bundle.manifest.stages[s]?.name ?? String(s) }, 0);
+    for (const code of errorCodes) o.metrics.errors.inc({ stage: this.stageName, code }, 0);
   }
 
   /** The subscription filter this service listens on. */

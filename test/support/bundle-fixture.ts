@@ -29,6 +29,38 @@ export function tempDir(prefix = "ddnn-test-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
+/**
+ * A three-stage model (device, edge, server) on 1x4x4 inputs with 4 classes, whose exits each
+ * answer some of pseudoPixels(n, 16, 77): a count put at the wrong tier shows.
+ */
+export function threeTierStages(): FixtureStage[] {
+  return [
+    {
+      name: "device",
+      inputName: "image",
+      inShape: [1, 4, 4],
+      featuresName: "f0",
+      featureSize: 12,
+      logitsName: "logits",
+      classes: 4,
+      seed: 41,
+      threshold: 0.6,
+    },
+    {
+      name: "edge",
+      inputName: "f0",
+      inShape: [12],
+      featuresName: "f1",
+      featureSize: 8,
+      logitsName: "logits",
+      classes: 4,
+      seed: 43,
+      threshold: 0.6,
+    },
+    { name: "server", inputName: "f1", inShape: [8], logitsName: "logits", classes: 4, seed: 47 },
+  ];
+}
+
 /** A two-stage model on 1x4x4 inputs with 3 classes: small enough to check by hand. */
 export function smallStages(): FixtureStage[] {
   return [
