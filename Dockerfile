@@ -36,6 +36,7 @@ COPY gateway ./gateway
 COPY device-agent ./device-agent
 COPY operator ./operator
 COPY codegen ./codegen
+COPY profile ./profile
 RUN npm run build --silent \
  && npm prune --omit=dev --no-audit --no-fund --update-notifier=false --loglevel=error
 # Keep only the target's onnxruntime-node binaries (the package holds ~290 MB for every OS and
