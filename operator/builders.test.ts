@@ -124,7 +124,7 @@ describe("builders", () => {
     expect(edge.spec!.template.spec!.containers[0]!.args).toEqual(["gateway"]);
   });
 
-  it("run device agents on every device node, amd64 or arm64, named after the node", () => {
+  it("run device agents on every device node, amd64, arm64 or 32-bit arm, named after the node", () => {
     const device = buildOwnedObjects(input()).find((o) => o.kind === "DaemonSet") as V1DaemonSet;
     const pod = device.spec!.template.spec!;
     expect(pod.nodeSelector).toEqual({ "fog.ddnn.io/device": "true" });
@@ -135,7 +135,7 @@ describe("builders", () => {
     expect(terms.nodeSelectorTerms[0]!.matchExpressions).toContainEqual({
       key: "kubernetes.io/arch",
       operator: "In",
-      values: ["amd64", "arm64"],
+      values: ["amd64", "arm64", "arm"],
     });
     const c = pod.containers[0]!;
     expect(c.args).toEqual(["agent"]);
@@ -182,6 +182,12 @@ describe("builders", () => {
     // The server prefers server nodes but needs none: any linux amd64/arm64 node will do.
     expect(schedulable(pods.server, board)).toBe(true);
     expect(schedulable(pods.server, { ...board, "kubernetes.io/arch": "s390x" })).toBe(false);
+    // A 32-bit ARM board (Odroid-XU4) runs a device agent or a gateway (on WebAssembly), never the
+    // server, which needs onnxruntime-node's speed.
+    const xu4 = { ...everything, "kubernetes.io/arch": "arm" };
+    expect(schedulable(pods.device, xu4)).toBe(true);
+    expect(schedulable(pods.edge, xu4)).toBe(true);
+    expect(schedulable(pods.server, xu4)).toBe(false);
   });
 
   it("keep user-given node selectors and tolerations, and add what an edge cluster needs", () => {

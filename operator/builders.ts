@@ -253,18 +253,28 @@ const SECURITY_CONTEXT = {
   capabilities: { drop: ["ALL"] },
 };
 
-/** Fog boards are amd64 or arm64 Linux (k3s-enrolled Odroids and the like); the image is built for both. */
-const PLATFORM_TERM = {
-  matchExpressions: [
-    { key: "kubernetes.io/arch", operator: "In", values: ["amd64", "arm64"] },
-    { key: "kubernetes.io/os", operator: "In", values: ["linux"] },
-  ],
-};
-const NODE_AFFINITY: V1Affinity = {
+/**
+ * Linux nodes the image runs on. The server and the broker need amd64 or arm64; a device agent or
+ * an edge gateway also runs on 32-bit ARM boards (linux/arm/v7, the Odroid-XU4), where the image
+ * has no onnxruntime-node binary and the tier runs on onnxruntime-web's WebAssembly build
+ * (docs/image.md).
+ */
+const platform = (arches: readonly string[]): V1Affinity => ({
   nodeAffinity: {
-    requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [PLATFORM_TERM] },
+    requiredDuringSchedulingIgnoredDuringExecution: {
+      nodeSelectorTerms: [
+        {
+          matchExpressions: [
+            { key: "kubernetes.io/arch", operator: "In", values: [...arches] },
+            { key: "kubernetes.io/os", operator: "In", values: ["linux"] },
+          ],
+        },
+      ],
+    },
   },
-};
+});
+const NODE_AFFINITY = platform(["amd64", "arm64"]);
+const BOARD_AFFINITY = platform(["amd64", "arm64", "arm"]);
 
 /**
  * Where a tier's Pods may run. Device and edge Pods need their tier's label (the DDNNModel's default
@@ -273,7 +283,7 @@ const NODE_AFFINITY: V1Affinity = {
  * and runs anywhere else when there is none (a one-node lab, a cluster that labels nothing).
  */
 function affinity(tier: Tier): V1Affinity {
-  if (tier !== "server") return NODE_AFFINITY;
+  if (tier !== "server") return BOARD_AFFINITY;
   return {
     nodeAffinity: {
       ...NODE_AFFINITY.nodeAffinity,
