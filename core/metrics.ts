@@ -47,7 +47,7 @@ export function tierMetrics(tier: string, model: string) {
     },
     requests: new Counter({
       name: "ddnn_requests_total",
-      help: "Inference requests handled, by the stage that answered or forwarded them and outcome: ok (answered over MQTT), forwarded (sent on to the next stage), ok_http (answered over HTTP, Server Only), or the error code answered",
+      help: "Inference requests handled, by the stage that answered or forwarded them and outcome: ok (answered over MQTT), forwarded (sent on to the next stage), ok_http (answered over HTTP, Server Only), probe (a measurement request of ddnn profile, answered or forwarded), or the error code answered",
       labelNames: ["stage", "outcome"] as const,
       registers: [registry],
     }),

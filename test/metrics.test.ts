@@ -141,7 +141,7 @@ describe("/metrics of every tier after a known run", () => {
     }
   });
 
-  it("count error answers by code, at the tier that answered them", async () => {
+  it("count error answers by code at the tier that answered them, and probes apart from answers", async () => {
     const server = fog.server!;
     const model = parseModelRef(`default/${server.bundle.manifest.name}`);
     const client = await mqtt.connectAsync(mosquitto.url, { protocolVersion: 4, clean: true });
@@ -183,22 +183,29 @@ describe("/metrics of every tier after a known run", () => {
         a: { digest: "0".repeat(64) },
         b: { digest: "1".repeat(64) },
         c: { deadline: Date.now() - 1 },
+        // A probe (ddnn profile): answered, but not an answer of the run.
+        d: { probe: true },
       };
       for (const [id, overrides] of Object.entries(sent))
         await client.publishAsync(requestTopic(model, "server"), frame(id, overrides), { qos: 1 });
-      await waitFor(() => replies.size === 3, 5000, "three error replies");
+      await waitFor(() => replies.size === 4, 5000, "four replies");
       expect(Object.fromEntries(replies)).toEqual({
         a: "digest_mismatch",
         b: "digest_mismatch",
         c: "deadline_exceeded",
+        d: "ok",
       });
       const after = await scrape(server.port);
       const delta = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
       expect(delta('ddnn_errors_total{code="digest_mismatch",stage="server"}')).toBe(2);
       expect(delta('ddnn_errors_total{code="deadline_exceeded",stage="server"}')).toBe(1);
       expect(delta('ddnn_requests_total{outcome="digest_mismatch",stage="server"}')).toBe(2);
-      // Refused before they reached a worker: nothing queued, computed or answered as an exit.
-      expect(delta('ddnn_queue_seconds_count{stage="server"}')).toBe(0);
+      expect(delta('ddnn_requests_total{outcome="probe",stage="server"}')).toBe(1);
+      expect(delta('ddnn_requests_total{outcome="ok",stage="server"}')).toBe(0);
+      // The errors were refused before they reached a worker; only the probe was queued and
+      // computed, and it is no exit of the run.
+      expect(delta('ddnn_queue_seconds_count{stage="server"}')).toBe(1);
+      expect(delta('ddnn_stage_seconds_count{stage="server"}')).toBe(1);
       expect(delta('ddnn_exits_total{stage="server"}')).toBe(0);
     } finally {
       await client.endAsync();

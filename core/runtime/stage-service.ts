@@ -194,7 +194,7 @@ export class StageService {
           Buffer.from(encodeFrame({ ...rest, ...fields, stage: this.o.to + 1, timings }, body)),
           { qos: 1 },
         );
-        metrics.requests.inc({ stage: stageName, outcome: "forwarded" });
+        metrics.requests.inc({ stage: stageName, outcome: header.probe ? "probe" : "forwarded" });
       } else {
         await this.reply(header.replyTo, {
           kind: "result",
@@ -206,8 +206,9 @@ export class StageService {
           tier: this.o.tier,
           timings,
         });
-        metrics.exits.inc({ stage: stageName });
-        metrics.requests.inc({ stage: stageName, outcome: "ok" });
+        // A probe measures a sample the device already answered: it is not an answer of the run.
+        if (!header.probe) metrics.exits.inc({ stage: stageName });
+        metrics.requests.inc({ stage: stageName, outcome: header.probe ? "probe" : "ok" });
       }
       metrics.requestSeconds.observe((performance.now() - started) / 1000);
     } catch (err) {
