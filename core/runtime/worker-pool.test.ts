@@ -81,6 +81,21 @@ describe("WorkerPool", () => {
     expect(batches.reduce((a, b) => a + b, 0)).toBe(64);
   });
 
+  it("counts the time its workers run batches (utilisation), not the time they wait", async () => {
+    const ms: number[] = [];
+    const { pool } = await start({ onBatch: (b) => ms.push(b.ms) });
+    expect(pool.busySeconds).toBe(0);
+    await Promise.all(
+      features(64).map((data) => pool.submit({ from: 1, to: 1, data, dims: [1, 32] })),
+    );
+    const busy = pool.busySeconds;
+    expect(busy).toBeGreaterThan(0);
+    expect(busy).toBeCloseTo(ms.reduce((a, b) => a + b, 0) / 1000, 9);
+    // Idle workers add nothing.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(pool.busySeconds).toBe(busy);
+  });
+
   it("never mixes requests with different exit rules in one batch", async () => {
     const { pool, reference } = await start({
       only: [0, 1],
