@@ -81,6 +81,8 @@ WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+# The C runtime that `ddnn codegen c` copies next to a generated device program.
+COPY codegen/c ./codegen/c
 COPY models ./models
 COPY config ./config
 COPY crds ./crds

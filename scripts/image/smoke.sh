@@ -11,7 +11,8 @@
 #      `ddnn eval` for the same images;
 #   3. the same agent with onnxruntime-node's binaries hidden (as on linux/arm/v7) falls back to
 #      the WebAssembly backend and gives the same answers;
-#   4. nothing was written anywhere but /tmp, and nothing in /tmp either.
+#   4. nothing was written anywhere but /tmp, and nothing in /tmp either;
+#   5. `ddnn codegen c` in the image writes the same device program as on the host.
 #
 #   bash scripts/image/smoke.sh [IMAGE]     (default ddnn-fog:<package.json version>)
 #
@@ -95,6 +96,15 @@ grep -v 'CNI config' "$work/eval.err" | grep . && fail "eval in the image wrote 
 host=$(node dist/cli/main.js eval --bundle "$bundle" --images "$images" --labels "$labels" --json)
 [ "$inside" = "$host" ] || fail "eval differs: image $inside, host $host"
 say "eval in the image, nothing writable: $(node -p "const r=JSON.parse(process.argv[1]); 'Overall '+(r.overall*100).toFixed(2)+'%, device exit rate '+(r.stages[0].exitRate*100).toFixed(2)+'%, same as the host'" "$inside")"
+# 1b. ddnn codegen c in the image finds its C runtime sources and writes the same device program
+# as on the host (generation is deterministic), into the only writable place.
+mkdir -p "$work/gen-image" && chmod 777 "$work/gen-image"
+"${podman[@]}" run --rm "${run_opts[@]}" --read-only --read-only-tmpfs=false --user 65532:65532 \
+  --cap-drop ALL --network none -v "$work/gen-image:/out" "$image" codegen c --bundle "$bundle" \
+  --out /out >"$work/codegen.out" 2>&1 || fail "codegen in the image: $(cat "$work/codegen.out")"
+node dist/cli/main.js codegen c --bundle "$bundle" --out "$work/gen-host" >/dev/null
+diff -r "$work/gen-image" "$work/gen-host" >/dev/null || fail "codegen in the image wrote other files than on the host"
+say "codegen c in the image: $(find "$work/gen-image" -type f | wc -l) files, the same bytes as on the host"
 node dist/cli/main.js eval --bundle "$bundle" --images "$images" --labels "$labels" --limit "$samples" \
   --predictions "$work/predictions.json" >/dev/null
 
