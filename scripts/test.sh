@@ -36,6 +36,11 @@ done
 echo "== e2e (real Kubernetes cluster)"
 runs+=("$reports/e2e.json")
 bash scripts/cluster.sh e2e --reporter=default --reporter=json --outputFile.json="${runs[-1]}" || vitest_rc=$?
+# The image as a restricted Pod runs it, outside Kubernetes (the e2e run built it): eval, codegen,
+# broker + server + agent, the WebAssembly fallback, nothing written (docs/image.md).
+echo "== image smoke"
+smoke_rc=0
+bash scripts/image/smoke.sh || smoke_rc=$?
 echo "== pytest (trainer)"
 pytest_rc=0
 "$python" -m pytest trainer/tests -q -p no:cacheprovider --junitxml="$reports/pytest.xml" || pytest_rc=$?
@@ -71,4 +76,5 @@ if (!x) {
 const note = missing.length ? ` (no report: ${missing.join(", ")})` : "";
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped${note}`);
 ' "$reports/pytest.xml" "${runs[@]}"
-[ "$vitest_rc" -eq 0 ] && [ "$pytest_rc" -eq 0 ]
+[ "$smoke_rc" -eq 0 ] || echo "test.sh: scripts/image/smoke.sh failed"
+[ "$vitest_rc" -eq 0 ] && [ "$pytest_rc" -eq 0 ] && [ "$smoke_rc" -eq 0 ]
