@@ -418,28 +418,42 @@ describe("helm lint and helm template", () => {
       // --set leaves 0.25 a string (helm parses only integers); --set-json keeps it a number.
       "--set-json",
       "prometheusRule.degradedRatio=0.25",
+      "--set-json",
+      "prometheusRule.latencySloSeconds=0.5",
+      "--set-json",
+      "prometheusRule.workerUtilisation=0.75",
+      "--set",
+      "prometheusRule.devicesLookback=6h",
     ]);
     const dashboard = one(all, "ConfigMap") as K8sObject & { data: Record<string, string> };
     expect(dashboard.metadata.labels?.grafana_dashboard).toBe("1");
     expect(JSON.parse(dashboard.data["ddnn-fog.json"]!).uid).toBe("ddnn-fog");
     expect(one(all, "ServiceMonitor").metadata.labels?.release).toBe("prom");
     const rule = one(all, "PrometheusRule") as K8sObject & {
-      spec: { groups: { rules: { alert: string; expr: string }[] }[] };
+      spec: { groups: { rules: { alert?: string; record?: string; expr: string }[] }[] };
     };
-    const alerts = Object.fromEntries(
-      rule.spec.groups.flatMap((g) => g.rules).map((r) => [r.alert, r.expr]),
-    );
+    const rules = rule.spec.groups.flatMap((g) => g.rules);
+    const alerts = Object.fromEntries(rules.flatMap((r) => (r.alert ? [[r.alert, r.expr]] : [])));
     expect(Object.keys(alerts).sort()).toEqual([
       "DDNNBrokerDisconnected",
       "DDNNDegradedAnswers",
+      "DDNNDevicesMissing",
+      "DDNNErrorAnswers",
+      "DDNNLatencySLO",
       "DDNNOperatorAbsent",
       "DDNNOperatorNoLeader",
       "DDNNOperatorReconcileErrors",
       "DDNNOperatorSeveralLeaders",
       "DDNNOverloaded",
+      "DDNNServerSaturated",
       "DDNNWorkerRestarts",
     ]);
+    // Recording rules are the only other rules, each with a level:metric:operations name.
+    for (const r of rules.filter((x) => !x.alert)) expect(r.record).toMatch(/^\w+:\w+:\w+$/);
     expect(alerts.DDNNDegradedAnswers).toContain("> 0.25");
+    expect(alerts.DDNNLatencySLO).toContain("> 0.5");
+    expect(alerts.DDNNServerSaturated).toContain("> 0.75");
+    expect(alerts.DDNNDevicesMissing).toContain("[6h]");
     expect(alerts.DDNNOperatorNoLeader).toContain('namespace="ddnn-system"');
   });
 
