@@ -283,38 +283,41 @@ export async function replayDevices(
   w: Workload,
   fog: LocalFog,
   options: ReplayOptions,
-): Promise<{ rows: Row[]; wallS: number }> {
+): Promise<{ rows: Row[]; wallS: number; deviceStageMs: number | null }> {
   const rows: Row[] = [];
   const indices = options.indices ?? Array.from({ length: w.count }, (_, i) => i);
   const common = commonOf(cfg, w, fog.brokerUrl, fog.embedded ? false : cfg.sharedSubscriptions);
   const started = performance.now();
   const agents: RunningAgent[] = [];
   try {
-    for (let d = 0; d < cfg.devices; d++) {
-      agents.push(
-        await startAgent(
-          agentSchema.parse({
-            ...common,
-            threshold: options.threshold ?? cfg.threshold,
-            deviceId: `camera-${d + 1}`,
-            stages: [w.names[0]!],
-            deadlineMs: cfg.deadlineMs,
-            deviceSlowdown: cfg.deviceSlowdown,
-            source: ["replay"],
-            replayImages: w.imagesPath,
-            fps: options.fps ?? cfg.fps,
-          }),
-          {
-            replayIndices: indices.filter((_, i) => i % cfg.devices === d),
-            replayWaitForUpstreamMs: 10_000,
-            probe: options.probe,
-            onReplayAnswer: (answer, index) =>
-              rows.push({ index, truth: w.truth[index] ?? 0, answer }),
-          },
-          makeLogger(cfg.logLevel, "device"),
-        ),
-      );
-    }
+    const starting = Array.from({ length: cfg.devices }, (_, d) =>
+      startAgent(
+        agentSchema.parse({
+          ...common,
+          threshold: options.threshold ?? cfg.threshold,
+          deviceId: `camera-${d + 1}`,
+          stages: [w.names[0]!],
+          deadlineMs: cfg.deadlineMs,
+          deviceSlowdown: cfg.deviceSlowdown,
+          source: ["replay"],
+          replayImages: w.imagesPath,
+          fps: options.fps ?? cfg.fps,
+        }),
+        {
+          replayIndices: indices.filter((_, i) => i % cfg.devices === d),
+          replayWaitForUpstreamMs: 10_000,
+          probe: options.probe,
+          onReplayAnswer: (answer, index) =>
+            rows.push({ index, truth: w.truth[index] ?? 0, answer, at: performance.now() }),
+        },
+        makeLogger(cfg.logLevel, "device"),
+      ),
+    );
+    // Started together, like cameras switched on at once; any that did start is closed below.
+    const settled = await Promise.allSettled(starting);
+    for (const s of settled) if (s.status === "fulfilled") agents.push(s.value);
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed) throw failed.reason;
     const ticker = options.onProgress
       ? setInterval(() => options.onProgress?.(rows, performance.now() - started), 1000)
       : undefined;
@@ -333,7 +336,15 @@ export async function replayDevices(
   }
   const wallMs = performance.now() - started;
   options.onProgress?.(rows, wallMs);
-  return { rows, wallS: wallMs / 1000 };
+  const calibrated = agents.map((a) => a.agent.calibratedStageMs).filter((x) => x > 0);
+  return {
+    rows,
+    wallS: wallMs / 1000,
+    // What the slowdown multiplies: the device stages' compute on an idle thread (median of the agents').
+    deviceStageMs: calibrated.length
+      ? calibrated.sort((a, b) => a - b)[Math.floor(calibrated.length / 2)]!
+      : null,
+  };
 }
 
 /** One progress line: answers so far, by exit, degraded, accuracy, recent median T_Total. */

@@ -27,7 +27,9 @@ export function renderTableII(rows: readonly TableIIRow[]): string {
         "bytes/sample",
       ],
       rows.map((r) => [
-        `${r.configuration} (${r.transport})`,
+        r.configuration.includes(r.transport)
+          ? r.configuration
+          : `${r.configuration} (${r.transport})`,
         percent(r.accuracy.local),
         percent(r.accuracy.server),
         percent(r.accuracy.overall),

@@ -5,6 +5,7 @@
  * capacity of a server replica (model and ramp), and an advice printed as a DDNNModel patch.
  */
 import { writeFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { z } from "zod";
 import {
   field,
@@ -16,6 +17,8 @@ import {
   wantsHelp,
 } from "../core/config.js";
 import { exitPolicyFor } from "../core/pipeline.js";
+import { advise } from "../profile/advise.js";
+import { measureCapacity } from "../profile/capacity.js";
 import { deviceAndServer, serverOnly } from "../profile/measure.js";
 import { PROFILE_FORMAT, type ProfileReport } from "../profile/schema.js";
 import { sweepExits, traceRows } from "../profile/sweep.js";
@@ -98,10 +101,12 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
   try {
     progress(`ddnn profile: ${describeFog(cfg, w, fog)}`);
     progress("Device&Server over MQTT, with probe requests for every exit's answer");
-    const { rows, wallS } = await replayDevices(cfg, w, fog, {
+    const cpu0 = process.cpuUsage();
+    const { rows, wallS, deviceStageMs } = await replayDevices(cfg, w, fog, {
       probe: true,
       onProgress: (r, ms) => progress(liveLine(r, w.count, w.names, ms)),
     });
+    const cpu = process.cpuUsage(cpu0);
     const ds = deviceAndServer(rows, w.names, policy.thresholds);
     const indices = rows.map((r) => r.index).sort((a, b) => a - b);
     const tableII = [ds.row];
@@ -133,8 +138,43 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
       traces.traces.length > 0
         ? sweepExits(traces, w.names, policy.thresholds, cfg.sweepSteps)
         : null;
-    const capacity = null;
-    const advice = null;
+    const capacity =
+      cfg.sloMs === undefined
+        ? null
+        : await measureCapacity(
+            {
+              rows,
+              cpuMsPerSample: rows.length ? (cpu.user + cpu.system) / 1000 / rows.length : 0,
+              cores: availableParallelism(),
+              lastStage: w.names.length - 1,
+              workers: cfg.workers,
+              fps: cfg.fps,
+              devices: cfg.devices,
+              sloMs: cfg.sloMs,
+              steps: cfg.rampSteps,
+              samples: w.count,
+            },
+            async (offeredPerS, samples) =>
+              (
+                await replayDevices(cfg, w, fog, {
+                  probe: false,
+                  fps: offeredPerS / cfg.devices,
+                  indices: Array.from({ length: samples }, (_, i) => i % w.count),
+                })
+              ).rows,
+            progress,
+          );
+    if (cfg.sloMs === undefined) notes.push("no --slo-ms: no capacity ramp");
+    const advice =
+      traces.traces.length > 0
+        ? advise(traces, w.manifest, policy.thresholds, {
+            sloMs: cfg.sloMs ?? null,
+            bytesPerSecond: cfg.bytesPerSecond ?? null,
+            fps: cfg.fps,
+            steps: cfg.sweepSteps,
+            deviceSlowdown: cfg.deviceSlowdown,
+          })
+        : null;
     return {
       format: PROFILE_FORMAT,
       generatedAt: new Date().toISOString(),
@@ -156,6 +196,7 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
         devices: cfg.devices,
         fps: cfg.fps,
         deviceSlowdown: cfg.deviceSlowdown,
+        deviceStageMs,
         encoding: { dtype: cfg.dtype, compression: cfg.compression },
         broker: fog.embedded ? "embedded" : "external",
         wallSeconds: wallS,

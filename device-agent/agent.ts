@@ -80,12 +80,42 @@ export interface AgentOptions {
 
 export class Agent {
   private readonly allExits: ExitPolicy;
+  /** The device stages' compute on an idle thread (see calibrate), for --device-slowdown. */
+  private stageMs = 0;
+
+  /** What calibrate() measured, ms; 0 before. */
+  get calibratedStageMs(): number {
+    return this.stageMs;
+  }
 
   constructor(private readonly o: AgentOptions) {
     // Threshold 0 never exits early: every device stage runs and every exit's answer is seen.
     this.allExits = new ExitPolicy(
       o.pipeline.policy.thresholds.map((t) => (t === undefined ? undefined : 0)),
     );
+  }
+
+  /**
+   * Measures the device stages' compute once, on an idle thread (median of `runs` sequential runs).
+   * The slowdown spins a multiple of this, not of each sample's own time: that one includes waits
+   * behind other samples' spins, and would feed on itself under load.
+   */
+  async calibrate(runs = 31): Promise<number> {
+    const { pipeline } = this.o;
+    const zeros = new Uint8Array(pipeline.samplePixels);
+    const times: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const [r] = await pipeline.runRange(
+        0,
+        this.o.to,
+        pipeline.inputTensor(zeros, 1),
+        this.allExits,
+      );
+      times.push(r ? r.stageMs.reduce((a, b) => a + b, 0) : 0);
+    }
+    times.sort((a, b) => a - b);
+    this.stageMs = times[Math.floor(times.length / 2)] ?? 0;
+    return this.stageMs;
   }
 
   /** Classifies one sample of raw u8 pixels in the bundle's input layout. */
@@ -104,8 +134,8 @@ export class Agent {
     const computed = ran.stageMs.reduce((a, b) => a + b, 0);
     const slowdown = this.o.deviceSlowdown ?? 1;
     // Busy computation, not a sleep: a slow board keeps its CPU busy and its queue growing.
-    if (slowdown > 1) spin(computed * (slowdown - 1));
-    const device = computed * slowdown;
+    const spun = slowdown > 1 ? spin(this.stageMs * (slowdown - 1)) : 0;
+    const device = computed + spun;
     const local = this.o.probe ? this.ownExit(ran) : { answer: ran, exitsHere: !isForward(ran) };
     const deviceExits = ran.exits ?? [];
     for (let s = 0; s <= local.answer.stage; s++)
@@ -274,11 +304,13 @@ function byStage(exits: readonly ExitAnswer[]): ExitAnswer[] {
   return [...seen.values()].sort((a, b) => a.stage - b.stage);
 }
 
-/** Keeps this thread computing for `ms` milliseconds. */
-function spin(ms: number): void {
-  const until = performance.now() + ms;
+/** Keeps this thread computing for `ms` milliseconds; returns the milliseconds it took. */
+function spin(ms: number): number {
+  const started = performance.now();
+  const until = started + ms;
   let x = 0;
   while (performance.now() < until)
     for (let i = 0; i < 1000; i++) x = (x * 1103515245 + 12345) % 2147483648;
   if (x < 0) throw new Error("unreachable");
+  return performance.now() - started;
 }

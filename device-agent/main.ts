@@ -119,6 +119,13 @@ export async function startAgent(
       probe: hooks.probe ?? false,
       deviceSlowdown: config.deviceSlowdown,
     });
+    if (config.deviceSlowdown > 1) {
+      const ms = await agent.calibrate();
+      log.info(
+        { stageMs: ms, slowdown: config.deviceSlowdown },
+        "device stages calibrated for the slowdown",
+      );
+    }
     const { app, port } = await serveTierHttp(resources, {
       // Ready as soon as the device stages are loaded: without a broker the agent still answers (degraded).
       ready: () => [],

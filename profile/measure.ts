@@ -13,6 +13,8 @@ export interface Row {
   readonly index: number;
   readonly truth: number;
   readonly answer: Answer;
+  /** performance.now() when the answer came. */
+  readonly at: number;
 }
 
 /** One Server Only answer: the whole model on the server, the device only sends the image. */

@@ -122,7 +122,7 @@ export interface Capacity {
 }
 
 export interface Advice {
-  readonly sloMs: number;
+  readonly sloMs: number | null;
   readonly bytesPerSecondBudget: number | null;
   readonly framesPerS: number;
   /** The thresholds advised; null when no setting meets the constraints. */
@@ -155,6 +155,8 @@ export interface ProfileReport {
     readonly devices: number;
     readonly fps: number;
     readonly deviceSlowdown: number;
+    /** With a slowdown: the device stages' compute on an idle thread, ms, which the slowdown multiplies. */
+    readonly deviceStageMs: number | null;
     readonly encoding: { readonly dtype: string; readonly compression: string };
     readonly broker: string;
     readonly wallSeconds: number;

@@ -23,6 +23,10 @@ export interface SampleTrace {
   readonly roundTripMs: readonly number[];
   /** Device uplink bytes when the sample is sent upstream. */
   readonly bytes: number;
+  /** Compute per stage, ms (index 0: the device's; upstream stages from the tiers' reply timings). */
+  readonly stageMs: readonly number[];
+  /** Communication per message of the deepest measured round trip, ms. */
+  readonly perLegMs: number;
 }
 
 export interface Traces {
@@ -70,6 +74,22 @@ export function traceRows(rows: readonly Row[], stages: number, deviceTo = 0): T
     if (a.probe && a.probe.failed === undefined && a.probe.stage > deviceTo)
       measured.set(a.probe.stage, { rt: a.probe.roundTripMs, timings: a.probe.timings });
     const roundTripMs = new Array<number>(stages).fill(Number.NaN);
+    const deepest = [...measured.keys()].sort((x, y) => y - x)[0];
+    const dm = deepest === undefined ? undefined : measured.get(deepest);
+    const perLegMs =
+      deepest === undefined || !dm
+        ? Number.NaN
+        : Math.max(0, dm.rt - upstreamCompute(dm.timings) - queues(dm.timings)) /
+          legs(deepest, deviceTo);
+    // A tier's compute covers all its stages; split evenly where it runs more than one.
+    const stageMs = Array.from({ length: stages }, (_, j) => {
+      if (j <= deviceTo) return j === 0 ? a.timings.device : 0;
+      const tier = tierOf(j, stages);
+      const share = Array.from({ length: stages }, (_, i) => i).filter(
+        (i) => i > deviceTo && tierOf(i, stages) === tier,
+      ).length;
+      return (dm?.timings[tier] ?? Number.NaN) / share;
+    });
     for (let j = deviceTo + 1; j < stages; j++) {
       const m = measured.get(j);
       if (m) {
@@ -101,6 +121,8 @@ export function traceRows(rows: readonly Row[], stages: number, deviceTo = 0): T
       deviceMs: a.timings.device,
       roundTripMs,
       bytes,
+      stageMs,
+      perLegMs,
     });
   }
   const mean = (v: number[]) => (v.length ? v.reduce((x, y) => x + y, 0) / v.length : 0);
@@ -131,14 +153,28 @@ export interface Predicted {
   readonly bytesPerSample: number;
 }
 
+/** Time (ms) and device uplink bytes of a sample's path to an answer at stage j. */
+export type PathModel = (
+  s: SampleTrace,
+  j: number,
+) => { readonly ms: number; readonly bytes: number };
+
+/** The paths as the run measured them (see the module comment). */
+export function measuredPath(t: Traces): PathModel {
+  return (s, j) =>
+    j <= t.deviceTo
+      ? { ms: s.deviceMs + t.localOverheadMs, bytes: 0 }
+      : { ms: s.deviceMs + s.roundTripMs[j]! + t.remoteOverheadMs, bytes: s.bytes };
+}
+
 /**
  * Where each traced sample leaves under `thresholds` (the DDNN rule, core/exit.ts) and the time
- * its path takes. `extraDeviceFactor` scales the device's compute (a slower or faster board).
+ * its path takes (`path`, by default as measured).
  */
 export function predict(
   t: Traces,
   thresholds: readonly (number | undefined)[],
-  extraDeviceFactor = 1,
+  path: PathModel = measuredPath(t),
 ): Predicted {
   const k = thresholds.length;
   const policy = new ExitPolicy(thresholds.map((x, i) => (i === k - 1 ? undefined : x)));
@@ -151,12 +187,9 @@ export function predict(
     while (j < k - 1 && !policy.exits(j, s.exits[j]!.entropy)) j++;
     exited[j]!++;
     if (s.exits[j]!.label === s.truth) right[j]!++;
-    const device = s.deviceMs * extraDeviceFactor;
-    if (j <= t.deviceTo) totals.push(device + t.localOverheadMs);
-    else {
-      totals.push(device + s.roundTripMs[j]! + t.remoteOverheadMs);
-      bytes += s.bytes;
-    }
+    const p = path(s, j);
+    totals.push(p.ms);
+    bytes += p.bytes;
   }
   const n = t.traces.length;
   const sorted = totals.sort((a, b) => a - b);

@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
 import type { ProfileReport } from "../profile/schema.js";
 import { ddnn, root } from "./support/run.js";
 
@@ -125,6 +126,82 @@ describe("ddnn profile reports what ddnn eval computes, from the distributed run
       const measured = ds.timingsMs.total!.mean;
       expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeLessThan(measured * 3 + 2);
       expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeGreaterThan(measured / 3 - 2);
+    }
+  });
+});
+
+describe("ddnn profile's device slowdown, capacity and advice", () => {
+  it("--device-slowdown X makes T_Device about X times the device stage's compute", async () => {
+    const bundle = join(root, "models", "fashion-deep");
+    const args = ["--bundle", bundle, "--devices", "1", "--fps", "200", "--server-only", "false"];
+    const [plain, slow] = [
+      await profileJson("slow-1", [...args, "--sweep-steps", "2"]),
+      await profileJson("slow-40", [...args, "--device-slowdown", "40", "--sweep-steps", "2"]),
+    ];
+    // The stage's own compute, measured before the run, is what the slowdown multiplies; each
+    // sample adds its own measured stage time (with its waits) to the 39 spun multiples.
+    const stage = slow.run.deviceStageMs!;
+    expect(stage).toBeGreaterThan(0);
+    expect(plain.run.deviceStageMs).toBeNull();
+    const device = slow.tableII[0]!.timingsMs.device!;
+    expect(device.p50).toBeGreaterThanOrEqual(39 * stage);
+    expect(device.p50).toBeLessThan(40 * stage + plain.tableII[0]!.timingsMs.device!.p95 + 2);
+    expect(slow.run.deviceSlowdown).toBe(40);
+    // A slower device changes time, not answers.
+    expect(slow.tableII[0]!.accuracy).toEqual(plain.tableII[0]!.accuracy);
+  });
+
+  it("ramps the offered load to the SLO and advises thresholds that meet it, as a DDNNModel patch", async () => {
+    const bundle = join(root, "models", "fashion-deep");
+    const slo = 20;
+    const p = await profileJson("capacity", [
+      "--bundle",
+      bundle,
+      "--server-only",
+      "false",
+      "--slo-ms",
+      String(slo),
+      "--ramp-steps",
+      "3",
+      "--sweep-steps",
+      "10",
+    ]);
+    const c = p.capacity!;
+    expect(c.steps.length).toBeGreaterThan(0);
+    expect(c.steps.length).toBeLessThanOrEqual(3);
+    expect(c.steps[0]!.offeredPerS).toBe(3 * 400);
+    c.steps.forEach((s, i) => {
+      if (i > 0) expect(s.offeredPerS).toBe(2 * c.steps[i - 1]!.offeredPerS);
+    });
+    const last = c.steps.at(-1)!;
+    if (c.measuredSaturationPerS !== null) {
+      expect(c.measuredSaturationPerS).toBe(last.offeredPerS);
+      expect(last.p99TotalMs).toBeGreaterThan(slo);
+    } else expect(last.p99TotalMs).toBeLessThanOrEqual(slo);
+    expect(c.predictedSamplesPerS).toBeCloseTo(
+      (c.serverWorkers * 1000) / (c.serverMsPerOffload * c.offloadRatio),
+      6,
+    );
+    expect(c.offloadRatio).toBe(p.exits[1]!.exitRate);
+    const a = p.advice!;
+    if (a.thresholds !== null) {
+      expect(a.predicted!.p95TotalMs).toBeLessThanOrEqual(slo);
+      const sweepBest = Math.max(
+        ...p
+          .sweep!.exits[0]!.points.filter((x) => x.p95TotalMs <= slo)
+          .map((x) => x.overallAccuracy),
+      );
+      // The advice searches the current placement and others: it is never worse than the sweep's best.
+      expect(a.predicted!.overallAccuracy).toBeGreaterThanOrEqual(sweepBest);
+    }
+    if (a.patchYaml !== null) {
+      const patch = parseYaml(a.patchYaml) as {
+        spec: { exits: Record<string, number>; placement?: Record<string, string> };
+      };
+      expect(Object.keys(patch.spec.exits)).toEqual(["device"]);
+      expect(patch.spec.exits.device).toBe(a.thresholds!.device);
+      if (patch.spec.placement)
+        expect(Object.keys(patch.spec.placement).sort()).toEqual(["device", "server"]);
     }
   });
 });
