@@ -4,8 +4,8 @@
  * deflate labels agree for at least 99%, and with the broker killed mid-run every sample is still
  * answered within its deadline (degraded where needed) and offloading resumes when it returns.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
+import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -21,6 +21,7 @@ import { startFog, waitFor } from "../test/support/fog.js";
 import { type Mosquitto, startMosquitto } from "../test/support/mosquitto.js";
 import { requireProgram } from "../test/support/programs.js";
 import { root } from "../test/support/run.js";
+import { makeTestPki } from "../test/support/tls.js";
 import { generateC, writeGenerated } from "./generate.js";
 
 const run = promisify(execFile);
@@ -226,6 +227,125 @@ describe("ddnn-device over MQTT against the server tier", () => {
     expect(lines.slice(restartedAt).some((l) => l.tier === "server")).toBe(true);
     await waitFor(() => server.service.subscribed, 10_000, "server subscribed again");
   }, 120_000);
+});
+
+describe("ddnn-device over mqtts:// with a user name and password", () => {
+  it("verifies the broker's certificate against --broker-ca, logs in, and offloads; refuses what it cannot trust", async () => {
+    requireProgram("mosquitto_passwd");
+    const pki = makeTestPki();
+    const passwords = join(pki.dir, "passwords");
+    execFileSync("mosquitto_passwd", ["-b", "-c", passwords, "camera-7", "s3cret-pw"]);
+    // Mosquitto reads it after dropping root for its own user.
+    chmodSync(passwords, 0o644);
+    const broker = await startMosquitto({
+      tls: { certFile: pki.certFile, keyFile: pki.keyFile },
+      passwordFile: passwords,
+    });
+    const credentials = { DDNN_BROKER_USERNAME: "camera-7", DDNN_BROKER_PASSWORD: "s3cret-pw" };
+    const tlsServer = await startServer(
+      serverSchema.parse({
+        bundle: bundleDir,
+        broker: broker.url,
+        brokerCa: pki.caFile,
+        brokerUsername: "camera-7",
+        brokerPassword: "s3cret-pw",
+        httpHost: "127.0.0.1",
+        httpPort: 0,
+        dtype: "f32",
+        compression: "none",
+      }),
+      makeLogger(process.env.DDNN_TEST_LOG ?? "error", "server"),
+    );
+    const runDevice = (args: string[], env: Record<string, string>, limit = 200) =>
+      run(
+        program,
+        [...args, "--replay", images, "--limit", String(limit), "--deadline-ms", "2000"],
+        {
+          env: { PATH: process.env.PATH ?? "", ...env },
+          maxBuffer: 1 << 24,
+        },
+      );
+    const lines = (stdout: string) =>
+      stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as AnswerLine);
+    try {
+      await waitFor(() => tlsServer.service.subscribed, 10_000, "server subscribed over TLS");
+      const ok = await runDevice(
+        ["--broker", broker.url, "--broker-ca", pki.caFile, "--device-id", "c-tls"],
+        credentials,
+      );
+      const answers = lines(ok.stdout);
+      expect(answers).toHaveLength(200);
+      for (const a of answers) {
+        expect(a.degraded, `sample ${a.index}`).toBe(false);
+        expect(a.stageIndex).toBe(reference.exitStage[a.index]);
+        expect(a.label).toBe(reference.label[a.index]);
+      }
+      expect(answers.filter((a) => a.tier === "server").length).toBeGreaterThan(20);
+      expect(ok.stderr).toBe("");
+
+      // Another CA, a wrong password, no password: answered locally, the reason named once, the
+      // password never printed.
+      for (const [what, args, env, message] of [
+        [
+          "another CA",
+          ["--broker-ca", pki.otherCaFile],
+          credentials,
+          /broker: TLS handshake failed \(is its certificate signed by the --broker-ca CA/,
+        ],
+        [
+          "a wrong password",
+          ["--broker-ca", pki.caFile],
+          { ...credentials, DDNN_BROKER_PASSWORD: "wrong" },
+          /broker: Connection Refused: not authori[sz]ed/,
+        ],
+        ["no credentials", ["--broker-ca", pki.caFile], {}, /broker: Connection Refused/],
+      ] as const) {
+        const r = await runDevice(
+          ["--broker", broker.url, ...args, "--device-id", "c-refused"],
+          env,
+          20,
+        );
+        const refused = lines(r.stdout);
+        expect(refused, what).toHaveLength(20);
+        for (const a of refused) {
+          expect(a.tier, what).toBe("device");
+          if (a.degraded) expect(a.reason, what).toBe("broker_unreachable");
+        }
+        expect(
+          refused.some((a) => a.degraded),
+          what,
+        ).toBe(true);
+        expect(r.stderr, what).toMatch(message);
+        expect(r.stderr.trim().split("\n").length, what).toBeLessThanOrEqual(2);
+        expect(r.stderr, what).not.toContain("s3cret-pw");
+      }
+
+      // Wrong combinations stop at once with one line.
+      for (const [args, message] of [
+        [
+          ["--broker", broker.url.replace("mqtts", "mqtt"), "--broker-ca", pki.caFile],
+          "only applies to mqtts://",
+        ],
+        [["--broker", broker.url, "--broker-ca", join(pki.dir, "none.pem")], "cannot read it"],
+        [["--broker", "ws://127.0.0.1:1"], "give mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"],
+      ] as const) {
+        const r = await runDevice([...args], {}).then(
+          () => ({ code: 0, stderr: "" }),
+          (e: { code: number; stderr: string }) => e,
+        );
+        expect(r.code, args.join(" ")).toBe(2);
+        expect(r.stderr, args.join(" ")).toContain(message);
+        expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      }
+    } finally {
+      await tlsServer.close();
+      await broker.stop();
+      rmSync(pki.dir, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
 
 describe("ddnn-device with a gateway between it and the server (fashion-3tier)", () => {

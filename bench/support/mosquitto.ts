@@ -59,6 +59,8 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
 export interface MosquittoOptions {
   /** Serve MQTT over TLS (mqtts://) with this PEM certificate and key (readable by the mosquitto user). */
   readonly tls?: { readonly certFile: string; readonly keyFile: string };
+  /** Refuse anonymous clients: only those of this password file (made with mosquitto_passwd). */
+  readonly passwordFile?: string;
 }
 
 export async function startMosquitto(options: MosquittoOptions = {}): Promise<Broker> {
@@ -73,7 +75,16 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Br
   const tls = options.tls
     ? `\ncertfile ${options.tls.certFile}\nkeyfile ${options.tls.keyFile}`
     : "";
-  writeFileSync(conf, base.replace(/^listener 1883$/m, `listener ${port} 127.0.0.1${tls}`));
+  let text = base.replace(/^listener 1883$/m, `listener ${port} 127.0.0.1${tls}`);
+  if (options.passwordFile) {
+    if (!/^allow_anonymous true$/m.test(text))
+      throw new Error("config/mosquitto.conf no longer says allow_anonymous true");
+    text = text.replace(
+      /^allow_anonymous true$/m,
+      `allow_anonymous false\npassword_file ${options.passwordFile}`,
+    );
+  }
+  writeFileSync(conf, text);
   let child: ChildProcess | undefined;
   const launch = async () => {
     const c = spawn(mosquittoBinary, ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });

@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <mosquitto.h>
 #include <signal.h>
@@ -29,10 +30,13 @@
 static const char mqtt_usage[] =
     "ddnn-device --broker URL: the device tier over MQTT (DDN1 frames, docs/protocol.md)\n"
     "\n"
-    "Usage: ddnn-device --broker mqtt://HOST[:PORT] [--model NS/NAME] [--device-id ID]\n"
+    "Usage: ddnn-device --broker mqtt[s]://HOST[:PORT] [--model NS/NAME] [--device-id ID]\n"
     "                   (--replay IMAGES [--fps N] [--limit N] | --stdin) [flags]\n"
     "\n"
-    "  --broker URL        the MQTT broker (mqtt://, default port 1883)\n"
+    "  --broker URL        the MQTT broker: mqtt:// (default port 1883) or mqtts:// (TLS, 8883;\n"
+    "                      the certificate and host name are verified)\n"
+    "  --broker-ca FILE    PEM file of the CA(s) that sign an mqtts:// broker's certificate\n"
+    "                      (default: the system's, /etc/ssl/certs)\n"
     "  --model NS/NAME     the model reference (default: default/<bundle name>)\n"
     "  --device-id ID      names the reply topic and request ids (default: c-device)\n"
     "  --replay IMAGES     classify the items of an idx file (gzipped or not)\n"
@@ -43,6 +47,10 @@ static const char mqtt_usage[] =
     "  --dtype f32|u8q     encoding of the features sent upstream (default f32)\n"
     "  --compression none|deflate   (default none)\n"
     "  --threshold T       exit threshold instead of the bundle's\n"
+    "\n"
+    "The environment may give DDNN_BROKER_USERNAME and DDNN_BROKER_PASSWORD (never a flag, so\n"
+    "that no process list shows them). A broker that cannot be reached or refuses the client is\n"
+    "named on stderr once per kind of failure; the samples are answered locally meanwhile.\n"
     "\n"
     "Each answer is one JSON line: index, label, labelName, stage, stageIndex, tier, entropy,\n"
     "degraded (with reason: deadline, broker_unreachable, upstream_error), timings (ms: device,\n"
@@ -76,6 +84,8 @@ typedef struct {
     double reply_entropy;
     double reply_upstream_ms;
     char reply_tier[64];
+    /* The last broker failure written to stderr (0: none since the last success). */
+    int reported;
 } session;
 
 static double now_ms(void)
@@ -107,11 +117,35 @@ static int plain_name(const char *s, size_t n, int allow_slash)
     return 1;
 }
 
+/* A broker failure, on stderr once until it changes or the broker is back. */
+static void report(session *s, int code, const char *text)
+{
+    if (code == s->reported)
+        return;
+    s->reported = code;
+    fprintf(stderr, "ddnn-device: broker: %s; answering locally until it is back\n", text);
+}
+
+static void report_rc(session *s, int rc)
+{
+    const char *text = rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
+    if (rc == MOSQ_ERR_TLS)
+        text = "TLS handshake failed (is its certificate signed by the --broker-ca CA, for this "
+               "host name?)";
+    report(s, 1000 + rc, text);
+}
+
 static void on_connect(struct mosquitto *mosq, void *obj, int rc)
 {
     session *s = obj;
-    if (rc != 0)
+    if (rc != 0) {
+        /* The broker refused the client: bad credentials, not authorised, ... */
+        report(s, 2000 + rc, mosquitto_connack_string(rc));
         return;
+    }
+    if (s->reported != 0)
+        fprintf(stderr, "ddnn-device: broker: connected\n");
+    s->reported = 0;
     s->connected = 1;
     s->subscribed = 0;
     /* With a clean session the broker forgets subscriptions: subscribe on every connect. */
@@ -194,12 +228,17 @@ static void pump(session *s, double ms)
     if (ms < 0)
         ms = 0;
     rc = mosquitto_loop(s->mosq, (int)ms, 1);
-    if (rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_ERRNO) {
+    if (rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_ERRNO ||
+        rc == MOSQ_ERR_TLS || rc == MOSQ_ERR_PROTOCOL || rc == MOSQ_ERR_AUTH) {
         s->connected = 0;
         s->subscribed = 0;
+        if (rc != MOSQ_ERR_NO_CONN)
+            report_rc(s, rc);
         if (now_ms() - last_try >= 200.0) {
             last_try = now_ms();
-            mosquitto_reconnect(s->mosq);
+            rc = mosquitto_reconnect(s->mosq);
+            if (rc != MOSQ_ERR_SUCCESS)
+                report_rc(s, rc);
         } else {
             struct timespec t = {0, 0};
             const double wait = ms < 20.0 ? ms : 20.0;
@@ -380,13 +419,17 @@ static void classify(session *s, offload_config *c, unsigned long index)
                  0, now_ms() - started, 0);
 }
 
-static int parse_broker(const char *url, char *host, size_t host_size, int *port)
+static int parse_broker(const char *url, char *host, size_t host_size, int *port, int *tls)
 {
     const char *p = url, *colon;
     size_t n;
+    *tls = 0;
     if (strncmp(p, "mqtt://", 7) == 0)
         p += 7;
-    else if (strstr(p, "://"))
+    else if (strncmp(p, "mqtts://", 8) == 0) {
+        p += 8;
+        *tls = 1;
+    } else if (strstr(p, "://"))
         return -1;
     colon = strrchr(p, ':');
     n = colon ? (size_t)(colon - p) : strlen(p);
@@ -394,7 +437,7 @@ static int parse_broker(const char *url, char *host, size_t host_size, int *port
         return -1;
     memcpy(host, p, n);
     host[n] = '\0';
-    *port = 1883;
+    *port = *tls ? 8883 : 1883;
     if (colon) {
         char *end;
         long v = strtol(colon + 1, &end, 10);
@@ -419,8 +462,9 @@ int ddnn_mqtt_main(int argc, char **argv)
     static char model[256], host[256], client_id[ID_MAX];
     static session s;
     offload_config c;
-    const char *broker = NULL, *replay = NULL;
-    int use_stdin = 0, port = 1883, a;
+    const char *broker = NULL, *replay = NULL, *broker_ca = NULL;
+    const char *username = getenv("DDNN_BROKER_USERNAME"), *password = getenv("DDNN_BROKER_PASSWORD");
+    int use_stdin = 0, port = 1883, tls = 0, a, rc;
     double fps = 0.0;
     long limit = -1;
     unsigned long index = 0;
@@ -442,6 +486,8 @@ int ddnn_mqtt_main(int argc, char **argv)
             return 0;
         } else if (strcmp(arg, "--broker") == 0 && has_value) {
             broker = argv[++a];
+        } else if (strcmp(arg, "--broker-ca") == 0 && has_value) {
+            broker_ca = argv[++a];
         } else if (strcmp(arg, "--model") == 0 && has_value) {
             snprintf(model, sizeof model, "%s", argv[++a]);
         } else if (strcmp(arg, "--device-id") == 0 && has_value) {
@@ -482,8 +528,21 @@ int ddnn_mqtt_main(int argc, char **argv)
         }
     }
     c.model = model;
-    if (!broker || parse_broker(broker, host, sizeof host, &port) != 0)
-        return usage_error("--broker: give mqtt://HOST[:PORT]");
+    if (!broker || parse_broker(broker, host, sizeof host, &port, &tls) != 0)
+        return usage_error("--broker: give mqtt://HOST[:PORT] or mqtts://HOST[:PORT]");
+    if (broker_ca && !tls)
+        return usage_error("--broker-ca: a broker CA only applies to mqtts:// brokers, not mqtt://");
+    if (broker_ca) {
+        FILE *f = fopen(broker_ca, "r");
+        if (!f) {
+            snprintf(err, sizeof err, "--broker-ca %s: cannot read it (%s)", broker_ca,
+                     strerror(errno));
+            return usage_error(err);
+        }
+        fclose(f);
+    }
+    if (password && *password && !(username && *username))
+        return usage_error("DDNN_BROKER_PASSWORD is set without DDNN_BROKER_USERNAME");
     if (!plain_name(model, 200, 1) || !strchr(model, '/'))
         return usage_error("--model: NS/NAME of letters, digits, '.', '_' and '-'");
     if (!plain_name(c.device_id, 64, 0))
@@ -518,16 +577,40 @@ int ddnn_mqtt_main(int argc, char **argv)
         return usage_error("cannot create an MQTT client");
     }
     mosquitto_int_option(s.mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+    if (username && *username &&
+        mosquitto_username_pw_set(s.mosq, username, password && *password ? password : NULL) !=
+            MOSQ_ERR_SUCCESS) {
+        mosquitto_destroy(s.mosq);
+        mosquitto_lib_cleanup();
+        return usage_error("DDNN_BROKER_USERNAME: not a valid MQTT user name");
+    }
+    if (tls) {
+        /* The broker's certificate chain and host name are verified (never tls_insecure). */
+        rc = mosquitto_tls_set(s.mosq, broker_ca, broker_ca ? NULL : "/etc/ssl/certs", NULL, NULL,
+                               NULL);
+        if (rc == MOSQ_ERR_SUCCESS)
+            rc = mosquitto_tls_opts_set(s.mosq, 1, NULL, NULL);
+        if (rc != MOSQ_ERR_SUCCESS) {
+            snprintf(err, sizeof err, "--broker %s: cannot set up TLS (%s)", broker,
+                     mosquitto_strerror(rc));
+            mosquitto_destroy(s.mosq);
+            mosquitto_lib_cleanup();
+            return usage_error(err);
+        }
+    }
     mosquitto_int_option(s.mosq, MOSQ_OPT_TCP_NODELAY, 1);
     mosquitto_connect_callback_set(s.mosq, on_connect);
     mosquitto_disconnect_callback_set(s.mosq, on_disconnect);
     mosquitto_subscribe_callback_set(s.mosq, on_subscribe);
     mosquitto_message_callback_set(s.mosq, on_message);
     /* Not reachable now: the samples answer locally until a reconnect succeeds. */
-    if (mosquitto_connect(s.mosq, host, port, 30) == MOSQ_ERR_SUCCESS) {
+    rc = mosquitto_connect(s.mosq, host, port, 30);
+    if (rc == MOSQ_ERR_SUCCESS) {
         const double until = now_ms() + 2000.0;
         while (!s.subscribed && now_ms() < until)
             pump(&s, 50);
+    } else {
+        report_rc(&s, rc);
     }
     {
         const double period = fps > 0 ? 1000.0 / fps : 0.0;
