@@ -216,8 +216,9 @@ export class Agent {
   }
 
   /**
-   * Finishes an answer; in probe mode first completes its exits with a probe request when the
-   * exits known so far do not reach the last stage.
+   * Finishes an answer; in probe mode first completes its exits with a probe request when some
+   * exit's answer is not known yet (answered on the device, at a middle exit, or by the last stage
+   * past a middle exit that an ordinary reply does not report).
    */
   private async probed(
     answer: Omit<Answer, "labelName" | "stage">,
@@ -230,7 +231,7 @@ export class Agent {
     let exits = byStage(known);
     let probe: ProbeMeasurement | undefined;
     const next = stages[this.o.to + 1];
-    if (forward && next && !exits.some((e) => e.stage === last)) {
+    if (forward && next && exits.length < last + 1) {
       try {
         const reply = await this.o.offload.offload(
           { index: this.o.to + 1, name: next.name },
