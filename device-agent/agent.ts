@@ -78,6 +78,9 @@ export interface AgentOptions {
   readonly deviceSlowdown?: number;
 }
 
+/** The least a probe request waits for its reply, ms. */
+const PROBE_DEADLINE_MS = 10_000;
+
 export class Agent {
   private readonly allExits: ExitPolicy;
   /** The device stages' compute on an idle thread (see calibrate), for --device-slowdown. */
@@ -237,7 +240,8 @@ export class Agent {
           { index: this.o.to + 1, name: next.name },
           forward.features,
           forward.dims,
-          Date.now() + this.o.deadlineMs,
+          // A measurement, not an answer anyone waits for: late is still useful, lost is not.
+          Date.now() + Math.max(this.o.deadlineMs, PROBE_DEADLINE_MS),
           { probe: true },
         );
         exits = byStage([...exits, ...repliedExits(reply)]);

@@ -154,7 +154,10 @@ describe("ddnn profile's device slowdown, capacity and advice", () => {
   it("ramps the offered load to the SLO and advises thresholds that meet it, as a DDNNModel patch", async () => {
     const bundle = join(root, "models", "fashion-deep");
     const slo = 20;
+    const html = join(dir, "capacity.html");
     const p = await profileJson("capacity", [
+      "--html",
+      html,
       "--bundle",
       bundle,
       "--server-only",
@@ -166,6 +169,16 @@ describe("ddnn profile's device slowdown, capacity and advice", () => {
       "--sweep-steps",
       "10",
     ]);
+    // The HTML report draws every chart from this run: none of its sections is "not measured".
+    const page = readFileSync(html, "utf8");
+    expect([...page.matchAll(/data-chart="([\w-]+)"/g)].map((m) => m[1]).sort()).toEqual([
+      "capacity",
+      "exit-accuracy",
+      "latency-histogram",
+      "sweep",
+      "tier-latency",
+    ]);
+    expect(page).not.toContain('class="not-measured"');
     const c = p.capacity!;
     expect(c.steps.length).toBeGreaterThan(0);
     expect(c.steps.length).toBeLessThanOrEqual(3);
