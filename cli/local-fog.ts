@@ -271,6 +271,8 @@ export interface ReplayOptions {
   /** Samples to replay (default the workload's first `count`). */
   readonly indices?: readonly number[];
   readonly onProgress?: (rows: readonly Row[], elapsedMs: number) => void;
+  /** With a slowdown: what an earlier replay's agents measured, so every replay slows the same. */
+  readonly deviceStageMs?: number | null;
 }
 
 /**

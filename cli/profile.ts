@@ -158,6 +158,7 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
               (
                 await replayDevices(cfg, w, fog, {
                   probe: false,
+                  deviceStageMs,
                   fps: offeredPerS / cfg.devices,
                   indices: Array.from({ length: samples }, (_, i) => i % w.count),
                 })

@@ -86,9 +86,14 @@ export class Agent {
   /** The device stages' compute on an idle thread (see calibrate), for --device-slowdown. */
   private stageMs = 0;
 
-  /** What calibrate() measured, ms; 0 before. */
+  /** What calibrate() measured (or was given), ms; 0 before. */
   get calibratedStageMs(): number {
     return this.stageMs;
+  }
+
+  /** Uses a compute time measured before (another run's calibrate()) instead of measuring again. */
+  set calibratedStageMs(ms: number) {
+    this.stageMs = ms;
   }
 
   constructor(private readonly o: AgentOptions) {

@@ -50,6 +50,8 @@ export interface AgentHooks {
   replayWaitForUpstreamMs?: number;
   /** Learn every exit's answer of every sample with probe requests (`Answer.exits`); see Agent. */
   probe?: boolean;
+  /** With a slowdown: the device stages' compute measured before, instead of calibrating again. */
+  deviceStageMs?: number;
 }
 
 export async function startAgent(
@@ -120,7 +122,8 @@ export async function startAgent(
       deviceSlowdown: config.deviceSlowdown,
     });
     if (config.deviceSlowdown > 1) {
-      const ms = await agent.calibrate();
+      if (hooks.deviceStageMs !== undefined) agent.calibratedStageMs = hooks.deviceStageMs;
+      const ms = hooks.deviceStageMs ?? (await agent.calibrate());
       log.info(
         { stageMs: ms, slowdown: config.deviceSlowdown },
         "device stages calibrated for the slowdown",

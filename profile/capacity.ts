@@ -76,6 +76,13 @@ export async function measureCapacity(
       ? `the ramp did not pass ${input.sloMs} ms p99 up to ${steps.at(-1)?.offeredPerS.toFixed(0)} samples/s offered`
       : `measured: p99 T_Total passed ${input.sloMs} ms at ${saturation.toFixed(0)} samples/s offered (the step before held it)`,
   ];
+  const deviceMs = rows.length
+    ? rows.reduce((a, r) => a + r.answer.timings.device, 0) / rows.length
+    : 0;
+  if (saturation !== null && (saturation * deviceMs) / 1000 >= 0.5)
+    notes.push(
+      `at ${saturation.toFixed(0)} samples/s the devices' own compute (mean T_Device ${deviceMs.toFixed(3)} ms) takes ${((saturation * deviceMs) / 1000).toFixed(2)} s per second on the one event loop all agents share here: the devices, not the server, saturate first`,
+    );
   if (ratio !== null && (ratio > 1.3 || ratio < 1 / 1.3))
     notes.push(
       `prediction / measurement = ${ratio.toFixed(2)}, outside 30%: the model counts only the server's inference compute, while every tier, the broker and the devices share this machine's ${input.cores} cores in one process, which spent ${input.cpuMsPerSample.toFixed(3)} ms of CPU per sample during the Device&Server pass (agents' start-up and probe requests included; ${fogBoundPerS.toFixed(0)} samples/s at full use of the cores); MQTT, frame coding and the event loop cost more than the model's compute`,
