@@ -68,6 +68,7 @@ export const localFogFields = {
   sharedSubscriptions: encodingFields.sharedSubscriptions.with({
     help: "with --broker: subscribe through $share/ groups (the embedded broker has none)",
   }),
+  model: tierFields.model,
   devices: field(intField(1, 256).default(4), { help: "device agents", value: "N" }),
   fps: agent.fps.withDefault(100, "images per second per device"),
   duration: field(z.coerce.number().positive("must be > 0").optional(), {
@@ -105,6 +106,7 @@ export interface LocalFogConfig {
   broker?: string | undefined;
   brokerCa?: string | undefined;
   sharedSubscriptions: boolean;
+  model?: string | undefined;
   devices: number;
   fps: number;
   duration?: number | undefined;
@@ -162,11 +164,16 @@ export async function openWorkload(cfg: LocalFogConfig): Promise<Workload> {
   };
 }
 
-/** The tiers of a running local fog. */
+/** The tiers of a running local fog, or the broker and server address of one that runs elsewhere. */
 export interface LocalFog {
   readonly brokerUrl: string;
   readonly embedded: boolean;
-  readonly server: RunningServer;
+  /** True when the tiers run elsewhere (--attach): only the devices run here. */
+  readonly attached: boolean;
+  /** The server tier started here; absent when attached. */
+  readonly server?: RunningServer;
+  /** The server's HTTP address (Server Only over HTTP); absent when attached without one. */
+  readonly serverUrl?: string;
   readonly gateway?: RunningGateway;
   /** The Server Only configuration's server: every stage, no early exit, on stage 0's topic. */
   readonly serverOnly?: RunningServer;
@@ -186,6 +193,7 @@ function commonOf(cfg: LocalFogConfig, w: Workload, brokerUrl: string, shared: b
     dtype: cfg.dtype,
     compression: cfg.compression,
     sharedSubscriptions: shared,
+    ...(cfg.model !== undefined ? { model: cfg.model } : {}),
   };
 }
 
@@ -198,9 +206,21 @@ function serverOnlyModel(w: Workload): string {
 export async function startLocalFog(
   cfg: LocalFogConfig,
   w: Workload,
-  options: { serverOnly?: boolean } = {},
+  options: { serverOnly?: boolean; attach?: { serverUrl?: string | undefined } } = {},
 ): Promise<LocalFog> {
   const k = w.names.length;
+  if (options.attach) {
+    if (cfg.broker === undefined)
+      throw new ConfigError("--attach needs the --broker of the fog that already runs");
+    const url = options.attach.serverUrl?.replace(/\/+$/, "");
+    return {
+      brokerUrl: cfg.broker,
+      embedded: false,
+      attached: true,
+      ...(url ? { serverUrl: url } : {}),
+      close: async () => {},
+    };
+  }
   let embedded: EmbeddedBroker | undefined;
   const started: { close(): Promise<void> }[] = [];
   const close = async () => {
@@ -246,7 +266,9 @@ export async function startLocalFog(
     return {
       brokerUrl,
       embedded: embedded !== undefined,
+      attached: false,
       server: srv,
+      serverUrl: `http://127.0.0.1:${srv.port}`,
       ...(gateway ? { gateway } : {}),
       ...(serverOnly ? { serverOnly } : {}),
       close,
@@ -258,7 +280,7 @@ export async function startLocalFog(
 }
 
 export function describeFog(cfg: LocalFogConfig, w: Workload, fog: LocalFog): string {
-  return `${w.manifest.name} ${w.manifest.version} (${w.names.join(" -> ")}), broker ${fog.embedded ? `embedded at ${fog.brokerUrl}` : safeBrokerUrl(fog.brokerUrl)}, ${cfg.devices} devices at ${cfg.fps} fps, ${w.count} images${cfg.deviceSlowdown > 1 ? `, device ${cfg.deviceSlowdown}x slower` : ""}`;
+  return `${w.manifest.name} ${w.manifest.version} (${w.names.join(" -> ")}), ${fog.attached ? "attached to the tiers on " : ""}broker ${fog.embedded ? `embedded at ${fog.brokerUrl}` : safeBrokerUrl(fog.brokerUrl)}, ${cfg.devices} devices at ${cfg.fps} fps, ${w.count} images${cfg.deviceSlowdown > 1 ? `, device ${cfg.deviceSlowdown}x slower` : ""}`;
 }
 
 export interface ReplayOptions {
@@ -397,6 +419,7 @@ export async function serverOnlyMqtt(
   fog: LocalFog,
   indices: readonly number[],
 ): Promise<ServerOnlyRow[]> {
+  if (!fog.serverOnly) return [];
   const model = resolveModel(w.manifest, serverOnlyModel(w));
   const client = connectBroker({
     url: fog.brokerUrl,
@@ -465,7 +488,9 @@ export async function serverOnlyHttp(
   indices: readonly number[],
 ): Promise<ServerOnlyRow[]> {
   const rows: ServerOnlyRow[] = [];
-  const url = `http://127.0.0.1:${fog.server.port}/v2/models/${w.manifest.name}/infer`;
+  if (!fog.serverUrl) return [];
+  const model = resolveModel(w.manifest, cfg.model).name;
+  const url = `${fog.serverUrl}/v2/models/${model}/infer`;
   await paced(indices, cfg.devices, cfg.fps, async (i) => {
     const t0 = performance.now();
     const data = Array.from(w.images.data.subarray(i * w.per, (i + 1) * w.per));

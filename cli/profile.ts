@@ -8,6 +8,7 @@ import { writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { z } from "zod";
 import {
+  boolField,
   field,
   intField,
   loadConfig,
@@ -36,6 +37,15 @@ import { renderProfileText } from "./profile-text.js";
 
 export const profileConfig = program({
   ...localFogFields,
+  attach: field(boolField.default(false), {
+    switch: true,
+    help: "profile a fog that already runs on --broker (and --model): start only the device agents here, not the broker, server or gateway",
+  }),
+  serverUrl: field(z.string().url("must be a URL like http://server:8080").optional(), {
+    help: "with --attach: the server tier's HTTP address, for the Server Only (HTTP) row",
+    value: "URL",
+    defaultText: "no Server Only (HTTP) row",
+  }),
   json: field(z.string().min(1).optional(), {
     help: "write the report as JSON (ddnn-profile/v1, docs/profile.md)",
     value: "FILE",
@@ -96,7 +106,10 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
   const progress = (s: string) => process.stderr.write(`${s}\n`);
   const w = await openWorkload(cfg);
   const policy = exitPolicyFor(w.manifest, cfg.threshold);
-  const fog = await startLocalFog(cfg, w, { serverOnly: cfg.serverOnly });
+  const fog = await startLocalFog(cfg, w, {
+    serverOnly: cfg.serverOnly,
+    ...(cfg.attach ? { attach: { serverUrl: cfg.serverUrl } } : {}),
+  });
   const notes: string[] = [];
   try {
     progress(`ddnn profile: ${describeFog(cfg, w, fog)}`);
@@ -114,17 +127,24 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
       { configuration: "Device&Server", totalMs: rows.map((r) => r.answer.timings.total) },
     ];
     if (cfg.serverOnly && w.names.length > 1) {
-      progress("Server Only over MQTT: the image to a server running every stage");
-      const mqtt = await serverOnlyMqtt(cfg, w, fog, indices);
-      tableII.push(serverOnly(mqtt, w.names, "Server Only", "MQTT"));
-      latencySamples.push({ configuration: "Server Only", totalMs: mqtt.map((r) => r.totalMs) });
-      progress("Server Only over HTTP (Open Inference Protocol v2)");
-      const http = await serverOnlyHttp(cfg, w, fog, indices);
-      tableII.push(serverOnly(http, w.names, "Server Only (HTTP)", "HTTP"));
-      latencySamples.push({
-        configuration: "Server Only (HTTP)",
-        totalMs: http.map((r) => r.totalMs),
-      });
+      if (fog.serverOnly) {
+        progress("Server Only over MQTT: the image to a server running every stage");
+        const mqtt = await serverOnlyMqtt(cfg, w, fog, indices);
+        tableII.push(serverOnly(mqtt, w.names, "Server Only", "MQTT"));
+        latencySamples.push({ configuration: "Server Only", totalMs: mqtt.map((r) => r.totalMs) });
+      } else
+        notes.push(
+          "attached: no Server Only over MQTT (a deployment has no server running every stage on stage 0's topic)",
+        );
+      if (fog.serverUrl) {
+        progress("Server Only over HTTP (Open Inference Protocol v2)");
+        const http = await serverOnlyHttp(cfg, w, fog, indices);
+        tableII.push(serverOnly(http, w.names, "Server Only (HTTP)", "HTTP"));
+        latencySamples.push({
+          configuration: "Server Only (HTTP)",
+          totalMs: http.map((r) => r.totalMs),
+        });
+      } else notes.push("attached without --server-url: no Server Only (HTTP) row");
     }
     const traces = traceRows(rows, w.names.length);
     if (traces.incomplete > 0)
@@ -199,7 +219,7 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
         deviceSlowdown: cfg.deviceSlowdown,
         deviceStageMs,
         encoding: { dtype: cfg.dtype, compression: cfg.compression },
-        broker: fog.embedded ? "embedded" : "external",
+        broker: fog.attached ? "attached" : fog.embedded ? "embedded" : "external",
         wallSeconds: wallS,
       },
       tableII,

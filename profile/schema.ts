@@ -158,6 +158,7 @@ export interface ProfileReport {
     /** With a slowdown: the device stages' compute on an idle thread, ms, which the slowdown multiplies. */
     readonly deviceStageMs: number | null;
     readonly encoding: { readonly dtype: string; readonly compression: string };
+    /** "embedded", "external" (--broker), or "attached" (--attach: the tiers ran elsewhere). */
     readonly broker: string;
     readonly wallSeconds: number;
   };

@@ -7,7 +7,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
+import { startEmbeddedBroker } from "../cli/broker.js";
 import type { ProfileReport } from "../profile/schema.js";
+import { startFog } from "./support/fog.js";
 import { ddnn, root } from "./support/run.js";
 
 const dir = mkdtempSync(join(tmpdir(), "ddnn-profile-"));
@@ -126,6 +128,56 @@ describe("ddnn profile reports what ddnn eval computes, from the distributed run
       const measured = ds.timingsMs.total!.mean;
       expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeLessThan(measured * 3 + 2);
       expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeGreaterThan(measured / 3 - 2);
+    }
+  });
+});
+
+describe("ddnn profile --attach: a fog that already runs", () => {
+  it("measures the tiers running in another process, with the same answers as eval", async () => {
+    const bundle = join(root, "models", "fashion-deep");
+    const broker = await startEmbeddedBroker();
+    const fog = await startFog({
+      bundle,
+      broker: broker.url,
+      stageNames: ["device", "server"],
+      sharedSubscriptions: false,
+      dtype: "f32",
+      compression: "none",
+      devices: 0,
+    });
+    try {
+      const [p, e] = await Promise.all([
+        profileJson("attached", [
+          "--attach",
+          "--broker",
+          broker.url,
+          "--server-url",
+          `http://127.0.0.1:${fog.server!.port}`,
+          "--sweep-steps",
+          "4",
+        ]),
+        evalJson(bundle),
+      ]);
+      expect(p.run.broker).toBe("attached");
+      expect(p.tableII.map((r) => r.configuration)).toEqual([
+        "Device&Server",
+        "Server Only (HTTP)",
+      ]);
+      const [ds, http] = p.tableII;
+      expect(p.exits.map((x) => x.exitRate)).toEqual(e.stages.map((s) => s.exitRate));
+      expect(ds!.accuracy.overall).toBe(e.overall);
+      expect(ds!.accuracy.ideal).toBe(e.ideal);
+      expect(http!.accuracy.overall).toBe(e.stages[1]!.accuracyAll);
+      expect(p.notes.join("\n")).toMatch(/no Server Only over MQTT/);
+      // The requests went to the tiers of this process: its server answered them.
+      expect(
+        (await fog.server!.metrics.registry.getSingleMetricAsString("ddnn_exits_total")).match(
+          /stage="server"[^\n]* (\d+)/,
+        )?.[1],
+      ).toBe(String(Math.round(e.stages[1]!.exitRate * e.samples)));
+    } finally {
+      await fog.close();
+      await broker.close();
     }
   });
 });
