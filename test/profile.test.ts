@@ -70,18 +70,11 @@ describe("ddnn profile reports what ddnn eval computes, from the distributed run
       expect(ds!.accuracy.local).toBe(e.stages[0]!.accuracyAll);
       expect(ds!.accuracy.server).toBe(e.stages[last]!.accuracyExited);
       expect(ds!.accuracy.overall).toBe(e.overall);
-      if (model === "fashion-deep") {
-        // The probe's answers from the server give every exit's label: Ideal of the run itself.
-        expect(ds!.accuracy.ideal).toBe(e.ideal);
-        expect(p.probe).toEqual({ complete: e.samples, missing: {}, failed: 0 });
-        expect(p.sweep?.samples).toBe(e.samples);
-      } else {
-        // The edge answers a probe it is confident about, so the server's label stays unknown
-        // for those samples: Ideal is not guessed, and the report says what is missing.
-        expect(ds!.accuracy.ideal).toBeNull();
-        expect(p.probe.missing.server).toBeGreaterThan(0);
-        expect(ds!.note).toMatch(/lack some exit's answer/);
-      }
+      // The probe's answers (through the edge too, which runs a probe past its exit) give every
+      // exit's label: Ideal of the run itself.
+      expect(ds!.accuracy.ideal).toBe(e.ideal);
+      expect(p.probe).toEqual({ complete: e.samples, missing: {}, failed: 0 });
+      expect(p.sweep?.samples).toBe(e.samples);
       for (const so of [soMqtt!, soHttp!]) {
         expect(so.samples).toBe(e.samples);
         expect(so.accuracy.overall).toBe(e.stages[last]!.accuracyAll);

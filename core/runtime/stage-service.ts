@@ -163,7 +163,12 @@ export class StageService {
         data,
         dims: header.shape,
         ...(header.deadline !== undefined ? { deadline: header.deadline } : {}),
+        // A probe measures every exit: run to the end of this range without exiting early.
+        ...(header.probe === true ? { ignoreExits: true } : {}),
       });
+      // Along a probe, every exit's answer so far travels on, and comes back in the reply.
+      const exits =
+        header.probe === true ? [...(header.exits ?? []), ...(result.exits ?? [])] : undefined;
       metrics.queueSeconds.observe({ stage: this.stageName }, queueMs / 1000);
       let compute = 0;
       for (let s = this.o.from; s <= result.stage; s++) {
@@ -191,7 +196,12 @@ export class StageService {
         const { scale: _s, zero: _z, ...rest } = header;
         await this.o.client.publishAsync(
           requestTopic(this.o.model, next.name),
-          Buffer.from(encodeFrame({ ...rest, ...fields, stage: this.o.to + 1, timings }, body)),
+          Buffer.from(
+            encodeFrame(
+              { ...rest, ...fields, stage: this.o.to + 1, timings, ...(exits ? { exits } : {}) },
+              body,
+            ),
+          ),
           { qos: 1 },
         );
         metrics.requests.inc({ stage: stageName, outcome: header.probe ? "probe" : "forwarded" });
@@ -205,6 +215,7 @@ export class StageService {
           entropy: result.entropy,
           tier: this.o.tier,
           timings,
+          ...(exits ? { exits } : {}),
         });
         // A probe measures a sample the device already answered: it is not an answer of the run.
         if (!header.probe) metrics.exits.inc({ stage: stageName });
