@@ -177,6 +177,7 @@ export class Agent {
       );
       metrics.offloads.inc({ outcome: "ok" });
       metrics.offloadBytes.inc(reply.bytesSent);
+      metrics.offloadSeconds.observe({ stage: next.name }, reply.roundTripMs / 1000);
       const h = reply.header;
       const upstream = upstreamCompute(h.timings);
       upstreamExits = repliedExits(reply);
@@ -278,6 +279,7 @@ export class Agent {
     };
     // Only the device's own exits: an upstream answer is counted by the tier whose exit gave it.
     if (a.tier === "device") this.o.metrics.exits.inc({ stage: answer.stage });
+    this.o.metrics.requestSeconds.observe(a.timings.total / 1000);
     if (this.o.alarms.has(a.label) && this.o.client.connected) {
       const event = {
         kind: "alarm",

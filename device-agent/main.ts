@@ -107,6 +107,7 @@ export async function startAgent(
       offload.failAll("broker_unreachable", "connection to the broker closed");
     });
     offload.start((err) => log.warn({ err }, "could not subscribe to the reply topic"));
+    metrics.watchOffloadsInFlight(() => offload.pending);
     const agent = new Agent({
       pipeline,
       to: range.to,

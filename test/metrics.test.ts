@@ -92,6 +92,10 @@ describe("/metrics of every tier after a known run", () => {
     expect(sum('ddnn_offloads_total{outcome="ok"}')).toBe(n - at[0]!);
     expect(sum("ddnn_offload_bytes_total")).toBe(answers.reduce((t, a) => t + a.bytesSent, 0));
     expect(sum("ddnn_degraded_total")).toBe(0);
+    // The device's time per answer, once per answer, and its round trip, once per offload.
+    expect(sum("ddnn_request_seconds_count")).toBe(n);
+    expect(sum('ddnn_offload_seconds_count{stage="edge"}')).toBe(n - at[0]!);
+    expect(sum("ddnn_offloads_in_flight")).toBe(0);
 
     // Batches: one observation per batch, whose sizes add up to the samples the workers ran.
     expect(edge.get("ddnn_batch_size_sum")).toBe(n - at[0]!);

@@ -240,13 +240,11 @@ describe("a real Prometheus scraping a running fog", () => {
       const values = await prometheus.labelValues(m[1]!.replaceAll("$namespace", NAMESPACE), m[2]!);
       expect(values, v.name).toEqual([v.name === "namespace" ? NAMESPACE : model]);
     }
-    // What this run has none of: no operator is scraped, no frame was unreadable, and the
-    // device agents do not observe ddnn_offload_seconds yet (device-agent/agent.ts).
+    // What this run has none of: no operator is scraped, and no frame was unreadable.
     const noData = (title: string, expr: string) =>
       title.startsWith("Leader") ||
       expr.includes("ddnn_operator_") ||
-      expr.includes("ddnn_frames_dropped_total") ||
-      expr.includes("ddnn_offload_seconds");
+      expr.includes("ddnn_frames_dropped_total");
     const empty: string[] = [];
     const missing: string[] = [];
     let queries = 0;
@@ -301,9 +299,8 @@ describe("a real Prometheus scraping a running fog", () => {
     const p99 = await prometheus.query(
       'namespace_model_tier:ddnn_request_seconds:histogram_quantile{quantile="0.99"}',
     );
-    // The device agents observe no request time yet (NaN: no observations), the others do.
     const observed = p99.filter((s) => Number.isFinite(Number(s.value)));
-    expect(observed.map((s) => s.metric.tier).sort()).toEqual(["edge", "server"]);
+    expect(observed.map((s) => s.metric.tier).sort()).toEqual(["device", "edge", "server"]);
     for (const s of observed) expect(Number(s.value)).toBeLessThan(threshold("DDNNLatencySLO"));
     const active = async () =>
       [...new Set((await prometheus.alerts()).map((a) => a.labels.alertname!))].sort();
