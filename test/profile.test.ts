@@ -119,8 +119,11 @@ describe("ddnn profile reports what ddnn eval computes, from the distributed run
       ).toBeLessThan(0.002 * (ds.bytesPerSample ?? 0) + 2);
       // Times are two runs on a shared machine: the same order of magnitude, not the same value.
       const measured = ds.timingsMs.total!.mean;
-      expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeLessThan(measured * 3 + 2);
-      expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeGreaterThan(measured / 3 - 2);
+      // Under a full CI run on 2 cores one run's mean T_Total has been 3.5 times another's
+      // (15.5 ms against 4.5 ms): the bound says "built from measured times, the right order of
+      // magnitude", not "two runs on a loaded machine agree".
+      expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeLessThan(measured * 6 + 5);
+      expect(point.meanTotalMs, `mean T_Total at ${t}`).toBeGreaterThan(measured / 6 - 5);
     }
   });
 });
