@@ -291,8 +291,9 @@ describe.skipIf(unavailable !== undefined)(
       let run: CameraRun;
       try {
         await sleep(3000);
-        cutAt = Date.now();
+        // From when the cut is in place: a request sent while the rule is being added may pass.
         await link.cut();
+        cutAt = Date.now();
         await sleep(10_000);
         await link.restore();
         restoredAt = Date.now();
