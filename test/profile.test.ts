@@ -193,7 +193,10 @@ describe("ddnn profile's device slowdown, capacity and advice", () => {
     expect(plain.run.deviceStageMs).toBeNull();
     const device = slow.tableII[0]!.timingsMs.device!;
     expect(device.p50).toBeGreaterThanOrEqual(39 * stage);
-    expect(device.p50).toBeLessThan(40 * stage + plain.tableII[0]!.timingsMs.device!.p95 + 2);
+    // Above: not compounding (a slowdown of each sample's own time, waits included, grew without
+    // bound). The spin shares the one event loop with every tier, so a loaded CI machine has
+    // stretched it up to 4 times (16.6 ms for 39 x 0.1 ms).
+    expect(device.p50).toBeLessThan(6 * 40 * stage + plain.tableII[0]!.timingsMs.device!.p95 + 10);
     expect(slow.run.deviceSlowdown).toBe(40);
     // A slower device changes time, not answers.
     expect(slow.tableII[0]!.accuracy).toEqual(plain.tableII[0]!.accuracy);
