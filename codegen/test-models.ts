@@ -6,7 +6,8 @@ import { createHash } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-class Proto {
+/** A protobuf message written field by field (what an ONNX model is). */
+export class Proto {
   private readonly parts: number[] = [];
   varint(field: number, value: number | bigint): this {
     this.key(field, 0);
@@ -88,11 +89,20 @@ function tensor(
   return t.bytes(9, new Uint8Array(Float32Array.from(values).buffer));
 }
 
-function valueInfo(name: string, dims: readonly (number | string)[]): Proto {
+/** ONNX TensorProto element types. */
+export const FLOAT = 1;
+export const UINT8 = 2;
+
+/** A graph input or output: its name, element type and dims (a string dim is a named one). */
+export function valueInfo(
+  name: string,
+  dims: readonly (number | string)[],
+  elem: number = FLOAT,
+): Proto {
   const shape = new Proto();
   for (const d of dims)
     shape.message(1, typeof d === "number" ? new Proto().varint(1, d) : new Proto().string(2, d));
-  const t = new Proto().varint(1, 1).message(2, shape);
+  const t = new Proto().varint(1, elem).message(2, shape);
   return new Proto().string(1, name).message(2, new Proto().message(1, t));
 }
 

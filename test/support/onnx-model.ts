@@ -6,52 +6,7 @@
  *             features -> Gemm(Wc) = logits [batch, C]     (the last stage: Flatten -> Gemm(Wc))
  */
 
-class Proto {
-  private readonly parts: number[] = [];
-  varint(field: number, value: number | bigint): this {
-    this.key(field, 0);
-    this.raw(BigInt(value));
-    return this;
-  }
-  bytes(field: number, data: Uint8Array): this {
-    this.key(field, 2);
-    this.raw(BigInt(data.length));
-    for (const b of data) this.parts.push(b);
-    return this;
-  }
-  string(field: number, s: string): this {
-    return this.bytes(field, new TextEncoder().encode(s));
-  }
-  message(field: number, m: Proto): this {
-    return this.bytes(field, m.done());
-  }
-  done(): Uint8Array {
-    return Uint8Array.from(this.parts);
-  }
-  private key(field: number, wire: number): void {
-    this.raw(BigInt((field << 3) | wire));
-  }
-  private raw(v: bigint): void {
-    let x = BigInt.asUintN(64, v);
-    do {
-      let b = Number(x & 0x7fn);
-      x >>= 7n;
-      if (x !== 0n) b |= 0x80;
-      this.parts.push(b);
-    } while (x !== 0n);
-  }
-}
-
-const FLOAT = 1;
-const UINT8 = 2;
-
-function valueInfo(name: string, dims: readonly (number | string)[], elem = FLOAT): Proto {
-  const shape = new Proto();
-  for (const d of dims)
-    shape.message(1, typeof d === "number" ? new Proto().varint(1, d) : new Proto().string(2, d));
-  const tensor = new Proto().varint(1, elem).message(2, shape);
-  return new Proto().string(1, name).message(2, new Proto().message(1, tensor));
-}
+import { FLOAT, Proto, randomValues, UINT8, valueInfo } from "../../codegen/test-models.js";
 
 function initializer(name: string, dims: readonly number[], values: Float32Array): Proto {
   const t = new Proto();
@@ -73,13 +28,7 @@ function node(op: string, inputs: string[], outputs: string[], attrs: Proto[] = 
 
 /** Deterministic weights in [-1, 1) (a small LCG), so tests can recompute them. */
 export function weights(seed: number, n: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
+  return randomValues(seed, n);
 }
 
 export interface StageModel {
