@@ -26,26 +26,14 @@ export type Value =
       readonly storage: string;
     };
 
-export interface ConvLayer {
+/** Input C, H, W and output M, OH, OW (1-D convolutions have H = OH = 1); padding at the start. */
+export interface ConvLayer extends Readonly<Omit<Window, "pb" | "pr">> {
   readonly op: "conv";
   readonly nodes: string[];
   readonly x: string;
   y: string;
-  /** Input C, H, W and output M, OH, OW (1-D convolutions have H = OH = 1). */
   readonly c: number;
-  readonly h: number;
-  readonly w: number;
   readonly m: number;
-  readonly oh: number;
-  readonly ow: number;
-  readonly kh: number;
-  readonly kw: number;
-  readonly sh: number;
-  readonly sw: number;
-  readonly dh: number;
-  readonly dw: number;
-  readonly pt: number;
-  readonly pl: number;
   readonly group: number;
   /** [M][C/group][kh][kw], as ONNX stores it. */
   weights: Float32Array;
@@ -72,26 +60,12 @@ export interface GemmLayer {
   relu: boolean;
 }
 
-export interface PoolLayer {
+export interface PoolLayer extends Readonly<Window> {
   readonly op: "maxpool" | "avgpool";
   readonly nodes: string[];
   readonly x: string;
   readonly y: string;
   readonly c: number;
-  readonly h: number;
-  readonly w: number;
-  readonly oh: number;
-  readonly ow: number;
-  readonly kh: number;
-  readonly kw: number;
-  readonly sh: number;
-  readonly sw: number;
-  readonly dh: number;
-  readonly dw: number;
-  readonly pt: number;
-  readonly pl: number;
-  readonly pb: number;
-  readonly pr: number;
   readonly countIncludePad: boolean;
 }
 
@@ -478,7 +452,7 @@ function lowerReshape(L: Lowering, node: OnnxNode, out: string): void {
 }
 
 /** Spatial parameters shared by Conv and the pools (1-D and 2-D). */
-interface Window {
+export interface Window {
   h: number;
   w: number;
   oh: number;
@@ -586,25 +560,16 @@ function lowerConv(L: Lowering, node: OnnxNode, out: string): void {
   }
   const spatialOut = x.shape.length === 4 ? [win.oh, win.ow] : [win.ow];
   L.activation(out, [1, m, ...spatialOut]);
+  // A Conv layer carries the padding at the start only: with the output size it fixes the rest.
+  const { pb: _pb, pr: _pr, ...start } = win;
   push(L, {
     op: "conv",
     nodes: [node.name],
     x: x.name,
     y: out,
     c,
-    h: win.h,
-    w: win.w,
     m,
-    oh: win.oh,
-    ow: win.ow,
-    kh: win.kh,
-    kw: win.kw,
-    sh: win.sh,
-    sw: win.sw,
-    dh: win.dh,
-    dw: win.dw,
-    pt: win.pt,
-    pl: win.pl,
+    ...start,
     group,
     weights: w.data,
     bias,
