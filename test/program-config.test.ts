@@ -248,7 +248,8 @@ describe("program configuration", () => {
   });
 
   it("keeps the tiers' defaults", () => {
-    expect(loadConfig(serverConfig, ["--bundle", "b"], {})).toEqual({
+    // What every tier program gives `--bundle b` when nothing else is set.
+    const TIER_DEFAULTS = {
       bundle: "b",
       broker: "mqtt://127.0.0.1:1883",
       threshold: {},
@@ -259,6 +260,9 @@ describe("program configuration", () => {
       dtype: "u8q",
       compression: "deflate",
       sharedSubscriptions: true,
+    };
+    expect(loadConfig(serverConfig, ["--bundle", "b"], {})).toEqual({
+      ...TIER_DEFAULTS,
       workers: 2,
       maxBatch: 32,
       maxDelayMs: 0,
@@ -272,16 +276,7 @@ describe("program configuration", () => {
       maxQueue: 512,
     });
     expect(loadConfig(agentConfig, ["--bundle", "b", "--device-id", "cam"], {})).toEqual({
-      bundle: "b",
-      broker: "mqtt://127.0.0.1:1883",
-      threshold: {},
-      httpPort: 8080,
-      httpHost: "0.0.0.0",
-      backend: "auto",
-      logLevel: "info",
-      dtype: "u8q",
-      compression: "deflate",
-      sharedSubscriptions: true,
+      ...TIER_DEFAULTS,
       deviceId: "cam",
       deadlineMs: 250,
       source: ["http"],
