@@ -108,6 +108,19 @@ function helmBinary(): string {
   return join(cache, `helm-${version}`, "helm");
 }
 
+/** Runs the built `ddnn` with `args`; resolves to its stderr, rejects with it on failure. */
+function ddnn(args: readonly string[], timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(
+      process.execPath,
+      [join(REPO_ROOT, "dist", "cli", "main.js"), ...args],
+      { timeout: timeoutMs },
+      (err, _stdout, stderr) =>
+        err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stderr),
+    ),
+  );
+}
+
 /** Where a shipped bundle's ConfigMap manifest goes (createBundleConfigMap) and its digest. */
 function packBundle(name: string): { file: string; digest: string } {
   const manifest = readFileSync(join(REPO_ROOT, "models", name, "ddnn.json"));
@@ -190,24 +203,19 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
   /** `ddnn eval` of a shipped bundle on the first n images: exit stage names and labels. */
   const evaluate = async (bundle: string, n: number, thresholds: string[] = []) => {
     const out = join(work, `eval-${bundle}-${n}-${thresholds.join("_")}.json`);
-    await new Promise<void>((resolve, reject) =>
-      execFile(
-        process.execPath,
-        [
-          join(REPO_ROOT, "dist", "cli", "main.js"),
-          "eval",
-          "--bundle",
-          join(REPO_ROOT, "models", bundle),
-          "--limit",
-          String(n),
-          "--predictions",
-          out,
-          "--json",
-          ...thresholds.flatMap((t) => ["--threshold", t]),
-        ],
-        { timeout: 120_000 },
-        (err) => (err ? reject(err) : resolve()),
-      ),
+    await ddnn(
+      [
+        "eval",
+        "--bundle",
+        join(REPO_ROOT, "models", bundle),
+        "--limit",
+        String(n),
+        "--predictions",
+        out,
+        "--json",
+        ...thresholds.flatMap((t) => ["--threshold", t]),
+      ],
+      120_000,
     );
     const p = JSON.parse(readFileSync(out, "utf8")) as { exitStage: number[]; label: number[] };
     const stages = (
@@ -814,25 +822,19 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
    */
   async function createBundleConfigMap(c: Cluster, bundle: string): Promise<void> {
     const { file, digest } = packBundle(bundle);
-    const stderr = await new Promise<string>((resolve, reject) =>
-      execFile(
-        process.execPath,
-        [
-          join(REPO_ROOT, "dist", "cli", "main.js"),
-          "bundle",
-          "pack",
-          join(REPO_ROOT, "models", bundle),
-          "--name",
-          bundle,
-          "--namespace",
-          NS,
-          "--out",
-          file,
-        ],
-        { timeout: 60_000 },
-        (err, _stdout, stderr) =>
-          err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stderr),
-      ),
+    const stderr = await ddnn(
+      [
+        "bundle",
+        "pack",
+        join(REPO_ROOT, "models", bundle),
+        "--name",
+        bundle,
+        "--namespace",
+        NS,
+        "--out",
+        file,
+      ],
+      60_000,
     );
     expect(/^spec\.bundle\.sha256: ([0-9a-f]{64})$/m.exec(stderr)?.[1]).toBe(digest);
     await c.kubectlOk(["apply", "--server-side", "-f", file]);
