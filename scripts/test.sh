@@ -55,6 +55,8 @@ let passed = attr("tests") - attr("failures") - attr("errors") - attr("skipped")
 let failed = attr("failures") + attr("errors");
 let skipped = attr("skipped");
 const missing = [];
+const failures = [];
+const firstLine = (m) => String(m || "").replace(/\x1b\[[0-9;]*m/g, "").trim().split("\n")[0].slice(0, 300);
 for (const f of runs) {
   let v;
   try {
@@ -68,12 +70,28 @@ for (const f of runs) {
   passed += v.numPassedTests || 0;
   failed += v.numFailedTests || 0;
   skipped += (v.numPendingTests || 0) + (v.numTodoTests || 0);
+  // CI keeps only the end of the output: name every failed file and test here, with its first line.
+  const run = f.replace(/.*\//, "").replace(/\.json$/, "");
+  for (const file of v.testResults || []) {
+    const where = String(file.name || "").replace(/^.*?\/((?:test|core|cli|codegen|operator|profile|server|gateway|device-agent|bench)\/)/, "$1");
+    const bad = (file.assertionResults || []).filter((a) => a.status === "failed");
+    if (file.status === "failed" && bad.length === 0) {
+      // A file that failed outside a test (a hook, an import) leaves its tests skipped: count it.
+      failed += 1;
+      failures.push(`${run}: ${where}: ${firstLine(file.message)}`);
+    }
+    for (const a of bad) failures.push(`${run}: ${where} > ${a.fullName}: ${firstLine((a.failureMessages || [])[0])}`);
+  }
+}
+for (const m of x.matchAll(/<testcase classname="([^"]*)" name="([^"]*)"[^>]*>\s*<(failure|error) message="([^"]*)"/g)) {
+  failures.push(`pytest: ${m[1]}::${m[2]}: ${firstLine(m[4])}`);
 }
 if (!x) {
   missing.push("pytest.xml");
   failed += 1;
 }
 const note = missing.length ? ` (no report: ${missing.join(", ")})` : "";
+for (const line of failures) console.log(`FAILED ${line}`);
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped${note}`);
 ' "$reports/pytest.xml" "${runs[@]}"
 [ "$smoke_rc" -eq 0 ] || echo "test.sh: scripts/image/smoke.sh failed"
