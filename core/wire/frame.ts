@@ -93,6 +93,14 @@ export const requestHeaderSchema = z.looseObject({
   probe: z.boolean().optional(),
   /** Exits answered by the tiers before this one, carried along a probe. */
   exits: z.array(exitAnswerSchema).max(64).optional(),
+  /**
+   * Multi-view (horizontal) requests, docs/protocol.md "view requests": the capture (one scene seen
+   * by several devices) this view belongs to, the view index, and the device's exit logits; the
+   * body is that view's stage 0 features. Absent on every other request.
+   */
+  capture: z.string().min(1).max(256).optional(),
+  view: z.number().int().min(0).max(63).optional(),
+  logits: z.array(z.number()).min(1).max(4096).optional(),
   ...tensorHeaderSchema.shape,
 });
 export type RequestHeader = z.infer<typeof requestHeaderSchema>;
