@@ -395,6 +395,37 @@ export const brokerUrlField = z.string().refine((u) => {
   }
 }, "must be a broker URL like mqtt://host:1883 or mqtts://host:8883");
 
+/** True for a broker host that never leaves this machine: localhost, 127.0.0.0/8, ::1. */
+export function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  return (
+    host === "localhost" ||
+    host.endsWith(".localhost") ||
+    host === "::1" ||
+    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+  );
+}
+
+/**
+ * What is insecure about connecting to `url` with or without credentials, in words, or undefined
+ * when nothing is: plaintext or anonymous connections to another machine. Loopback never counts
+ * (`ddnn up`'s embedded broker, tests): nothing crosses a network.
+ */
+export function brokerInsecurity(url: string, hasCredentials: boolean): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return undefined;
+  }
+  if (isLoopbackHost(u.hostname)) return undefined;
+  const plaintext = u.protocol !== "mqtts:";
+  if (plaintext && hasCredentials) return "credentials over plaintext MQTT";
+  if (plaintext) return "plaintext MQTT without credentials";
+  if (!hasCredentials) return "no credentials (an anonymous client)";
+  return undefined;
+}
+
 export const logLevels = ["fatal", "error", "warn", "info", "debug"] as const;
 
 /**
@@ -444,6 +475,10 @@ export const tierFields = {
     help: "PEM file of the CA(s) that sign an mqtts:// broker's certificate",
     value: "PATH",
     defaultText: "Node's bundled CAs",
+  }),
+  insecure: field(boolField.default(false), {
+    switch: true,
+    help: "accept a broker connection that is not both TLS (mqtts://) and authenticated, to a host other than loopback; without it such a combination stops the tier",
   }),
   stages: field(z.array(z.string().min(1)).optional(), {
     multiple: true,

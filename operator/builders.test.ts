@@ -109,6 +109,8 @@ describe("builders", () => {
       DDNN_BUNDLE_CACHE: "/var/cache/ddnn/bundles",
       DDNN_STAGES: "server",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
+      // The anonymous plaintext broker the spec asks for, said where a reader of the Pod sees it.
+      DDNN_INSECURE: "true",
       DDNN_HTTP_PORT: "8080",
       DDNN_MAX_BATCH: "32",
       DDNN_MAX_DELAY_MS: "2",
@@ -281,6 +283,13 @@ describe("builders", () => {
       DDNN_BROKER_USERNAME: { secretKeyRef: { name: "creds", key: "username" } },
       DDNN_BROKER_PASSWORD: { secretKeyRef: { name: "creds", key: "pw" } },
     });
+    // TLS and credentials: nothing insecure for the tiers to be told to accept.
+    expect(envOf(server)).not.toHaveProperty("DDNN_INSECURE");
+    spec.broker = { external: { url: "mqtt://mosquitto.lab:1883", secretRef: { name: "creds" } } };
+    const plain = buildOwnedObjects(input(spec)).find(
+      (o) => o.metadata!.name === "demo-server" && o.kind === "Deployment",
+    ) as V1Deployment;
+    expect(envOf(plain)).toMatchObject({ DDNN_INSECURE: "true" });
   });
 
   it("mount an external broker's CA ConfigMap in every tier and point DDNN_BROKER_CA at it", () => {

@@ -15,6 +15,7 @@ import type {
   V1VolumeMount,
 } from "@kubernetes/client-node";
 import {
+  brokerInsecurity,
   encodingFields,
   PROXY_ENV,
   PROXY_URL_ENV,
@@ -230,6 +231,10 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
   }
   const ca = spec.broker.external?.caConfigMap;
   if (ca) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/${ca.key}`));
+  // The tiers refuse a plaintext or anonymous broker on another host unless told; the spec asked
+  // for this broker, so the Pod says so where anyone reading it sees it (docs/security.md).
+  if (brokerInsecurity(brokerUrl(model), secret !== undefined) !== undefined)
+    out.push(env(TIER_ENV.insecure, "true"));
   out.push(env(TIER_ENV.httpPort, httpPort));
   for (const [name, value] of Object.entries(input.proxy ?? {})) out.push(env(name, value));
   return out;

@@ -260,6 +260,7 @@ describe("program configuration", () => {
       dtype: "u8q",
       compression: "deflate",
       sharedSubscriptions: true,
+      insecure: false,
     };
     expect(loadConfig(serverConfig, ["--bundle", "b"], {})).toEqual({
       ...TIER_DEFAULTS,

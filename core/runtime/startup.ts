@@ -10,11 +10,13 @@ import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { VerifiedBundle } from "../bundle/read.js";
 import { openBundleSource } from "../bundle/source.js";
+import { brokerInsecurity, ConfigError, program, tierFields } from "../config.js";
 import type { ExitPolicy } from "../exit.js";
 import { type TierMetrics, tierMetrics } from "../metrics.js";
 import { exitPolicyFor } from "../pipeline.js";
 import { type ModelRef, modelKey } from "../topics.js";
 import { healthPlugin, httpApp, listen, metricsPlugin, type Readiness } from "./http.js";
+import { safeBrokerUrl } from "./mqtt.js";
 import { checkBrokerConfig, connectTierBroker, resolveModel } from "./tier.js";
 
 type Release = () => Promise<void> | void;
@@ -85,6 +87,27 @@ export interface TierBasics {
   brokerPassword?: string | undefined;
   brokerCa?: string | undefined;
   threshold: Record<string, number>;
+  /** Accept a plaintext or anonymous broker connection to another machine. */
+  insecure?: boolean | undefined;
+}
+
+const INSECURE_ENV = program({ insecure: tierFields.insecure }).env.insecure;
+
+/**
+ * Stops a tier whose broker connection would cross a network in plaintext or without
+ * credentials, unless `--insecure` says that is meant: one line naming the URL, what is wrong and
+ * the way out. The URL is printed without credentials.
+ */
+export function refuseInsecureBroker(config: TierBasics): void {
+  const credentials =
+    (config.brokerUsername ?? "") !== "" ||
+    (config.brokerPassword ?? "") !== "" ||
+    /\/\/[^/@]+@/.test(config.broker);
+  const problem = brokerInsecurity(config.broker, credentials);
+  if (problem === undefined || config.insecure === true) return;
+  throw new ConfigError(
+    `refusing an insecure broker connection to ${safeBrokerUrl(config.broker)}: ${problem} to a host that is not loopback; use mqtts:// with DDNN_BROKER_USERNAME and DDNN_BROKER_PASSWORD, or pass --insecure (${INSECURE_ENV}=true) to accept it`,
+  );
 }
 
 /** The first steps of every tier: broker settings checked, bundle verified, model, exits, metrics. */
@@ -100,6 +123,7 @@ export async function openTier(
 }> {
   // Wrong broker settings stop the tier before it loads a model.
   checkBrokerConfig(config);
+  refuseInsecureBroker(config);
   const bundle = await openBundleSource(config.bundle, config.bundleDigest, {
     cacheDir: config.bundleCache,
     log,
