@@ -200,6 +200,8 @@ describe.skipIf(unavailable !== undefined)(
         BUNDLE,
         "--broker",
         broker,
+        // Plaintext and anonymous across the veth link, as the test means it.
+        "--insecure",
         "--http-host",
         "127.0.0.1",
         "--http-port",
@@ -218,6 +220,7 @@ describe.skipIf(unavailable !== undefined)(
           BUNDLE,
           "--broker",
           broker,
+          "--insecure",
           "--device-id",
           a.id,
           "--http-host",
