@@ -17,8 +17,10 @@ import { readIdx } from "../core/dataset/idx.js";
 import { type AccuracyReport, accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import type { ExitPolicy } from "../core/exit.js";
 import { exitPolicyFor, type FullResult, Pipeline } from "../core/pipeline.js";
+import { viewsOf } from "../core/views.js";
+import { ViewsPipeline } from "../core/views-pipeline.js";
 import { UsageError } from "./args.js";
-import { shipped } from "./paths.js";
+import { shipped, viewImagePaths, viewsSample } from "./paths.js";
 import { percent, renderTable } from "./table.js";
 
 /** `ddnn eval`: every flag, environment variable, file key and default it has. */
@@ -57,6 +59,11 @@ export const evalConfig = program({
   batchSize: field(intField(1, 65536).default(256), {
     help: "samples per onnxruntime run",
     value: "N",
+  }),
+  missingViews: field(z.array(z.coerce.number().int().nonnegative()).default([]), {
+    multiple: true,
+    help: "multi-view bundle: evaluate as if view V's device were missing (repeat for several)",
+    value: "V",
   }),
   threads: field(intField(1, 256).optional(), {
     help: "onnxruntime intra-op threads",
@@ -98,6 +105,10 @@ export async function runEval(
   } catch (err) {
     throw new UsageError(`--threshold: ${(err as Error).message}`);
   }
+  const views = viewsOf(bundle.manifest).count;
+  if (views > 1) return runViewsEval(cfg, cfg.bundle ?? defaults.bundle, views, policy, out);
+  if (cfg.missingViews.length > 0)
+    throw new UsageError("--missing-views: the bundle has one view (no views block)");
   const stages = await openStages(
     bundle,
     cfg.threads === undefined ? {} : { intraOpThreads: cfg.threads },
@@ -163,6 +174,102 @@ export async function runEval(
   }
 }
 
+type EvalConfig = ReturnType<typeof loadConfig<typeof evalConfig>>;
+
+/**
+ * A multi-view bundle: every view's images through its own device stage, the local aggregate as
+ * the first exit, the aggregated features through the later stages (docs/bundle-views.md), with
+ * the views of --missing-views left out as the gateway leaves out views that did not come.
+ */
+async function runViewsEval(
+  cfg: EvalConfig,
+  bundlePath: string,
+  views: number,
+  policy: ExitPolicy,
+  out: (text: string) => void,
+): Promise<number> {
+  const bad = cfg.missingViews.find((v) => v >= views);
+  if (bad !== undefined)
+    throw new UsageError(
+      `--missing-views: view ${bad} is not a view of the bundle (0..${views - 1})`,
+    );
+  if (new Set(cfg.missingViews).size >= views)
+    throw new UsageError("--missing-views: at least one view must stay");
+  const sample = viewsSample(bundlePath, views);
+  let imagePaths: string[];
+  let labelsPath: string;
+  if (cfg.images !== undefined && cfg.labels !== undefined) {
+    try {
+      imagePaths = viewImagePaths(cfg.images, views);
+    } catch (err) {
+      throw new UsageError(`--images: ${(err as Error).message}`);
+    }
+    labelsPath = cfg.labels;
+  } else if (sample) {
+    imagePaths = sample.images;
+    labelsPath = sample.labels;
+  } else {
+    throw new UsageError(
+      `a ${views}-view bundle without an eval/ sample needs --images (with {view}) and --labels`,
+    );
+  }
+  const pipeline = await ViewsPipeline.load(bundlePath, {
+    ...(cfg.threshold ? { thresholds: cfg.threshold } : {}),
+    ...(cfg.threads === undefined ? {} : { intraOpThreads: cfg.threads }),
+  });
+  try {
+    const images = await Promise.all(imagePaths.map((p) => readIdx(p)));
+    const labels = await readIdx(labelsPath);
+    const items = Math.min(...images.map((i) => i.shape[0] ?? 0));
+    images.forEach((img, v) => {
+      const per = img.shape.slice(1).reduce((a, b) => a * b, 1);
+      if (per !== pipeline.samplePixels)
+        throw new UsageError(
+          `--images: view ${v}'s items have shape [${img.shape.slice(1).join(", ")}], the bundle's input.shape is [${pipeline.manifest.input.shape.join(", ")}]`,
+        );
+    });
+    if (labels.shape[0] !== items)
+      throw new UsageError(`--labels: ${labels.shape[0]} labels for ${items} items per view`);
+    const count = Math.min(cfg.limit ?? Number.POSITIVE_INFINITY, items);
+    const missing = new Set(cfg.missingViews);
+    const per = pipeline.samplePixels;
+    const started = performance.now();
+    const result = await pipeline.evaluateAll(
+      images.map((img, v) => (missing.has(v) ? undefined : img.data.subarray(0, count * per))),
+      count,
+      cfg.batchSize,
+    );
+    const wallMs = performance.now() - started;
+    const names = pipeline.manifest.stages.map((s) => s.name);
+    const truth = labels.data.subarray(0, count);
+    if (cfg.predictions !== undefined) {
+      const { exitStage, label } = adaptiveDecisions(result, policy);
+      await writeFile(cfg.predictions, JSON.stringify(predictionsJson(result, exitStage, label)));
+    }
+    const report = accuracyReport(result, policy, truth, names);
+    const present = Array.from({ length: views }, (_, v) => v).filter((v) => !missing.has(v));
+    if (cfg.json) {
+      out(JSON.stringify({ ...report, views: { count: views, present } }));
+      return 0;
+    }
+    const layout = pipeline.layout;
+    out(
+      [
+        `views: ${views} (present ${present.join(", ")}${missing.size ? `; missing ${[...missing].sort().join(", ")}` : ""}), local aggregation ${layout.localAggregation}, feature aggregation ${layout.featureAggregation}; the first exit is the local aggregate`,
+        renderReport(
+          { manifest: pipeline.manifest, policy, digest: pipeline.bundle.bundle.digest },
+          report,
+          result,
+          wallMs,
+        ),
+      ].join("\n"),
+    );
+    return 0;
+  } finally {
+    await pipeline.release();
+  }
+}
+
 function sweepThresholds(): number[] {
   return Array.from({ length: 19 }, (_, i) => Math.round((0.05 + 0.05 * i) * 100) / 100);
 }
@@ -183,7 +290,12 @@ function predictionsJson(result: FullResult, exitStage: Int32Array, label: Int32
 }
 
 function renderReport(
-  pipeline: Pipeline,
+  pipeline: {
+    readonly manifest: Pipeline["manifest"];
+    readonly policy: ExitPolicy;
+    readonly bundle?: { readonly digest: string };
+    readonly digest?: string;
+  },
   report: AccuracyReport,
   result: FullResult,
   wallMs: number,
@@ -205,7 +317,7 @@ function renderReport(
   const first = report.stages[0];
   const last = report.stages[report.stages.length - 1];
   return [
-    `${m.name} ${m.version}  digest ${pipeline.bundle.digest.slice(0, 12)}  samples ${report.samples}`,
+    `${m.name} ${m.version}  digest ${(pipeline.digest ?? pipeline.bundle?.digest ?? "").slice(0, 12)}  samples ${report.samples}`,
     `exit when normalized entropy < threshold: ${thresholds}`,
     "",
     renderTable(["stage", "exit rate", "accuracy (all)", "accuracy (exited)", "us/sample"], rows),

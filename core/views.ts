@@ -172,3 +172,26 @@ function merge(how: "max" | "avg", views: readonly Float32Array[]): Float32Array
   if (how === "avg") for (let i = 0; i < out.length; i++) out[i] = out[i]! / views.length;
   return out;
 }
+
+/**
+ * The bundle as view v's device sees it: stage 0 is view v's file (bytes and manifest entry), the
+ * later stages unchanged, the digest the bundle's own (it pins every view through `views`).
+ */
+export function viewBundle(views: VerifiedViewsBundle, view: number): VerifiedBundle {
+  const device = views.views.devices[view];
+  const bytes = views.deviceBytes[view];
+  if (!device || !bytes) {
+    throw new RangeError(`view ${view} is not a view of the bundle (it has ${views.views.count})`);
+  }
+  if (view === 0) return views.bundle;
+  const { bundle } = views;
+  const [first, ...rest] = bundle.manifest.stages;
+  return {
+    ...bundle,
+    manifest: {
+      ...bundle.manifest,
+      stages: [{ ...first!, file: device.file, sha256: device.sha256 }, ...rest],
+    },
+    stageBytes: [bytes, ...bundle.stageBytes.slice(1)],
+  };
+}
