@@ -48,6 +48,41 @@ interface Waiting {
   bytes: number;
 }
 
+/** What a device's request frames carry besides the features: where they go and who asks. */
+export type RequestTarget = Pick<OffloadClientOptions, "model" | "digest" | "replyTo" | "encoding">;
+
+/**
+ * The DDN1 request frame a device publishes for `features` (what OffloadClient.offload sends):
+ * the tensor encoded with the target's encoding, then the header and the prefix, in one buffer.
+ */
+export function encodeRequestFrame(
+  target: RequestTarget,
+  stage: number,
+  id: string,
+  features: Float32Array,
+  dims: readonly number[],
+  extra: { deadline: number; sentAt: number; probe?: true },
+): Buffer {
+  const { fields, body } = encodeTensor(features, dims, target.encoding);
+  const frame = encodeFrame(
+    {
+      kind: "infer",
+      id,
+      model: modelKey(target.model),
+      digest: target.digest,
+      stage,
+      replyTo: target.replyTo,
+      deadline: extra.deadline,
+      sentAt: extra.sentAt,
+      ...(extra.probe ? { probe: true } : {}),
+      ...fields,
+    },
+    body,
+  );
+  // The frame's own bytes, not a copy: mqtt.js only reads them.
+  return Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength);
+}
+
 export class OffloadClient {
   private readonly waiting = new Map<string, Waiting>();
   private readonly session = randomBytes(4).toString("hex");
@@ -100,23 +135,12 @@ export class OffloadClient {
       );
     }
     const id = `${this.o.idPrefix}-${this.session}-${++this.counter}`;
-    const { fields, body } = encodeTensor(features, dims, this.o.encoding);
     const sentAt = Date.now();
-    const frame = encodeFrame(
-      {
-        kind: "infer",
-        id,
-        model: modelKey(this.o.model),
-        digest: this.o.digest,
-        stage: stage.index,
-        replyTo: this.o.replyTo,
-        deadline,
-        sentAt,
-        ...(options.probe ? { probe: true } : {}),
-        ...fields,
-      },
-      body,
-    );
+    const frame = encodeRequestFrame(this.o, stage.index, id, features, dims, {
+      deadline,
+      sentAt,
+      ...(options.probe ? { probe: true } : {}),
+    });
     return new Promise<OffloadReply>((resolve, reject) => {
       const timer = setTimeout(
         () => {
@@ -134,18 +158,13 @@ export class OffloadClient {
         sent: performance.now(),
         bytes: frame.length,
       });
-      this.o.client.publish(
-        requestTopic(this.o.model, stage.name),
-        Buffer.from(frame),
-        { qos: 1 },
-        (err) => {
-          if (err && this.waiting.has(id)) {
-            clearTimeout(timer);
-            this.waiting.delete(id);
-            reject(new OffloadError("broker_unreachable", `publish failed: ${err.message}`));
-          }
-        },
-      );
+      this.o.client.publish(requestTopic(this.o.model, stage.name), frame, { qos: 1 }, (err) => {
+        if (err && this.waiting.has(id)) {
+          clearTimeout(timer);
+          this.waiting.delete(id);
+          reject(new OffloadError("broker_unreachable", `publish failed: ${err.message}`));
+        }
+      });
     });
   }
 
