@@ -50,7 +50,7 @@ export function renderTableII(rows: readonly TableIIRow[]): string {
 export function renderProfileText(r: ProfileReport): string {
   const lines = [
     "",
-    `ddnn profile: ${r.model.name} ${r.model.version} (${r.model.stages.join(" -> ")}), ${r.run.samples} samples, ${r.run.devices} devices at ${r.run.fps} fps, device slowdown ${r.run.deviceSlowdown}x, features ${r.run.encoding.dtype}+${r.run.encoding.compression}, ${r.run.wallSeconds.toFixed(1)} s`,
+    `ddnn profile: ${r.model.name} ${r.model.version} (${r.model.stages.join(" -> ")}), ${r.run.samples} samples, ${r.run.devices} devices at ${r.run.fps} fps, device slowdown ${r.run.deviceSlowdown}x, features ${r.run.encoding.dtype}+${r.run.encoding.compression}${r.link ? `, across the link ${r.link.spec}` : ""}, ${r.run.wallSeconds.toFixed(1)} s`,
     "",
     renderTableII(r.tableII),
     "",
@@ -108,6 +108,53 @@ export function renderProfileText(r: ProfileReport): string {
       ),
       `measured saturation (p99 T_Total > ${c.sloMs} ms): ${c.measuredSaturationPerS === null ? "not reached" : `${Math.round(c.measuredSaturationPerS)} samples/s = ${c.measuredDevicesPerReplica?.toFixed(1)} devices`}`,
       c.note,
+    );
+  }
+  if (r.link) {
+    const l = r.link;
+    const t = (s: LatencyStats | null) => (s ? `${ms(s.p50)} / ${ms(s.p95)}` : "-");
+    const th = (x: Readonly<Record<string, number>> | null) =>
+      x
+        ? Object.entries(x)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(" ")
+        : "none meets the goal";
+    const a = l.withoutLink;
+    const b = l.withLink;
+    const dp50 = (b.comm?.p50 ?? Number.NaN) - (a.comm?.p50 ?? Number.NaN);
+    lines.push(
+      "",
+      `link ${l.spec}: ${l.method}; ${l.packets} packets, ${l.dropped} dropped`,
+      renderTable(
+        [
+          "Device&Server",
+          "T_Comm p50 / p95 ms (offloads)",
+          "T_Total p50 / p95 ms",
+          "bytes/sample",
+          "degraded",
+          "advised thresholds",
+          "advised Overall",
+          "advised p95 T_Total ms",
+        ],
+        (
+          [
+            ["without the link", a],
+            ["across the link", b],
+          ] as const
+        ).map(([name, side]) => {
+          return [
+            name,
+            t(side.comm),
+            t(side.total),
+            side.bytesPerSample === null ? "-" : side.bytesPerSample.toFixed(1),
+            side.degraded.toString(),
+            th(side.advisedThresholds),
+            percent(side.advisedOverallAccuracy),
+            ms(side.advisedP95TotalMs ?? undefined),
+          ];
+        }),
+      ),
+      `T_Comm p50 of the offloads moved by ${ms(dp50)} ms (link RTT ${l.rttMs} ms); the rest of this report is the pass across the link`,
     );
   }
   if (r.advice) {

@@ -9,6 +9,7 @@ import { availableParallelism } from "node:os";
 import { z } from "zod";
 import {
   boolField,
+  ConfigError,
   field,
   intField,
   loadConfig,
@@ -20,11 +21,19 @@ import {
 import { exitPolicyFor } from "../core/pipeline.js";
 import { advise } from "../profile/advise.js";
 import { measureCapacity } from "../profile/capacity.js";
-import { deviceAndServer, serverOnly } from "../profile/measure.js";
-import { PROFILE_FORMAT, type ProfileReport } from "../profile/schema.js";
+import {
+  type LinkFault,
+  type LinkSpec,
+  linkUnavailable,
+  parseLinkSpec,
+  VethLink,
+} from "../profile/link.js";
+import { deviceAndServer, latency, serverOnly } from "../profile/measure.js";
+import { type LinkReport, PROFILE_FORMAT, type ProfileReport } from "../profile/schema.js";
 import { sweepExits, traceRows } from "../profile/sweep.js";
 import {
   describeFog,
+  type LocalFog,
   liveLine,
   localFogFields,
   openWorkload,
@@ -46,6 +55,24 @@ export const profileConfig = program({
     value: "URL",
     defaultText: "no Server Only (HTTP) row",
   }),
+  link: field(
+    z
+      .string()
+      .min(1)
+      .superRefine((s, ctx) => {
+        try {
+          parseLinkSpec(s);
+        } catch (err) {
+          ctx.addIssue({ code: "custom", message: (err as Error).message });
+        }
+      })
+      .optional(),
+    {
+      help: "put the devices on the far side of an emulated link, RTT,BANDWIDTH,LOSS like 50ms,1mbit,1% (BANDWIDTH may be none); needs root, network namespaces, veth, tc and iptables (docs/profile.md); the report also measures the pass without it",
+      value: "RTT,BW,LOSS",
+      defaultText: "none: the devices reach the broker over this machine's loopback",
+    },
+  ),
   json: field(z.string().min(1).optional(), {
     help: "write the report as JSON (ddnn-profile/v1, docs/profile.md)",
     value: "FILE",
@@ -101,9 +128,57 @@ export async function runProfile(
 
 export type ProfileConfig = ReturnType<typeof loadConfig<typeof profileConfig>>;
 
+/** A URL of `fog` rewritten to the local end of the link's forward to its host and port. */
+async function across(veth: VethLink, url: string, defaultPort: number): Promise<string> {
+  const u = new URL(url);
+  const local = await veth.forward({
+    host: u.hostname.replace(/^\[|\]$/g, ""),
+    port: Number(u.port || defaultPort),
+  });
+  u.hostname = local.host;
+  u.port = String(local.port);
+  return u.toString().replace(/\/$/, "");
+}
+
+/** The link of `--link`, made; `close()` lifts its faults and removes it. */
+interface MadeLink {
+  readonly spec: LinkSpec;
+  readonly veth: VethLink;
+  readonly fault: LinkFault;
+  /** The fog as the devices see it: broker and server addresses across the link. */
+  readonly fog: LocalFog;
+}
+
+async function makeLink(spec: LinkSpec, fog: LocalFog): Promise<MadeLink> {
+  const veth = await VethLink.open();
+  try {
+    const fault = await veth.emulate(spec, 1);
+    const brokerUrl = await across(veth, fog.brokerUrl, 1883);
+    const serverUrl = fog.serverUrl ? await across(veth, fog.serverUrl, 80) : undefined;
+    return {
+      spec,
+      veth,
+      fault,
+      fog: { ...fog, brokerUrl, ...(serverUrl ? { serverUrl } : {}) },
+    };
+  } catch (err) {
+    await veth.close();
+    throw new ConfigError(`--link: cannot emulate the link here: ${(err as Error).message}`);
+  }
+}
+
 /** Runs the whole profile on a fog it starts and stops; progress goes to stderr. */
 export async function profile(cfg: ProfileConfig, command: string): Promise<ProfileReport> {
   const progress = (s: string) => process.stderr.write(`${s}\n`);
+  const spec = cfg.link === undefined ? null : parseLinkSpec(cfg.link);
+  if (spec) {
+    const why = await linkUnavailable(spec);
+    if (why) throw new ConfigError(why);
+    if (cfg.broker !== undefined && !/^mqtt:/.test(cfg.broker))
+      throw new ConfigError(
+        "--link relays a plain mqtt:// broker only (a TLS broker's name would not match the relay's address)",
+      );
+  }
   const w = await openWorkload(cfg);
   const policy = exitPolicyFor(w.manifest, cfg.threshold);
   const fog = await startLocalFog(cfg, w, {
@@ -111,16 +186,50 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
     ...(cfg.attach ? { attach: { serverUrl: cfg.serverUrl } } : {}),
   });
   const notes: string[] = [];
+  let link: MadeLink | undefined;
+  let linkReport: LinkReport | null = null;
   try {
     progress(`ddnn profile: ${describeFog(cfg, w, fog)}`);
-    progress("Device&Server over MQTT, with probe requests for every exit's answer");
-    const cpu0 = process.cpuUsage();
-    const { rows, wallS, deviceStageMs } = await replayDevices(cfg, w, fog, {
-      probe: true,
-      onProgress: (r, ms) => progress(liveLine(r, w.count, w.names, ms)),
-    });
-    const cpu = process.cpuUsage(cpu0);
-    const ds = deviceAndServer(rows, w.names, policy.thresholds);
+    /** One Device&Server pass: its rows, Table II row, sweep and advice. */
+    const pass = async (devices: LocalFog, deviceStageMs?: number | null) => {
+      const cpu0 = process.cpuUsage();
+      const replay = await replayDevices(cfg, w, devices, {
+        probe: true,
+        ...(deviceStageMs !== undefined ? { deviceStageMs } : {}),
+        onProgress: (r, ms) => progress(liveLine(r, w.count, w.names, ms)),
+      });
+      const cpu = process.cpuUsage(cpu0);
+      const ds = deviceAndServer(replay.rows, w.names, policy.thresholds);
+      const traces = traceRows(replay.rows, w.names.length);
+      const sweep =
+        traces.traces.length > 0
+          ? sweepExits(traces, w.names, policy.thresholds, cfg.sweepSteps)
+          : null;
+      const advice =
+        traces.traces.length > 0
+          ? advise(traces, w.manifest, policy.thresholds, {
+              sloMs: cfg.sloMs ?? null,
+              bytesPerSecond: cfg.bytesPerSecond ?? null,
+              fps: cfg.fps,
+              steps: cfg.sweepSteps,
+              deviceSlowdown: cfg.deviceSlowdown,
+            })
+          : null;
+      return { ...replay, cpu, ds, traces, sweep, advice };
+    };
+    let direct: Awaited<ReturnType<typeof pass>> | undefined;
+    if (spec) {
+      progress("Device&Server over MQTT without the link first, for comparison");
+      direct = await pass(fog);
+      progress(`making the link: ${spec.text} between two network namespaces (198.18.0.0/15)`);
+      link = await makeLink(spec, fog);
+      progress(
+        `Device&Server over MQTT across the link (${link.fault.mechanism === "netem" ? "tc netem" : "NFQUEUE delay and loss"}${spec.mbit !== null ? ", tc tbf bandwidth" : ""})`,
+      );
+    } else progress("Device&Server over MQTT, with probe requests for every exit's answer");
+    const devices = link?.fog ?? fog;
+    const main = await pass(devices, direct?.deviceStageMs);
+    const { rows, wallS, deviceStageMs, cpu, ds, traces, sweep, advice } = main;
     const indices = rows.map((r) => r.index).sort((a, b) => a - b);
     const tableII = [ds.row];
     const latencySamples = [
@@ -129,16 +238,16 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
     if (cfg.serverOnly && w.names.length > 1) {
       if (fog.serverOnly) {
         progress("Server Only over MQTT: the image to a server running every stage");
-        const mqtt = await serverOnlyMqtt(cfg, w, fog, indices);
+        const mqtt = await serverOnlyMqtt(cfg, w, devices, indices);
         tableII.push(serverOnly(mqtt, w.names, "Server Only", "MQTT"));
         latencySamples.push({ configuration: "Server Only", totalMs: mqtt.map((r) => r.totalMs) });
       } else
         notes.push(
           "attached: no Server Only over MQTT (a deployment has no server running every stage on stage 0's topic)",
         );
-      if (fog.serverUrl) {
+      if (devices.serverUrl) {
         progress("Server Only over HTTP (Open Inference Protocol v2)");
-        const http = await serverOnlyHttp(cfg, w, fog, indices);
+        const http = await serverOnlyHttp(cfg, w, devices, indices);
         tableII.push(serverOnly(http, w.names, "Server Only (HTTP)", "HTTP"));
         latencySamples.push({
           configuration: "Server Only (HTTP)",
@@ -146,7 +255,6 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
         });
       } else notes.push("attached without --server-url: no Server Only (HTTP) row");
     }
-    const traces = traceRows(rows, w.names.length);
     if (traces.incomplete > 0)
       notes.push(
         `${traces.incomplete} of ${rows.length} samples lack an exit's answer or a path's time (degraded, or upstream tiers that do not honour probe requests): the sweep, capacity and advice use the other ${traces.traces.length}`,
@@ -154,10 +262,6 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
     notes.push(
       "probe requests (confident samples sent upstream again to learn every exit's answer) ran during the Device&Server pass: they load the server as extra traffic would, and are counted in no column",
     );
-    const sweep =
-      traces.traces.length > 0
-        ? sweepExits(traces, w.names, policy.thresholds, cfg.sweepSteps)
-        : null;
     const capacity =
       cfg.sloMs === undefined
         ? null
@@ -176,7 +280,7 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
             },
             async (offeredPerS, samples) =>
               (
-                await replayDevices(cfg, w, fog, {
+                await replayDevices(cfg, w, devices, {
                   probe: false,
                   deviceStageMs,
                   fps: offeredPerS / cfg.devices,
@@ -186,16 +290,39 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
             progress,
           );
     if (cfg.sloMs === undefined) notes.push("no --slo-ms: no capacity ramp");
-    const advice =
-      traces.traces.length > 0
-        ? advise(traces, w.manifest, policy.thresholds, {
-            sloMs: cfg.sloMs ?? null,
-            bytesPerSecond: cfg.bytesPerSecond ?? null,
-            fps: cfg.fps,
-            steps: cfg.sweepSteps,
-            deviceSlowdown: cfg.deviceSlowdown,
-          })
-        : null;
+    if (spec && link && direct) {
+      const counts = await link.fault.remove();
+      const side = (p: typeof main) => ({
+        // Over the samples answered upstream: a local answer has no communication to move.
+        comm: latency(
+          p.rows
+            .filter((r) => !r.answer.degraded && r.answer.stageIndex > 0)
+            .map((r) => r.answer.timings.comm),
+        ),
+        total: p.ds.row.timingsMs.total,
+        bytesPerSample: p.ds.row.bytesPerSample,
+        degraded: p.ds.row.degraded,
+        advisedThresholds: p.advice?.thresholds ?? null,
+        advisedOverallAccuracy: p.advice?.predicted?.overallAccuracy ?? null,
+        advisedP95TotalMs: p.advice?.predicted?.p95TotalMs ?? null,
+      });
+      linkReport = {
+        spec: spec.text,
+        rttMs: spec.rttMs,
+        mbitPerS: spec.mbit,
+        loss: spec.loss,
+        mechanism: link.fault.mechanism,
+        method: `two network namespaces joined by a veth on 198.18.0.0/15 (no route off this machine); ${link.fault.mechanism === "netem" ? "tc netem" : "NFQUEUE (profile/netem-queue.py, the kernel has no sch_netem)"} delays each direction by half the RTT${spec.loss > 0 ? ` and drops ${(spec.loss * 100).toFixed(2)}% of packets each way` : ""}${spec.mbit !== null ? `; tc tbf limits each direction to ${spec.mbit} Mbit/s` : ""}; the devices' MQTT connections (and the Server Only clients') cross it through a relay in each namespace`,
+        packets: counts.packets,
+        dropped: counts.dropped,
+        withoutLink: side(direct),
+        withLink: side(main),
+      };
+      if (cfg.sloMs === undefined)
+        notes.push(
+          "--link without --slo-ms: the advised thresholds maximise accuracy alone, which the link does not change; give --slo-ms to see the best threshold move",
+        );
+    }
     return {
       format: PROFILE_FORMAT,
       generatedAt: new Date().toISOString(),
@@ -229,9 +356,14 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
       sweep,
       capacity,
       advice,
+      link: linkReport,
       notes,
     };
   } finally {
+    if (link) {
+      if (!linkReport) await link.fault.remove().catch(() => {});
+      await link.veth.close();
+    }
     await fog.close();
   }
 }

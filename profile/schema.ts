@@ -139,6 +139,40 @@ export interface Advice {
   readonly patchYaml: string | null;
 }
 
+/** One Device&Server pass's figures that the link moves. */
+export interface LinkSide {
+  /** T_Comm of the samples answered upstream (a local answer sends nothing). */
+  readonly comm: LatencyStats | null;
+  readonly total: LatencyStats | null;
+  readonly bytesPerSample: number | null;
+  readonly degraded: number;
+  /** The advice's thresholds for this pass (the best under --slo-ms and the byte budget); null if none meets them. */
+  readonly advisedThresholds: Readonly<Record<string, number>> | null;
+  readonly advisedOverallAccuracy: number | null;
+  readonly advisedP95TotalMs: number | null;
+}
+
+/** `--link`: the emulated link, and the same Device&Server pass without and across it. */
+export interface LinkReport {
+  /** As given: RTT,BANDWIDTH,LOSS. */
+  readonly spec: string;
+  readonly rttMs: number;
+  /** Each direction; null for no limit. */
+  readonly mbitPerS: number | null;
+  /** Fraction of packets dropped, each direction. */
+  readonly loss: number;
+  /** "netem" where the kernel has sch_netem, else "nfqueue". */
+  readonly mechanism: string;
+  /** How the link was made, in words. */
+  readonly method: string;
+  /** Packets the delay and loss saw over the link, both directions, and those dropped. */
+  readonly packets: number;
+  readonly dropped: number;
+  readonly withoutLink: LinkSide;
+  /** The pass the rest of the report describes. */
+  readonly withLink: LinkSide;
+}
+
 export interface ProfileReport {
   readonly format: typeof PROFILE_FORMAT;
   readonly generatedAt: string;
@@ -180,5 +214,7 @@ export interface ProfileReport {
   readonly sweep: Sweep | null;
   readonly capacity: Capacity | null;
   readonly advice: Advice | null;
+  /** With --link: the link and what it moved; null without one. */
+  readonly link: LinkReport | null;
   readonly notes: readonly string[];
 }

@@ -1,7 +1,7 @@
 /**
  * Faults across a real network: the device agent (and its camera) in one network namespace, a
  * real Mosquitto and the real server tier in another, joined by a veth that the test creates,
- * degrades and removes (test/support/netns.ts). Every tier is the built `ddnn` program in its own
+ * degrades and removes (profile/link.ts, the link `ddnn profile --link` makes). Every tier is the built `ddnn` program in its own
  * process. On that link:
  *   (a) 50 ms +- 10 ms delay each way and 1% loss: every request answered within its deadline
  *       plus a small margin; the degraded fraction reported;
@@ -18,7 +18,7 @@ import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Shot } from "../bench/support/http-camera.js";
 import { decodeFrame } from "../core/wire/frame.js";
-import { netnsUnavailable, VethLink } from "./support/netns.js";
+import { netnsUnavailable, VethLink } from "../profile/link.js";
 import { requireProgram } from "./support/programs.js";
 import { root } from "./support/run.js";
 

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { startEmbeddedBroker } from "../cli/broker.js";
+import { linkUnavailable, parseLinkSpec } from "../profile/link.js";
 import type { ProfileReport } from "../profile/schema.js";
 import { startFog } from "./support/fog.js";
 import { ddnn, root } from "./support/run.js";
@@ -271,6 +272,58 @@ describe("ddnn profile's device slowdown, capacity and advice", () => {
     }
   });
 });
+
+const RTT_MS = 20;
+const noLink = await linkUnavailable(parseLinkSpec(`${RTT_MS}ms,none,0%`));
+if (noLink) console.warn(`profile --link: skipped, ${noLink}`);
+
+describe.skipIf(noLink !== undefined)(
+  "ddnn profile --link: the devices across an emulated link",
+  () => {
+    it(`a ${RTT_MS} ms RTT raises the offloads' T_Comm by about the RTT, and the report shows it`, async () => {
+      const bundle = join(root, "models", "fashion-deep");
+      const p = await profileJson("link", [
+        "--bundle",
+        bundle,
+        "--devices",
+        "2",
+        "--fps",
+        "100",
+        "--server-only",
+        "false",
+        "--sweep-steps",
+        "4",
+        "--slo-ms",
+        "1000",
+        "--ramp-steps",
+        "1",
+        "--link",
+        `${RTT_MS}ms,100mbit,0%`,
+      ]);
+      const l = p.link!;
+      expect(l).not.toBeNull();
+      expect([l.rttMs, l.mbitPerS, l.loss]).toEqual([RTT_MS, 100, 0]);
+      expect(l.packets).toBeGreaterThan(0);
+      expect(l.dropped).toBe(0);
+      // Both passes answered every sample upstream or on the device, none degraded (deadline 10 s).
+      expect([l.withoutLink.degraded, l.withLink.degraded]).toEqual([0, 0]);
+      const without = l.withoutLink.comm!;
+      const across = l.withLink.comm!;
+      // A request and its reply each cross the link once: the RTT is added to every round trip. A
+      // delay is a floor, so the lower bound is tight; above, the shared machine's queueing.
+      const rise = across.p50 - without.p50;
+      expect(rise, `T_Comm p50 ${without.p50} -> ${across.p50} ms`).toBeGreaterThan(0.8 * RTT_MS);
+      expect(rise, `T_Comm p50 ${without.p50} -> ${across.p50} ms`).toBeLessThan(
+        2 * RTT_MS + without.p95 + 20,
+      );
+      expect(across.n).toBeGreaterThan(0);
+      // The report's Table II is the pass across the link, and its T_Comm over offloads is the same.
+      expect(p.tableII[0]!.timingsMs.comm!.n).toBe(p.run.samples);
+      expect(p.advice).not.toBeNull();
+      expect(l.withLink.advisedThresholds).toEqual(p.advice!.thresholds);
+    });
+  },
+);
 
 describe("ddnn up's Table II", () => {
   interface UpJson {
