@@ -1,18 +1,21 @@
-/** Tensor bodies of DDN1 frames: f32, f16 or u8q, optionally deflated (zlib format, RFC 1950). */
+/**
+ * Tensor bodies of DDN1 frames: f32, f16 or u8q, optionally compressed: deflated (zlib format,
+ * RFC 1950) or sparse (a bitmap of the non-zero bytes, then those bytes; docs/protocol.md).
+ */
 import { deflateSync, inflateSync } from "node:zlib";
-import { type Compression, FrameError, type WireDtype } from "./frame.js";
+import { FrameError, type WireCompression, type WireDtype } from "./frame.js";
 import { fromHalf, toHalf } from "./half.js";
 
 export interface TensorEncoding {
   readonly dtype: WireDtype;
-  readonly compression: Compression;
+  readonly compression: WireCompression;
 }
 
 /** The header fields that describe an encoded tensor. */
 export interface TensorFields {
   dtype: WireDtype;
   shape: number[];
-  compression: Compression;
+  compression: WireCompression;
   scale?: number;
   zero?: number;
 }
@@ -65,8 +68,76 @@ export function encodeTensor(
     }
   }
   const body =
-    encoding.compression === "deflate" ? new Uint8Array(deflateSync(raw, { level: 6 })) : raw;
+    encoding.compression === "deflate"
+      ? new Uint8Array(deflateSync(raw, { level: 6 }))
+      : encoding.compression === "sparse"
+        ? sparseEncode(raw)
+        : raw;
   return { fields, body };
+}
+
+/**
+ * The "sparse" body code: ceil(L / 8) bitmap bytes, bit i (least significant bit first in byte
+ * i >> 3) set where raw byte i is not zero, then the non-zero bytes in order. ReLU features are
+ * mostly zero after quantization, so this is about as small as deflate on them (~10% larger on
+ * fashion-deep) for a fraction of the CPU on both sides.
+ */
+export function sparseEncode(raw: Uint8Array): Uint8Array {
+  const mapBytes = (raw.length + 7) >> 3;
+  let nonZero = 0;
+  for (let i = 0; i < raw.length; i++) if (raw[i] !== 0) nonZero++;
+  const out = new Uint8Array(mapBytes + nonZero);
+  let k = mapBytes;
+  for (let i = 0; i < raw.length; i++) {
+    const b = raw[i] as number;
+    if (b !== 0) {
+      out[i >> 3] = (out[i >> 3] as number) | (1 << (i & 7));
+      out[k++] = b;
+    }
+  }
+  return out;
+}
+
+/** The raw bytes of a "sparse" body that must expand to `expected` bytes; throws FrameError. */
+export function sparseDecode(body: Uint8Array, expected: number): Uint8Array {
+  const mapBytes = (expected + 7) >> 3;
+  if (body.length < mapBytes) {
+    throw new FrameError(
+      "bad_frame",
+      `sparse body of ${body.length} bytes is shorter than the ${mapBytes}-byte bitmap of ${expected} bytes`,
+    );
+  }
+  const raw = new Uint8Array(expected);
+  let k = mapBytes;
+  for (let j = 0; j < mapBytes; j++) {
+    let bits = body[j] as number;
+    if (bits === 0) continue;
+    if (j === mapBytes - 1 && expected & 7 && bits >> (expected & 7)) {
+      throw new FrameError(
+        "bad_frame",
+        `sparse body's bitmap marks bytes past the ${expected} the tensor has`,
+      );
+    }
+    const base = j << 3;
+    while (bits !== 0) {
+      const bit = 31 - Math.clz32(bits & -bits);
+      if (k >= body.length) {
+        throw new FrameError(
+          "bad_frame",
+          `sparse body's bitmap marks more non-zero bytes than the ${body.length - mapBytes} it holds`,
+        );
+      }
+      raw[base + bit] = body[k++] as number;
+      bits &= bits - 1;
+    }
+  }
+  if (k !== body.length) {
+    throw new FrameError(
+      "bad_frame",
+      `sparse body holds ${body.length - mapBytes} bytes after its bitmap, which marks ${k - mapBytes}`,
+    );
+  }
+  return raw;
 }
 
 /**
@@ -96,6 +167,8 @@ export function decodeTensor(
         `deflate body does not inflate to ${expected} bytes (${(err as Error).message})`,
       );
     }
+  } else if (fields.compression === "sparse") {
+    raw = sparseDecode(body, expected);
   }
   if (raw.length !== expected) {
     throw new FrameError(
@@ -117,8 +190,14 @@ export function decodeTensor(
         throw new FrameError("bad_frame", "u8q tensors need header fields scale and zero");
       }
       const { scale, zero } = fields;
-      for (let i = 0; i < count; i++) out[i] = scale * ((raw[i] as number) - zero);
-      break;
+      // A finite scale can still overflow (1e308 * 255): checked here, in the same pass.
+      for (let i = 0; i < count; i++) {
+        const v = scale * ((raw[i] as number) - zero);
+        out[i] = v;
+        if (!Number.isFinite(out[i] as number))
+          throw new FrameError("bad_frame", `tensor element ${i} is not finite`);
+      }
+      return out;
     }
   }
   for (let i = 0; i < count; i++) {

@@ -2,7 +2,13 @@ import { deflateSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { decodeFrame, decodeRequest, decodeResult, encodeFrame, FrameError } from "./frame.js";
 import { fromHalf, toHalf } from "./half.js";
-import { decodeTensor, encodeTensor } from "./tensor.js";
+import {
+  decodeTensor,
+  encodeTensor,
+  sparseDecode,
+  sparseEncode,
+  type TensorFields,
+} from "./tensor.js";
 
 const digest = "a".repeat(64);
 const request = (extra: Record<string, unknown> = {}) => ({
@@ -141,7 +147,7 @@ describe("tensor bodies", () => {
   const shape = [1, 10, 10, 10];
 
   it("f32 is exact and f16 is within half precision", () => {
-    for (const compression of ["none", "deflate"] as const) {
+    for (const compression of ["none", "deflate", "sparse"] as const) {
       const f = encodeTensor(data, shape, { dtype: "f32", compression });
       expect(decodeTensor(f.fields, f.body, 1e6)).toEqual(data);
       const h = encodeTensor(data, shape, { dtype: "f16", compression });
@@ -195,6 +201,68 @@ describe("tensor bodies", () => {
       compression: "none",
     });
     expect(() => decodeTensor(nan.fields, nan.body, 10)).toThrow(/not finite/);
+  });
+});
+
+describe("sparse bodies (zero bitmap, then the non-zero bytes)", () => {
+  it("lay out the bitmap least significant bit first and decode to the same tensor as deflate", () => {
+    const raw = Uint8Array.of(0, 7, 0, 0, 0, 0, 0, 0, 9, 0, 200);
+    const body = sparseEncode(raw);
+    // bit 1 of byte 0 (element 1), bits 0 and 2 of byte 1 (elements 8 and 10)
+    expect(Array.from(body)).toEqual([0b10, 0b101, 7, 9, 200]);
+    expect(Array.from(sparseDecode(body, raw.length))).toEqual(Array.from(raw));
+    const features = Float32Array.from({ length: 784 }, (_, i) =>
+      i % 5 === 0 ? Math.abs(Math.sin(i)) * 4 : 0,
+    );
+    for (const dtype of ["f32", "f16", "u8q"] as const) {
+      const sparse = encodeTensor(features, [1, 16, 7, 7], { dtype, compression: "sparse" });
+      const deflate = encodeTensor(features, [1, 16, 7, 7], { dtype, compression: "deflate" });
+      expect(sparse.fields.compression).toBe("sparse");
+      expect(decodeTensor(sparse.fields, sparse.body, 1e6)).toEqual(
+        decodeTensor(deflate.fields, deflate.body, 1e6),
+      );
+    }
+    const q = encodeTensor(features, [1, 784], { dtype: "u8q", compression: "sparse" });
+    const raw8 = encodeTensor(features, [1, 784], { dtype: "u8q", compression: "none" }).body;
+    expect(q.body.length).toBe(98 + raw8.filter((b) => b !== 0).length);
+    expect(sparseEncode(new Uint8Array(0)).length).toBe(0);
+    expect(decodeTensor({ ...q.fields, shape: [1, 0] }, new Uint8Array(0), 10)).toHaveLength(0);
+  });
+
+  it("refuse bodies whose bitmap and bytes disagree, with bad_frame", () => {
+    const fields: TensorFields = {
+      dtype: "u8q",
+      shape: [1, 10],
+      scale: 1,
+      zero: 0,
+      compression: "sparse",
+    };
+    const cases: [number[], RegExp][] = [
+      [[0b1], /shorter than the 2-byte bitmap/],
+      [[0b1, 0, 5, 6], /holds 2 bytes after its bitmap, which marks 1/],
+      [[0b11, 0, 5], /marks more non-zero bytes than the 1/],
+      [[0, 0b100], /marks bytes past the 10/],
+    ];
+    for (const [body, message] of cases) {
+      expect(() => decodeTensor(fields, Uint8Array.from(body), 100)).toThrow(message);
+      try {
+        decodeTensor(fields, Uint8Array.from(body), 100);
+      } catch (err) {
+        expect((err as FrameError).code).toBe("bad_frame");
+      }
+    }
+    expect(Array.from(decodeTensor(fields, Uint8Array.of(0b1, 0b10, 5, 6), 100))).toEqual([
+      5, 0, 0, 0, 0, 0, 0, 0, 0, 6,
+    ]);
+  });
+
+  it("are accepted in request headers, where unknown codes are not", () => {
+    expect(decodeRequest(encodeFrame(request({ compression: "sparse" }))).header.compression).toBe(
+      "sparse",
+    );
+    expect(() => decodeRequest(encodeFrame(request({ compression: "zstd" })))).toThrow(
+      /header field compression/,
+    );
   });
 });
 
