@@ -81,6 +81,48 @@ describe("WorkerPool", () => {
     expect(batches.reduce((a, b) => a + b, 0)).toBe(64);
   });
 
+  it("runs a lone request at an idle pool on the calling thread (max delay 0), the same answer", async () => {
+    const { pool, reference, batches } = await start({ maxDelayMs: 0 });
+    const inputs = features(6);
+    for (const [i, data] of inputs.entries()) {
+      // One at a time: every request finds the pool idle.
+      const a = await pool.submit({
+        from: 1,
+        to: 1,
+        data,
+        dims: [1, 32],
+        ignoreExits: i % 2 === 0,
+      });
+      const [expected] = await reference.runRange(1, 1, reference.tensor(data, [1, 32]));
+      expect([a.result.stage, a.result.label, a.batchSize, a.queueMs]).toEqual([
+        expected!.stage,
+        expected!.label,
+        1,
+        0,
+      ]);
+      expect(a.result.entropy).toBeCloseTo(expected!.entropy, 6);
+    }
+    expect(pool.inlineRuns).toBe(6);
+    expect(batches).toEqual([1, 1, 1, 1, 1, 1]);
+    expect(pool.busySeconds).toBeGreaterThan(0);
+    // A burst: the first runs here, the rest queue for the workers while it runs.
+    const burst = await Promise.all(
+      features(20).map((data) => pool.submit({ from: 1, to: 1, data, dims: [1, 32] })),
+    );
+    expect(burst).toHaveLength(20);
+    expect(pool.inlineRuns).toBeLessThan(6 + 20);
+    expect(batches.reduce((x, y) => x + y, 0)).toBe(26);
+  });
+
+  it("keeps every request on the workers with inline off, or with a max delay", async () => {
+    for (const options of [{ maxDelayMs: 0, inline: false }, { maxDelayMs: 2 }]) {
+      const { pool } = await start(options);
+      await pool.submit({ from: 1, to: 1, data: features(1)[0]!, dims: [1, 32] });
+      expect(pool.inlineRuns).toBe(0);
+      await pool.close(1000);
+    }
+  });
+
   it("counts the time its workers run batches (utilisation), not the time they wait", async () => {
     const ms: number[] = [];
     const { pool } = await start({ onBatch: (b) => ms.push(b.ms) });
