@@ -189,3 +189,35 @@ export function tierMetrics(tier: string, model: string) {
 }
 
 export type TierMetrics = ReturnType<typeof tierMetrics>;
+
+/** The gateway's fusion of a multi-view bundle's views (gateway/fusion.ts), on the tier's registry. */
+export function fusionMetrics(registry: Registry) {
+  const metrics = {
+    capturesFused: new Counter({
+      name: "ddnn_captures_fused_total",
+      help: "Captures the gateway fused, by outcome: complete (every view came within the window) or partial (the window closed with views missing)",
+      labelNames: ["outcome"] as const,
+      registers: [registry],
+    }),
+    viewsPerCapture: new Histogram({
+      name: "ddnn_views_per_capture",
+      help: "Views fused per capture (the views that came before the window closed)",
+      buckets: [1, 2, 3, 4, 5, 6, 8],
+      registers: [registry],
+    }),
+    lateViews: new Counter({
+      name: "ddnn_late_views_total",
+      help: "Views that arrived after their capture was fused; each got the capture's answer",
+      registers: [registry],
+    }),
+    aggregateExits: new Counter({
+      name: "ddnn_aggregate_exits_total",
+      help: "Captures answered by the local aggregate's exit (the rest went on to the next stage)",
+      registers: [registry],
+    }),
+  };
+  for (const outcome of ["complete", "partial"]) metrics.capturesFused.inc({ outcome }, 0);
+  return metrics;
+}
+
+export type FusionMetrics = ReturnType<typeof fusionMetrics>;

@@ -40,6 +40,15 @@ export function replyTopic(model: ModelRef, deviceId: string): string {
   return `ddnn/${model.namespace}/${model.name}/reply/${deviceId}`;
 }
 
+/**
+ * View requests of a multi-view bundle (docs/protocol.md "view requests"), every device's to one
+ * gateway: `ddnn/<namespace>/<model>/views`. Never a shared subscription: the views of one capture
+ * must meet in one gateway.
+ */
+export function viewsTopic(model: ModelRef): string {
+  return `ddnn/${model.namespace}/${model.name}/views`;
+}
+
 /** Alarms and events: `ddnn/<namespace>/<model>/events`. */
 export function eventsTopic(model: ModelRef): string {
   return `ddnn/${model.namespace}/${model.name}/events`;

@@ -6,7 +6,7 @@
 import { performance } from "node:perf_hooks";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
-import { ExitPolicy } from "../core/exit.js";
+import { argmax, ExitPolicy, normalizedEntropy } from "../core/exit.js";
 import type { TierMetrics } from "../core/metrics.js";
 import { isForward, type Pipeline } from "../core/pipeline.js";
 import {
@@ -16,6 +16,7 @@ import {
 } from "../core/runtime/offload-client.js";
 import { eventsTopic, type ModelRef } from "../core/topics.js";
 import type { ExitAnswer } from "../core/wire/frame.js";
+import type { ViewClient } from "./view-client.js";
 
 export interface Answer {
   readonly label: number;
@@ -42,6 +43,9 @@ export interface Answer {
    * traffic: its bytes and time are not in `bytesSent` or `timings`).
    */
   readonly probe?: ProbeMeasurement;
+  /** Multi-view bundle: the capture this answer is for, and the views the gateway fused. */
+  readonly capture?: string;
+  readonly views?: readonly number[];
 }
 
 /** What a probe request measured: the upstream path for a sample the device had answered. */
@@ -76,6 +80,21 @@ export interface AgentOptions {
   readonly probe?: boolean;
   /** Device stage compute made this many times slower by busy computation (a slow board). Default 1. */
   readonly deviceSlowdown?: number;
+  /**
+   * Multi-view bundle: this device's view (the pipeline's stage 0 is that view's file) and the
+   * client that sends each capture's view to the fusing gateway. The device never exits alone.
+   */
+  readonly view?: { readonly index: number; readonly client: ViewClient };
+  /** Captures given no id are grouped by capture time in slots this long, ms (default 100). */
+  readonly captureSlotMs?: number;
+}
+
+/**
+ * The capture id of a capture made at `ms` (unix ms, a clock the devices share) when the caller
+ * gives none: devices triggered in the same slot name the same capture.
+ */
+export function captureIdAt(ms: number, slotMs: number): string {
+  return `t${Math.floor(ms / slotMs)}`;
 }
 
 /** The least a probe request waits for its reply, ms. */
@@ -126,8 +145,22 @@ export class Agent {
     return this.stageMs;
   }
 
-  /** Classifies one sample of raw u8 pixels in the bundle's input layout. */
-  async classify(pixels: Uint8Array): Promise<Answer> {
+  /** True when the device is one view of a multi-view bundle. */
+  get view(): number | undefined {
+    return this.o.view?.index;
+  }
+
+  /**
+   * Classifies one sample of raw u8 pixels in the bundle's input layout. For a view of a
+   * multi-view bundle, `capture` names the scene (default: the capture time's slot, now).
+   */
+  async classify(pixels: Uint8Array, capture?: string): Promise<Answer> {
+    if (this.o.view)
+      return this.classifyView(
+        pixels,
+        capture ?? captureIdAt(Date.now(), this.o.captureSlotMs ?? 100),
+        this.o.view.client,
+      );
     const started = performance.now();
     const deadline = Date.now() + this.o.deadlineMs;
     const { pipeline, metrics } = this.o;
@@ -206,6 +239,81 @@ export class Agent {
     return this.probed(answer, [...deviceExits, ...upstreamExits], forward);
   }
 
+  /**
+   * One view of a capture: the view's device stage, then its exit logits and features in one
+   * frame to the gateway, whose fused answer is the capture's. Without an answer before the
+   * deadline the device answers with its own view's exit, degraded.
+   */
+  private async classifyView(
+    pixels: Uint8Array,
+    capture: string,
+    client: ViewClient,
+  ): Promise<Answer> {
+    const started = performance.now();
+    const deadline = Date.now() + this.o.deadlineMs;
+    const { pipeline, metrics } = this.o;
+    const out = await pipeline.runStage(0, pipeline.inputTensor(pixels, 1));
+    const slowdown = this.o.deviceSlowdown ?? 1;
+    const spun = slowdown > 1 ? spin(this.stageMs * (slowdown - 1)) : 0;
+    const device = out.ms + spun;
+    const stage0 = pipeline.manifest.stages[0]!.name;
+    metrics.stageSeconds.observe({ stage: stage0 }, (out.ms * slowdown) / 1000);
+    const classes = pipeline.classes;
+    const own = {
+      label: argmax(out.logits, 0, classes),
+      entropy: normalizedEntropy(out.logits, 0, classes),
+    };
+    try {
+      const reply = await client.send({
+        capture,
+        logits: out.logits,
+        // A one-stage bundle has only the logits to fuse: the body is empty.
+        features: (out.features?.data as Float32Array | undefined) ?? new Float32Array(0),
+        dims: out.features?.dims ?? [1, 0],
+        deadline,
+      });
+      const h = reply.header;
+      metrics.offloads.inc({ outcome: "ok" });
+      metrics.offloadBytes.inc(reply.bytesSent);
+      metrics.offloadSeconds.observe({ stage: stage0 }, reply.roundTripMs / 1000);
+      const upstream = upstreamCompute(h.timings);
+      return this.finish({
+        label: h.label,
+        stageIndex: h.stage,
+        tier: typeof h.tier === "string" ? h.tier : "upstream",
+        entropy: h.entropy,
+        degraded: false,
+        timings: {
+          device,
+          comm: Math.max(0, reply.roundTripMs - upstream),
+          upstream,
+          total: performance.now() - started,
+        },
+        bytesSent: reply.bytesSent,
+        upstreamTimings: h.timings,
+        ...(h.exits ? { exits: h.exits } : {}),
+        capture,
+        ...(Array.isArray(h.views) ? { views: h.views as number[] } : {}),
+      });
+    } catch (err) {
+      const reason = err instanceof OffloadError ? err.reason : "internal";
+      metrics.offloads.inc({ outcome: reason });
+      metrics.degraded.inc({ reason });
+      this.o.log.debug({ reason, message: (err as Error).message, capture }, "answering alone");
+      return this.finish({
+        ...own,
+        stageIndex: 0,
+        tier: "device",
+        degraded: true,
+        reason,
+        timings: { device, comm: 0, upstream: 0, total: performance.now() - started },
+        bytesSent: 0,
+        capture,
+        views: [this.o.view!.index],
+      });
+    }
+  }
+
   /** The device's own decision from every exit it ran: the first confident one, else its last. */
   private ownExit(ran: {
     stage: number;
@@ -280,7 +388,8 @@ export class Agent {
     // Only the device's own exits: an upstream answer is counted by the tier whose exit gave it.
     if (a.tier === "device") this.o.metrics.exits.inc({ stage: answer.stage });
     this.o.metrics.requestSeconds.observe(a.timings.total / 1000);
-    if (this.o.alarms.has(a.label) && this.o.client.connected) {
+    // A view's alarm is the capture's: the fusing gateway publishes one per capture.
+    if (!this.o.view && this.o.alarms.has(a.label) && this.o.client.connected) {
       const event = {
         kind: "alarm",
         device: this.o.deviceId,

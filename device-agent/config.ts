@@ -6,6 +6,7 @@ import {
   encodingFields,
   field,
   intField,
+  msField,
   program,
   tierFields,
 } from "../core/config.js";
@@ -74,6 +75,14 @@ export const agentConfig = program(
         value: "X",
       },
     ),
+    view: field(intField(0, 63).optional(), {
+      help: "multi-view bundle: the view this device sees (its index in ddnn.json views.devices); required with such a bundle",
+      value: "V",
+    }),
+    captureSlotMs: field(msField(1, 3_600_000).default(100), {
+      help: "multi-view bundle: a capture given no id is named by its capture time (a clock the devices share) in slots this long, ms",
+      value: "MS",
+    }),
     alarm: field(z.array(z.string()).default([]), {
       multiple: true,
       help: "labels (names or indices) that publish an alarm event",

@@ -18,9 +18,11 @@ import {
 } from "../core/runtime/startup.js";
 import { makeLogger, stageRange } from "../core/runtime/tier.js";
 import { modelKey, replyTopic } from "../core/topics.js";
+import { readViewsBundle, viewBundle, viewsOf } from "../core/views.js";
 import { Agent, type Answer } from "./agent.js";
 import type { AgentConfig } from "./config.js";
 import { inferRoute, mqttInput } from "./sources.js";
+import { ViewClient } from "./view-client.js";
 
 export interface RunningAgent {
   readonly agent: Agent;
@@ -30,6 +32,8 @@ export interface RunningAgent {
   readonly app: FastifyInstance;
   readonly pipeline: Pipeline;
   readonly offload: OffloadClient;
+  /** Multi-view bundle: the client that sends this device's view to the fusing gateway. */
+  readonly views?: ViewClient;
   /** Resolves when the replay source has answered every image (immediately without one). */
   readonly replayDone: Promise<void>;
   /** What the agent holds, released in reverse order by close(). */
@@ -52,6 +56,12 @@ export interface AgentHooks {
   probe?: boolean;
   /** With a slowdown: the device stages' compute measured before, instead of calibrating again. */
   deviceStageMs?: number;
+  /**
+   * When the replay's first frame is due (unix ms, default at once): devices of a multi-view
+   * bundle given the same start replay a capture's views at the same time, like cameras on one
+   * trigger.
+   */
+  replayStartAt?: number;
 }
 
 export async function startAgent(
@@ -77,10 +87,34 @@ export async function startAgent(
         return i;
       }),
     );
+    const layout = viewsOf(manifest);
+    let deviceBundle = bundle;
+    if (layout.count > 1) {
+      if (config.view === undefined || config.view >= layout.count)
+        throw new ConfigError(
+          `--view: ${manifest.name} has ${layout.count} views; say which one this device sees (0..${layout.count - 1})`,
+        );
+      if (range.to !== 0)
+        throw new ConfigError("--stages: a view's device runs stage 0 only (the gateway fuses)");
+      const views = await readViewsBundle(bundle.source);
+      if (views.bundle.digest !== bundle.digest)
+        throw new ConfigError(`${bundle.source} changed while the device started; start again`);
+      deviceBundle = viewBundle(views, config.view);
+    } else if (config.view !== undefined && config.view !== 0) {
+      throw new ConfigError(
+        `--view: ${manifest.name} has one view (no views block), not ${config.view + 1}`,
+      );
+    }
     const only = Array.from({ length: range.to + 1 }, (_, i) => i);
-    const stages = await openStages(bundle, { only, backend: config.backend, intraOpThreads: 1 });
-    const pipeline = resources.own("device stages", new Pipeline(bundle, stages, policy), (p) =>
-      p.release(),
+    const stages = await openStages(deviceBundle, {
+      only,
+      backend: config.backend,
+      intraOpThreads: 1,
+    });
+    const pipeline = resources.own(
+      "device stages",
+      new Pipeline(deviceBundle, stages, policy),
+      (p) => p.release(),
     );
     const client = ownBrokerConnection(
       resources,
@@ -107,7 +141,29 @@ export async function startAgent(
       offload.failAll("broker_unreachable", "connection to the broker closed");
     });
     offload.start((err) => log.warn({ err }, "could not subscribe to the reply topic"));
-    metrics.watchOffloadsInFlight(() => offload.pending);
+    const views =
+      layout.count > 1
+        ? resources.own(
+            "view client",
+            new ViewClient({
+              client,
+              model,
+              digest: bundle.digest,
+              view: config.view ?? 0,
+              replyTo: `${replyTopic(model, config.deviceId)}/views`,
+              encoding: { dtype: config.dtype, compression: config.compression },
+              idPrefix: config.deviceId,
+            }),
+            (v) => v.failAll("broker_unreachable", "agent shutting down"),
+          )
+        : undefined;
+    if (views) {
+      client.on("close", () =>
+        views.failAll("broker_unreachable", "connection to the broker closed"),
+      );
+      views.start((err) => log.warn({ err }, "could not subscribe to the views reply topic"));
+    }
+    metrics.watchOffloadsInFlight(() => offload.pending + (views?.pending ?? 0));
     const agent = new Agent({
       pipeline,
       to: range.to,
@@ -121,6 +177,8 @@ export async function startAgent(
       log,
       probe: hooks.probe ?? false,
       deviceSlowdown: config.deviceSlowdown,
+      ...(views ? { view: { index: config.view ?? 0, client: views } } : {}),
+      captureSlotMs: config.captureSlotMs,
     });
     if (config.deviceSlowdown > 1) {
       if (hooks.deviceStageMs !== undefined) agent.calibratedStageMs = hooks.deviceStageMs;
@@ -134,7 +192,9 @@ export async function startAgent(
       // Ready as soon as the device stages are loaded: without a broker the agent still answers (degraded).
       ready: () => [],
       registry: metrics.registry,
-      plugins: config.source.includes("http") ? [inferRoute(agent, manifest)] : [],
+      plugins: config.source.includes("http")
+        ? [inferRoute(agent, manifest, config.captureSlotMs)]
+        : [],
       port: config.httpPort,
       host: config.httpHost,
     });
@@ -157,7 +217,8 @@ export async function startAgent(
       const labels = config.replayLabels ? await readIdx(config.replayLabels) : undefined;
       const abort = new AbortController();
       const until = Date.now() + (hooks.replayWaitForUpstreamMs ?? 0);
-      while (!offload.subscribed && Date.now() < until) await sleep(10);
+      const upstream = views ?? offload;
+      while (!upstream.subscribed && Date.now() < until) await sleep(10);
       replayDone = replay(
         agent,
         images,
@@ -179,12 +240,23 @@ export async function startAgent(
         model: modelKey(model),
         stages: manifest.stages.slice(0, range.to + 1).map((s) => s.name),
         sources: config.source,
+        ...(views ? { view: config.view, views: layout.count } : {}),
         port,
         backend: stages[0]?.runtime.backend,
       },
       "device agent ready",
     );
-    return { agent, port, client, metrics, app, pipeline, offload, replayDone };
+    return {
+      agent,
+      port,
+      client,
+      metrics,
+      app,
+      pipeline,
+      offload,
+      ...(views ? { views } : {}),
+      replayDone,
+    };
   });
 }
 
@@ -203,8 +275,9 @@ async function replay(
   const per = count ? images.data.length / count : 0;
   const order = hooks.replayIndices ?? Array.from({ length: count }, (_, i) => i);
   const pending = new Set<Promise<void>>();
-  const started = performance.now();
+  const started = performance.now() + Math.max(0, (hooks.replayStartAt ?? Date.now()) - Date.now());
   let frame = 0;
+  let pass = 0;
   if (order.length === 0) return;
   do {
     for (const i of order) {
@@ -214,13 +287,16 @@ async function replay(
       if (wait > 0) await sleep(wait, undefined, { signal }).catch(() => {});
       if (signal.aborted) break;
       const pixels = images.data.subarray(i * per, (i + 1) * per);
+      // A view's capture id is the sample index (with the pass when looping): every device
+      // replaying its view of the same sample names the same capture.
       const task = agent
-        .classify(pixels)
+        .classify(pixels, pass === 0 ? String(i) : `${i}.${pass}`)
         .then((answer) => hooks.onReplayAnswer?.(answer, i, labels?.[i]))
         .catch((err: unknown) => log.error({ err, item: i }, "replay item failed"))
         .finally(() => pending.delete(task));
       pending.add(task);
     }
+    pass++;
   } while (loop && !signal.aborted);
   await Promise.all([...pending]);
 }

@@ -284,6 +284,7 @@ describe("program configuration", () => {
       fps: 10,
       loop: false,
       deviceSlowdown: 1,
+      captureSlotMs: 100,
       alarm: [],
     });
   });

@@ -67,13 +67,17 @@ export interface RunningTier {
   close(): Promise<void>;
 }
 
+/** What openTier gave: a caller that looked at the bundle first passes it on. */
+export type OpenedTier = Awaited<ReturnType<typeof openTier>>;
+
 export function startStageTier(
   config: StageTierConfig,
   spec: StageTierSpec,
   log: Logger,
+  opened?: OpenedTier,
 ): Promise<RunningTier> {
   return startUp(async (resources) => {
-    const { bundle, model, policy, metrics } = await openTier(config, spec.tier, log);
+    const { bundle, model, policy, metrics } = opened ?? (await openTier(config, spec.tier, log));
     const { manifest } = bundle;
     const k = manifest.stages.length;
     const range = stageRange(manifest, config.stages, spec.defaultRange(k));

@@ -1,0 +1,417 @@
+/**
+ * The horizontal DDNN through a real Mosquitto: three device agents replay their views of the
+ * shipped fashion-views3 evaluation sample, the gateway fuses them, the server finishes what the
+ * local aggregate does not answer. The distributed run is checked against the in-process
+ * multi-view pipeline (core/views-pipeline.ts), capture by capture.
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import type { MqttClient } from "mqtt";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { shippedViews, viewsSample } from "../cli/paths.js";
+import { readIdx } from "../core/dataset/idx.js";
+import { adaptiveDecisions } from "../core/evaluation.js";
+import { connectBroker, whenConnected } from "../core/runtime/mqtt.js";
+import { makeLogger } from "../core/runtime/tier.js";
+import { modelKey, parseModelRef, replyTopic, viewsTopic } from "../core/topics.js";
+import { ViewsPipeline } from "../core/views-pipeline.js";
+import { decodeResult, encodeFrame, type ResultHeader } from "../core/wire/frame.js";
+import type { Answer } from "../device-agent/agent.js";
+import { agentSchema } from "../device-agent/config.js";
+import { type RunningAgent, startAgent } from "../device-agent/main.js";
+import { ViewClient } from "../device-agent/view-client.js";
+import { gatewaySchema, type RunningGateway, startGateway } from "../gateway/gateway.js";
+import { serverSchema } from "../server/config.js";
+import { type RunningServer, startServer } from "../server/server.js";
+import { waitFor } from "./support/fog.js";
+import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
+
+const N = 300;
+const K = 3;
+const bundle = shippedViews();
+const sample = viewsSample(bundle, K)!;
+const quiet = () => makeLogger(process.env.DDNN_TEST_LOG ?? "error", "test");
+
+let mosquitto: Mosquitto;
+let reference: ViewsPipeline;
+let pixels: Uint8Array[];
+let truth: Uint8Array;
+/** The in-process decisions by the set of views present ("0,1,2", "0,1", ...). */
+const expected = new Map<string, { exitStage: Int32Array; label: Int32Array }>();
+
+async function expectedFor(views: readonly number[]) {
+  const key = views.join(",");
+  let e = expected.get(key);
+  if (!e) {
+    const full = await reference.evaluateAll(
+      pixels.map((p, v) => (views.includes(v) ? p : undefined)),
+      N,
+    );
+    e = adaptiveDecisions(full, reference.policy);
+    expected.set(key, e);
+  }
+  return e;
+}
+
+beforeAll(async () => {
+  mosquitto = await startMosquitto();
+  reference = await ViewsPipeline.load(bundle, { intraOpThreads: 1 });
+  const per = reference.samplePixels;
+  pixels = (await Promise.all(sample.images.map((p) => readIdx(p)))).map((i) =>
+    i.data.subarray(0, N * per),
+  );
+  truth = (await readIdx(sample.labels)).data.subarray(0, N);
+}, 60_000);
+afterAll(async () => {
+  await reference?.release();
+  await mosquitto?.stop();
+});
+
+interface Tiers {
+  server: RunningServer;
+  gateway: RunningGateway;
+  close(): Promise<void>;
+}
+
+async function startTiers(o: {
+  dtype: "f32" | "u8q";
+  compression: "none" | "deflate";
+  windowMs: number;
+}): Promise<Tiers> {
+  const common = {
+    bundle,
+    broker: mosquitto.url,
+    httpHost: "127.0.0.1",
+    httpPort: 0,
+    dtype: o.dtype,
+    compression: o.compression,
+    logLevel: "error",
+  };
+  const server = await startServer(
+    serverSchema.parse({ ...common, stages: ["server"], workers: 1, maxBatch: 16 }),
+    quiet(),
+  );
+  const gateway = await startGateway(
+    gatewaySchema.parse({ ...common, fusionWindowMs: o.windowMs, recentCaptures: 64 }),
+    quiet(),
+  );
+  await waitFor(() => server.service.subscribed, 5000, "server subscribed");
+  await waitFor(() => gateway.service.subscribed, 5000, "gateway subscribed");
+  return {
+    server,
+    gateway,
+    async close() {
+      await gateway.close();
+      await server.close();
+    },
+  };
+}
+
+/** K devices replaying their views of the first N captures at `fps`, from one shared start. */
+async function replayViews(o: {
+  dtype: "f32" | "u8q";
+  compression: "none" | "deflate";
+  deadlineMs: number;
+  fps: number;
+  onAnswer: (view: number, answer: Answer, index: number) => void;
+}): Promise<RunningAgent[]> {
+  const startAt = Date.now() + 3000;
+  return Promise.all(
+    Array.from({ length: K }, (_, v) =>
+      startAgent(
+        agentSchema.parse({
+          bundle,
+          broker: mosquitto.url,
+          httpHost: "127.0.0.1",
+          httpPort: 0,
+          dtype: o.dtype,
+          compression: o.compression,
+          logLevel: "error",
+          deviceId: `camera-${v}`,
+          view: v,
+          deadlineMs: o.deadlineMs,
+          source: ["replay"],
+          replayImages: sample.images[v],
+          fps: o.fps,
+        }),
+        {
+          replayIndices: Array.from({ length: N }, (_, i) => i),
+          replayWaitForUpstreamMs: 10_000,
+          replayStartAt: startAt,
+          onReplayAnswer: (answer, index) => o.onAnswer(v, answer, index),
+        },
+        quiet(),
+      ),
+    ),
+  );
+}
+
+describe("the horizontal DDNN through Mosquitto", () => {
+  it("f32 frames: every capture gets the in-process pipeline's exit and label, on every device; u8q+deflate agrees for >= 99%", async () => {
+    const want = await expectedFor([0, 1, 2]);
+    for (const [dtype, compression] of [
+      ["f32", "none"],
+      ["u8q", "deflate"],
+    ] as const) {
+      const tiers = await startTiers({ dtype, compression, windowMs: 400 });
+      const answers: { view: number; index: number; answer: Answer }[] = [];
+      try {
+        const agents = await replayViews({
+          dtype,
+          compression,
+          deadlineMs: 4000,
+          fps: 60,
+          onAnswer: (view, answer, index) => answers.push({ view, index, answer }),
+        });
+        try {
+          await Promise.all(agents.map((a) => a.replayDone));
+        } finally {
+          await Promise.all(agents.map((a) => a.close()));
+        }
+      } finally {
+        await tiers.close();
+      }
+      expect(answers.length).toBe(K * N);
+      expect(answers.filter((a) => a.answer.degraded)).toEqual([]);
+      const agree = answers.filter(
+        (a) =>
+          a.answer.stageIndex === want.exitStage[a.index] && a.answer.label === want.label[a.index],
+      ).length;
+      const complete = answers.filter((a) => a.answer.views?.join(",") === "0,1,2").length;
+      const byCapture = new Map<number, Set<string>>();
+      for (const a of answers) {
+        const s = byCapture.get(a.index) ?? new Set();
+        s.add(`${a.answer.stageIndex}/${a.answer.label}`);
+        byCapture.set(a.index, s);
+      }
+      console.log(
+        `views ${dtype}+${compression}: ${agree}/${answers.length} answers agree with the in-process pipeline, ${complete} fused from all ${K} views`,
+      );
+      // Every device of a capture gets the same answer: the capture's.
+      expect([...byCapture.values()].every((s) => s.size === 1)).toBe(true);
+      if (dtype === "f32") {
+        expect(complete).toBe(K * N);
+        expect(agree).toBe(K * N);
+      } else {
+        expect(agree / answers.length).toBeGreaterThanOrEqual(0.99);
+      }
+    }
+  }, 240_000);
+
+  it("with one device stopped mid-run every capture is answered within its deadline, as the in-process pipeline answers without that view", async () => {
+    const deadlineMs = 2000;
+    const tiers = await startTiers({ dtype: "f32", compression: "none", windowMs: 250 });
+    const answers: { view: number; index: number; answer: Answer }[] = [];
+    try {
+      const agents = await replayViews({
+        dtype: "f32",
+        compression: "none",
+        deadlineMs,
+        fps: 60,
+        onAnswer: (view, answer, index) => answers.push({ view, index, answer }),
+      });
+      try {
+        await waitFor(
+          () => answers.filter((a) => a.view === 0).length >= N / 3,
+          60_000,
+          "a third of the captures answered",
+        );
+        await agents[2]!.close();
+        await Promise.all(agents.slice(0, 2).map((a) => a.replayDone));
+      } finally {
+        await Promise.all(agents.map((a) => a.close()));
+      }
+    } finally {
+      await tiers.close();
+    }
+    const first = answers.filter((a) => a.view === 0);
+    expect(first.length).toBe(N);
+    expect(answers.filter((a) => a.view !== 2 && a.answer.degraded)).toEqual([]);
+    expect(first.every((a) => a.answer.timings.total <= deadlineMs)).toBe(true);
+    const without2 = first.filter((a) => a.answer.views?.join(",") === "0,1");
+    expect(without2.length).toBeGreaterThan(N / 3);
+    let agree = 0;
+    let correct = 0;
+    let correctInProcess = 0;
+    for (const a of first) {
+      const views = a.answer.views ?? [];
+      const want = await expectedFor(views);
+      if (a.answer.stageIndex === want.exitStage[a.index] && a.answer.label === want.label[a.index])
+        agree++;
+      if (views.join(",") === "0,1") {
+        if (a.answer.label === truth[a.index]) correct++;
+        if (want.label[a.index] === truth[a.index]) correctInProcess++;
+      }
+    }
+    const full = await expectedFor([0, 1, 2]);
+    const fullCorrect = without2.filter((a) => full.label[a.index] === truth[a.index]).length;
+    console.log(
+      `views: device 2 stopped after ${N - without2.length} captures; ${without2.length} captures fused from views 0,1: accuracy ${correct}/${without2.length} (in-process without view 2: ${correctInProcess}/${without2.length}; with all views: ${fullCorrect}/${without2.length}); ${agree}/${N} captures agree with the in-process pipeline for their views`,
+    );
+    expect(agree).toBe(N);
+    expect(correct).toBe(correctInProcess);
+  }, 240_000);
+});
+
+describe("the gateway's fusion, frame by frame", () => {
+  let tiers: Tiers;
+  let client: MqttClient;
+  const model = parseModelRef("default/fashion-views3");
+  const replies = new Map<string, ResultHeader>();
+  const replyTo = replyTopic(model, "probe-client");
+
+  beforeAll(async () => {
+    tiers = await startTiers({ dtype: "f32", compression: "none", windowMs: 150 });
+    client = connectBroker({ url: mosquitto.url, clientId: `views-test-${process.pid}` });
+    await whenConnected(client);
+    client.on("message", (topic, payload) => {
+      if (topic !== replyTo && !topic.startsWith(`${replyTo}/`)) return;
+      const { header } = decodeResult(new Uint8Array(payload));
+      replies.set(header.id, header);
+    });
+    await client.subscribeAsync([replyTo, `${replyTo}/+`], { qos: 1 });
+  }, 60_000);
+  afterAll(async () => {
+    await client?.endAsync();
+    await tiers?.close();
+  });
+
+  /** View v's real device output for capture sample i. */
+  async function viewOf(v: number, i: number) {
+    const device = reference.devices[v]!;
+    const per = reference.samplePixels;
+    const out = await device.runStage(
+      0,
+      device.inputTensor(pixels[v]!.subarray(i * per, (i + 1) * per), 1),
+    );
+    return {
+      logits: out.logits,
+      features: out.features!.data as Float32Array,
+      dims: out.features!.dims,
+    };
+  }
+
+  function clientFor(v: number): ViewClient {
+    const c = new ViewClient({
+      client,
+      model,
+      digest: tiers.gateway.bundle.digest,
+      view: v,
+      replyTo: `${replyTo}/view${v}`,
+      encoding: { dtype: "f32", compression: "none" },
+      idPrefix: `probe-v${v}`,
+    });
+    c.start();
+    return c;
+  }
+
+  it("a view that comes after its capture was answered gets the answer already given", async () => {
+    const views = [clientFor(0), clientFor(1), clientFor(2)];
+    await waitFor(() => views.every((c) => c.subscribed), 5000, "view clients subscribed");
+    const i = 7;
+    const deadline = () => Date.now() + 5000;
+    const [a0, a1] = await Promise.all(
+      [0, 1].map(async (v) =>
+        views[v]!.send({ capture: "late-7", ...(await viewOf(v, i)), deadline: deadline() }),
+      ),
+    );
+    expect(a0!.header.views).toEqual([0, 1]);
+    const late = await views[2]!.send({
+      capture: "late-7",
+      ...(await viewOf(2, i)),
+      deadline: deadline(),
+    });
+    const want = await expectedFor([0, 1]);
+    for (const a of [a0!, a1!, late]) {
+      expect(a.header.stage).toBe(want.exitStage[i]);
+      expect(a.header.label).toBe(want.label[i]);
+      expect(a.header.views).toEqual([0, 1]);
+    }
+    const metrics =
+      await tiers.gateway.metrics.registry.getSingleMetricAsString("ddnn_late_views_total");
+    expect(metrics).toMatch(/ddnn_late_views_total\{[^}]*\} 1$/m);
+  });
+
+  it("a malformed or wrong-view frame gets an error reply, an unreadable one is dropped, and the gateway keeps serving", async () => {
+    const topic = viewsTopic(model);
+    const v0 = await viewOf(0, 3);
+    const base = {
+      kind: "infer",
+      model: modelKey(model),
+      digest: tiers.gateway.bundle.digest,
+      stage: 1,
+      replyTo,
+      deadline: Date.now() + 5000,
+      capture: "bad-1",
+      logits: Array.from(v0.logits),
+      dtype: "f32",
+      shape: [...v0.dims],
+    };
+    const body = new Uint8Array(v0.features.buffer, v0.features.byteOffset, v0.features.byteLength);
+    const cases: [string, object, Uint8Array, string, RegExp][] = [
+      [
+        "wrong-view",
+        { ...base, id: "bad-view", view: 5 },
+        body,
+        "bad_frame",
+        /view 5 is not a view/,
+      ],
+      [
+        "no-capture",
+        { ...base, id: "bad-capture", view: 0, capture: undefined },
+        body,
+        "bad_frame",
+        /capture, view and logits/,
+      ],
+      [
+        "short-logits",
+        { ...base, id: "bad-logits", view: 1, logits: [1, 2] },
+        body,
+        "bad_frame",
+        /logits has 2 values/,
+      ],
+      [
+        "digest",
+        { ...base, id: "bad-digest", view: 0, digest: "0".repeat(64) },
+        body,
+        "digest_mismatch",
+        /bundle/,
+      ],
+      ["body", { ...base, id: "bad-body", view: 2 }, body.subarray(0, 17), "bad_frame", /./],
+    ];
+    for (const [, header, b] of cases)
+      await client.publishAsync(topic, Buffer.from(encodeFrame(header, b)), { qos: 1 });
+    await client.publishAsync(topic, Buffer.from("not a frame at all"), { qos: 1 });
+    await waitFor(
+      () => cases.every(([, h]) => replies.has((h as { id: string }).id)),
+      10_000,
+      "error replies",
+    );
+    for (const [name, header, , code, message] of cases) {
+      const r = replies.get((header as { id: string }).id)!;
+      expect(r.status, name).toBe("error");
+      if (r.status === "error") {
+        expect(r.error.code, name).toBe(code);
+        expect(r.error.message, name).toMatch(message);
+      }
+    }
+    // Still serving: a whole capture is fused and answered.
+    const views = [clientFor(0), clientFor(1), clientFor(2)];
+    await waitFor(() => views.every((c) => c.subscribed), 5000, "view clients subscribed");
+    const got = await Promise.all(
+      [0, 1, 2].map(async (v) =>
+        views[v]!.send({
+          capture: "after-bad",
+          ...(await viewOf(v, 11)),
+          deadline: Date.now() + 5000,
+        }),
+      ),
+    );
+    const want = await expectedFor([0, 1, 2]);
+    for (const a of got) {
+      expect(a.header.views).toEqual([0, 1, 2]);
+      expect(a.header.label).toBe(want.label[11]);
+      expect(a.header.stage).toBe(want.exitStage[11]);
+    }
+    await sleep(10);
+  });
+});
