@@ -26,9 +26,15 @@ import { OffloadClient, OffloadError } from "../core/runtime/offload-client.js";
 import { checkBrokerConfig, makeLogger, readBrokerCa, resolveModel } from "../core/runtime/tier.js";
 import { summarize } from "../core/stats.js";
 import { replyTopic } from "../core/topics.js";
+import { viewsOf } from "../core/views.js";
 import { agentConfig, agentSchema } from "../device-agent/config.js";
 import { type RunningAgent, startAgent } from "../device-agent/main.js";
-import { gatewaySchema, type RunningGateway, startGateway } from "../gateway/gateway.js";
+import {
+  gatewayConfig,
+  gatewaySchema,
+  type RunningGateway,
+  startGateway,
+} from "../gateway/gateway.js";
 import type { Row, ServerOnlyRow } from "../profile/measure.js";
 import { serverConfig, serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
@@ -99,6 +105,9 @@ export const localFogFields = {
     value: "BOOL",
   }),
   logLevel: tierFields.logLevel.withDefault("warn", "log level of the tiers"),
+  fusionWindowMs: gatewayConfig.fields.fusionWindowMs.with({
+    help: "multi-view bundle: how long the gateway waits for the rest of a capture's views, ms",
+  }),
 };
 
 /** What a local fog is configured with: the values of `localFogFields`. */
@@ -126,6 +135,8 @@ export interface LocalFogConfig {
   maxDelayMs: number;
   serverOnly: boolean;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug";
+  /** Multi-view bundle: the gateway's fusion window, ms (default the gateway's). */
+  fusionWindowMs?: number | undefined;
 }
 
 /** The bundle and the samples a run replays. */
@@ -245,9 +256,15 @@ export async function startLocalFog(
     );
     started.push(srv);
     let gateway: RunningGateway | undefined;
-    if (k >= 3) {
+    // A multi-view bundle's gateway fuses the views, with or without middle stages to run.
+    const views = viewsOf(w.manifest).count > 1;
+    if (k >= 3 || (views && k >= 2)) {
       gateway = await startGateway(
-        gatewaySchema.parse({ ...common, stages: w.names.slice(1, k - 1) }),
+        gatewaySchema.parse({
+          ...common,
+          ...(k >= 3 ? { stages: w.names.slice(1, k - 1) } : {}),
+          ...(cfg.fusionWindowMs !== undefined ? { fusionWindowMs: cfg.fusionWindowMs } : {}),
+        }),
         makeLogger(cfg.logLevel, "edge"),
       );
       started.push(gateway);
@@ -375,6 +392,76 @@ export async function replayDevices(
       ? calibrated.sort((a, b) => a - b)[Math.floor(calibrated.length / 2)]!
       : null,
   };
+}
+
+/**
+ * A multi-view bundle's devices: K agents, agent v replaying view v's images (`imagePaths[v]`) of
+ * every sample from one shared start, like K cameras on one trigger; each sample is one capture
+ * (its index the capture id). Every device's answer comes back as a row, by view.
+ */
+export async function replayViewDevices(
+  cfg: LocalFogConfig,
+  w: Workload,
+  fog: LocalFog,
+  imagePaths: readonly string[],
+  options: {
+    readonly onProgress?: (rows: readonly Row[], elapsedMs: number) => void;
+  } = {},
+): Promise<{ rows: Row[][]; wallS: number }> {
+  const rows: Row[][] = imagePaths.map(() => []);
+  const indices = Array.from({ length: w.count }, (_, i) => i);
+  const common = commonOf(cfg, w, fog.brokerUrl, fog.embedded ? false : cfg.sharedSubscriptions);
+  const started = performance.now();
+  const agents: RunningAgent[] = [];
+  // Far enough ahead for every agent to load its view and subscribe.
+  const startAt = Date.now() + 3000;
+  try {
+    const settled = await Promise.allSettled(
+      imagePaths.map((images, v) =>
+        startAgent(
+          agentSchema.parse({
+            ...common,
+            deviceId: `camera-${v + 1}`,
+            view: v,
+            stages: [w.names[0]!],
+            deadlineMs: cfg.deadlineMs,
+            deviceSlowdown: cfg.deviceSlowdown,
+            source: ["replay"],
+            replayImages: images,
+            fps: cfg.fps,
+          }),
+          {
+            replayIndices: indices,
+            replayWaitForUpstreamMs: 10_000,
+            replayStartAt: startAt,
+            onReplayAnswer: (answer, index) =>
+              rows[v]!.push({ index, truth: w.truth[index] ?? 0, answer, at: performance.now() }),
+          },
+          makeLogger(cfg.logLevel, "device"),
+        ),
+      ),
+    );
+    for (const s of settled) if (s.status === "fulfilled") agents.push(s.value);
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+    if (failed) throw failed.reason;
+    const ticker = options.onProgress
+      ? setInterval(() => options.onProgress?.(rows[0]!, performance.now() - started), 1000)
+      : undefined;
+    let durationTimer: NodeJS.Timeout | undefined;
+    const timeout = cfg.duration
+      ? new Promise((r) => {
+          durationTimer = setTimeout(r, cfg.duration! * 1000);
+        })
+      : new Promise(() => {});
+    await Promise.race([Promise.all(agents.map((a) => a.replayDone)), timeout]);
+    clearTimeout(durationTimer);
+    clearInterval(ticker);
+  } finally {
+    await Promise.all(agents.map((a) => a.close()));
+  }
+  const wallMs = performance.now() - started;
+  options.onProgress?.(rows[0]!, wallMs);
+  return { rows, wallS: wallMs / 1000 };
 }
 
 /** One progress line: answers so far, by exit, degraded, accuracy, recent median T_Total. */
