@@ -44,6 +44,10 @@ export const operatorConfig = program(
       help: "image of managed brokers",
       value: "IMAGE",
     }),
+    brokerKey: field(z.string().min(32, "must be at least 32 characters").optional(), {
+      secret: true,
+      help: "key every managed broker password is derived from (broker.managed.auth); a new key rotates them all; without it a model with broker.managed.auth is not built",
+    }),
     httpPort: field(intField(0, 65535).default(8080), {
       help: "/healthz, /readyz, /metrics (0 picks a free port)",
       value: "PORT",
@@ -135,6 +139,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     identity,
     images: { image, brokerImage: cfg.brokerImage },
     proxy,
+    ...(cfg.brokerKey ? { brokerKey: Buffer.from(cfg.brokerKey, "utf8") } : {}),
     namespace: cfg.namespace,
     leaderElection: leaderElect
       ? {

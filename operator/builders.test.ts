@@ -496,3 +496,101 @@ describe("planTiers", () => {
     expect(!r.ok && r.message).toContain(message);
   });
 });
+
+describe("managed broker with broker.managed.tls and broker.managed.auth", () => {
+  const secured = (): DDNNModelSpecInput => ({
+    ...exampleSpec(),
+    placement: { device: "edge", edge: "edge", server: "server" },
+    exits: { device: 0.4, edge: 0.3 },
+    broker: { managed: { tls: { secretName: "demo-tls" }, auth: { devices: ["cam-1"] } } },
+  });
+  const key = new Uint8Array(32).fill(7);
+  const secure = (spec = secured()) => ({ ...input(spec), brokerKey: key });
+
+  it("listens with TLS on 8883 only, from the Secret's tls.crt and tls.key, and refuses anonymous clients", () => {
+    const objs = buildOwnedObjects(secure());
+    const cm = objs.find((o) => o.kind === "ConfigMap") as { data: Record<string, string> };
+    const conf = cm.data["mosquitto.conf"]!;
+    expect(conf).toMatch(/^listener 8883$/m);
+    expect(conf).not.toMatch(/^listener 1883/m);
+    expect(conf).toMatch(/^certfile \/mosquitto\/tls\/tls.crt$/m);
+    expect(conf).toMatch(/^allow_anonymous false$/m);
+    expect(conf).toMatch(/^acl_file \/mosquitto\/auth\/acl$/m);
+    expect(conf).toMatch(/^set_tcp_nodelay true$/m);
+    const broker = objs.find(
+      (o) => o.kind === "Deployment" && o.metadata!.name === "demo-broker",
+    ) as V1Deployment;
+    const pod = broker.spec!.template.spec!;
+    expect(pod.volumes).toContainEqual({
+      name: "tls",
+      secret: {
+        secretName: "demo-tls",
+        items: [
+          { key: "tls.crt", path: "tls.crt" },
+          { key: "tls.key", path: "tls.key" },
+        ],
+      },
+    });
+    expect(pod.volumes).toContainEqual({
+      name: "auth",
+      secret: { secretName: "demo-broker-auth" },
+    });
+    expect(pod.containers[0]!.ports).toEqual([
+      { name: "mqtt", containerPort: 8883, protocol: "TCP" },
+    ]);
+    expect(pod.containers[0]!.args![0]).toBe("sh");
+  });
+
+  it("gives the server and gateway their own identity by reference, mqtts:// and the Secret's CA; no DDNN_INSECURE", () => {
+    const objs = buildOwnedObjects(secure());
+    for (const tier of ["server", "edge"] as const) {
+      const d = objs.find(
+        (o) => o.kind === "Deployment" && o.metadata!.name === `demo-${tier}`,
+      ) as V1Deployment;
+      expect(envOf(d)).toMatchObject({
+        DDNN_BROKER_URL: "mqtts://demo-broker.fog.svc:8883",
+        DDNN_BROKER_CA: "/etc/ddnn/broker-ca/ca.crt",
+        DDNN_BROKER_USERNAME: {
+          secretKeyRef: { name: "demo-broker-credentials", key: `${tier}.username` },
+        },
+        DDNN_BROKER_PASSWORD: {
+          secretKeyRef: { name: "demo-broker-credentials", key: `${tier}.password` },
+        },
+      });
+      expect(envOf(d)).not.toHaveProperty("DDNN_INSECURE");
+      expect(d.spec!.template.spec!.volumes).toContainEqual({
+        name: "broker-ca",
+        secret: { secretName: "demo-tls", items: [{ key: "ca.crt", path: "ca.crt" }] },
+      });
+    }
+    const kinds = objs.map((o) => `${o.kind}/${o.metadata!.name}`);
+    expect(kinds).toContain("Secret/demo-broker-auth");
+    expect(kinds).toContain("Secret/demo-broker-credentials");
+    // The same input gives the same Secrets (a reconcile with nothing changed writes nothing).
+    expect(buildOwnedObjects(secure())).toEqual(objs);
+  });
+
+  it("TLS without auth: the tiers are told the anonymous broker is meant (DDNN_INSECURE)", () => {
+    const spec = secured();
+    spec.broker = { managed: { tls: { secretName: "demo-tls" } } };
+    const objs = buildOwnedObjects(input(spec));
+    const server = objs.find(
+      (o) => o.kind === "Deployment" && o.metadata!.name === "demo-server",
+    ) as V1Deployment;
+    expect(envOf(server)).toMatchObject({
+      DDNN_BROKER_URL: "mqtts://demo-broker.fog.svc:8883",
+      DDNN_INSECURE: "true",
+    });
+    expect(objs.some((o) => o.kind === "Secret")).toBe(false);
+  });
+
+  it("auth without the operator's broker key is an error naming DDNN_BROKER_KEY", () => {
+    expect(() => buildOwnedObjects(input(secured()))).toThrow(/DDNN_BROKER_KEY/);
+  });
+
+  it("auth is refused for in-cluster device agents (no per-node Secret for a DaemonSet yet)", () => {
+    const spec = secured();
+    spec.placement = { device: "device", edge: "edge", server: "server" };
+    expect(() => modelOf(spec)).toThrow(/does not serve in-cluster device agents/);
+  });
+});

@@ -9,6 +9,7 @@ import type {
   V1PodSpec,
   V1PodTemplateSpec,
   V1ResourceRequirements,
+  V1Secret,
   V1Service,
   V1Toleration,
   V1Volume,
@@ -23,8 +24,10 @@ import {
   program,
   tierFields,
 } from "../core/config.js";
+import { parseModelRef } from "../core/topics.js";
 import { agentConfig } from "../device-agent/config.js";
 import { serverConfig } from "../server/config.js";
+import { aclFile, brokerIdentities, identityPassword, passwordFile } from "./broker-auth.js";
 import type { BundleFacts, TierPlan } from "./placement.js";
 import {
   API_VERSION,
@@ -51,6 +54,12 @@ export const APPLIED_HASH_ANNOTATION = "fog.ddnn.io/applied-sha256";
 
 export const HTTP_PORT = 8080;
 export const MQTT_PORT = 1883;
+/** The managed broker's TLS listener (broker.managed.tls): it then has no plaintext one. */
+export const MQTTS_PORT = 8883;
+/** Where the managed broker reads its password file and ACL (the Secret <model>-broker-auth). */
+export const BROKER_AUTH_MOUNT = "/mosquitto/auth";
+/** Where the managed broker reads its certificate and key (the Secret of broker.managed.tls). */
+export const BROKER_TLS_MOUNT = "/mosquitto/tls";
 /** Where a ConfigMap-held bundle is mounted in the tier Pods. */
 export const BUNDLE_MOUNT = "/var/lib/ddnn/bundle";
 /** Where a tier keeps the bundle it downloaded from spec.bundle.url (its --bundle-cache). */
@@ -72,6 +81,11 @@ export interface BuildInput {
   images: OperatorImages;
   /** HTTP_PROXY, HTTPS_PROXY, NO_PROXY for the tiers' bundle download (see proxyEnvForPods). */
   proxy?: ProxyEnv;
+  /**
+   * The operator's broker key: every broker password of a model with broker.managed.auth is
+   * derived from it (operator/broker-auth.ts). Such a model cannot be built without it.
+   */
+  brokerKey?: Uint8Array;
 }
 
 /** Proxy variables by their conventional upper-case names. */
@@ -100,7 +114,7 @@ export function proxyEnvForPods(env: Readonly<Record<string, string | undefined>
 export type Component = Tier | "broker";
 
 /** Any object the operator applies; `kind` picks the API path. */
-export type OwnedObject = V1Deployment | V1DaemonSet | V1Service | V1ConfigMap;
+export type OwnedObject = V1Deployment | V1DaemonSet | V1Service | V1ConfigMap | V1Secret;
 
 /** Kinds the operator owns, with their API paths (watched, applied and pruned). */
 export const OWNED_KINDS = [
@@ -108,6 +122,8 @@ export const OWNED_KINDS = [
   { apiVersion: "apps/v1", kind: "DaemonSet", plural: "daemonsets" },
   { apiVersion: "v1", kind: "Service", plural: "services" },
   { apiVersion: "v1", kind: "ConfigMap", plural: "configmaps" },
+  // Only the broker's password file and the identities' credentials (broker.managed.auth).
+  { apiVersion: "v1", kind: "Secret", plural: "secrets" },
 ] as const;
 
 /** The mosquitto.conf of a managed broker. Nagle's algorithm costs ~44 ms per hop (DESIGN.md). */
@@ -123,6 +139,62 @@ log_type error
 log_type warning
 log_type notice
 `;
+
+type ManagedBroker = NonNullable<DDNNModelSpec["broker"]["managed"]>;
+
+/**
+ * The mosquitto.conf of a managed broker with what its spec asks: a TLS listener only (from the
+ * Secret's tls.crt and tls.key), and/or no anonymous client, a password file and an ACL. Without
+ * either it is MOSQUITTO_CONF, as before.
+ */
+export function mosquittoConf(managed: Pick<ManagedBroker, "tls" | "auth">): string {
+  if (!managed.tls && !managed.auth) return MOSQUITTO_CONF;
+  const listener = managed.tls
+    ? [
+        `listener ${MQTTS_PORT}`,
+        `certfile ${BROKER_TLS_MOUNT}/tls.crt`,
+        `keyfile ${BROKER_TLS_MOUNT}/tls.key`,
+        "tls_version tlsv1.2",
+      ]
+    : [`listener ${MQTT_PORT}`];
+  const auth = managed.auth
+    ? [
+        "allow_anonymous false",
+        `password_file ${BROKER_AUTH_MOUNT}/passwd`,
+        `acl_file ${BROKER_AUTH_MOUNT}/acl`,
+      ]
+    : ["allow_anonymous true"];
+  return MOSQUITTO_CONF.replace(`listener ${MQTT_PORT}\n`, `${listener.join("\n")}\n`).replace(
+    "allow_anonymous true\n",
+    `${auth.join("\n")}\n`,
+  );
+}
+
+/**
+ * How often the broker container looks for a changed password file, ACL or certificate (the
+ * kubelet updates a mounted Secret in place, within about a minute) and sends Mosquitto SIGHUP,
+ * which makes it read them again: credentials rotate without restarting the broker.
+ */
+export const BROKER_RELOAD_SECONDS = 10;
+
+/**
+ * The broker container's command with auth or TLS: Mosquitto in the background, a loop that sends
+ * it SIGHUP when a watched file changes, SIGTERM passed on. `sleep & wait` keeps the trap prompt.
+ */
+export function brokerReloadScript(watched: readonly string[]): string {
+  const sum = `cat ${watched.join(" ")} 2>/dev/null | cksum`;
+  return [
+    "mosquitto -c /mosquitto/config/mosquitto.conf & pid=$!",
+    "trap 'kill -TERM \"$pid\"' TERM INT",
+    `last=$(${sum})`,
+    'while kill -0 "$pid" 2>/dev/null; do',
+    `  sleep ${BROKER_RELOAD_SECONDS} & wait $!`,
+    `  now=$(${sum})`,
+    '  if [ "$now" != "$last" ]; then last=$now; kill -HUP "$pid"; fi',
+    "done",
+    'wait "$pid"',
+  ].join("\n");
+}
 
 export function objectName(model: Pick<DDNNModel, "metadata">, component: Component): string {
   return `${model.metadata.name}-${component}`;
@@ -166,7 +238,32 @@ function metadata(model: DDNNModel, component: Component) {
 export function brokerUrl(model: DDNNModel): string {
   const external = model.spec.broker.external;
   if (external) return external.url;
-  return `mqtt://${objectName(model, "broker")}.${model.metadata.namespace}.svc:${MQTT_PORT}`;
+  const host = `${objectName(model, "broker")}.${model.metadata.namespace}.svc`;
+  return model.spec.broker.managed?.tls
+    ? `mqtts://${host}:${MQTTS_PORT}`
+    : `mqtt://${host}:${MQTT_PORT}`;
+}
+
+/** The Secret of a managed broker with auth: the password file (hashes only) and the ACL. */
+export const brokerAuthSecretName = (model: Pick<DDNNModel, "metadata">) =>
+  `${model.metadata.name}-broker-auth`;
+/** The Secret with each identity's user name and password, for the Pods and for device boards. */
+export const brokerCredentialsSecretName = (model: Pick<DDNNModel, "metadata">) =>
+  `${model.metadata.name}-broker-credentials`;
+
+/** The identities of a model whose managed broker has auth, or undefined. */
+function identitiesOf(input: BuildInput) {
+  const managed = input.model.spec.broker.managed;
+  if (!managed?.auth) return undefined;
+  if (!input.brokerKey)
+    throw new Error(
+      "broker.managed.auth needs the operator's broker key (DDNN_BROKER_KEY), which is not set",
+    );
+  const ref = parseModelRef(`${input.model.metadata.namespace}/${input.model.metadata.name}`);
+  return {
+    key: input.brokerKey,
+    ids: brokerIdentities(ref, input.plan, managed.auth.devices ?? []),
+  };
 }
 
 function bundleLocation(spec: DDNNModelSpec): string {
@@ -216,6 +313,21 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
   if (t !== "") out.push(env(TIER_ENV.threshold, t));
   out.push(env(TIER_ENV.broker, brokerUrl(model)));
   const secret = spec.broker.external?.secretRef;
+  const identity = tier !== "device" && identitiesOf(input)?.ids[tier];
+  if (identity) {
+    // The password only as a reference: no Pod spec, event or status ever holds it.
+    const name = brokerCredentialsSecretName(model);
+    out.push(
+      {
+        name: TIER_ENV.brokerUsername,
+        valueFrom: { secretKeyRef: { name, key: `${tier}.username` } },
+      },
+      {
+        name: TIER_ENV.brokerPassword,
+        valueFrom: { secretKeyRef: { name, key: `${tier}.password` } },
+      },
+    );
+  }
   if (secret) {
     // Credentials only ever travel as references: the operator never reads the Secret.
     out.push(
@@ -231,9 +343,10 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
   }
   const ca = spec.broker.external?.caConfigMap;
   if (ca) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/${ca.key}`));
+  if (spec.broker.managed?.tls) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/ca.crt`));
   // The tiers refuse a plaintext or anonymous broker on another host unless told; the spec asked
   // for this broker, so the Pod says so where anyone reading it sees it (docs/security.md).
-  if (brokerInsecurity(brokerUrl(model), secret !== undefined) !== undefined)
+  if (brokerInsecurity(brokerUrl(model), secret !== undefined || !!identity) !== undefined)
     out.push(env(TIER_ENV.insecure, "true"));
   out.push(env(TIER_ENV.httpPort, httpPort));
   for (const [name, value] of Object.entries(input.proxy ?? {})) out.push(env(name, value));
@@ -368,6 +481,15 @@ function tierPod(
     volumes.push({
       name: "broker-ca",
       configMap: { name: ca.name, items: [{ key: ca.key, path: ca.key }] },
+    });
+  }
+  const tls = spec.broker.managed?.tls;
+  if (tls) {
+    // Only the CA: the broker's key stays in the broker's Pod.
+    mounts.push({ name: "broker-ca", mountPath: BROKER_CA_MOUNT, readOnly: true });
+    volumes.push({
+      name: "broker-ca",
+      secret: { secretName: tls.secretName, items: [{ key: "ca.crt", path: "ca.crt" }] },
     });
   }
   const container: V1Container = {
@@ -534,25 +656,103 @@ export function buildBrokerConfigMap(input: BuildInput): V1ConfigMap {
     apiVersion: "v1",
     kind: "ConfigMap",
     metadata: metadata(input.model, "broker"),
-    data: { "mosquitto.conf": MOSQUITTO_CONF },
+    data: { "mosquitto.conf": mosquittoConf(input.model.spec.broker.managed!) },
+  };
+}
+
+const base64 = (text: string) => Buffer.from(text, "utf8").toString("base64");
+
+/** The managed broker's password file (PBKDF2 hashes) and ACL, mounted at BROKER_AUTH_MOUNT. */
+export function buildBrokerAuthSecret(input: BuildInput): V1Secret | undefined {
+  const auth = identitiesOf(input);
+  if (!auth) return undefined;
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { ...metadata(input.model, "broker"), name: brokerAuthSecretName(input.model) },
+    type: "Opaque",
+    data: { passwd: base64(passwordFile(auth.key, auth.ids)), acl: base64(aclFile(auth.ids)) },
+  };
+}
+
+/**
+ * Each identity's user name and password: `server.*` and `edge.*` are referenced by those Pods,
+ * `device.<id>.*` are for the boards named in broker.managed.auth.devices.
+ */
+export function buildBrokerCredentialsSecret(input: BuildInput): V1Secret | undefined {
+  const auth = identitiesOf(input);
+  if (!auth) return undefined;
+  const data: Record<string, string> = {};
+  const put = (prefix: string, username: string) => {
+    data[`${prefix}.username`] = base64(username);
+    data[`${prefix}.password`] = base64(identityPassword(auth.key, username));
+  };
+  if (auth.ids.server) put("server", auth.ids.server.username);
+  if (auth.ids.edge) put("edge", auth.ids.edge.username);
+  for (const [id, identity] of auth.ids.devices) put(`device.${id}`, identity.username);
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: {
+      ...metadata(input.model, "broker"),
+      name: brokerCredentialsSecretName(input.model),
+    },
+    type: "Opaque",
+    data,
   };
 }
 
 export function buildBrokerDeployment(input: BuildInput): V1Deployment {
   const { model } = input;
   const managed = model.spec.broker.managed!;
+  const conf = mosquittoConf(managed);
+  const mounts: V1VolumeMount[] = [
+    { name: "config", mountPath: "/mosquitto/config", readOnly: true },
+  ];
+  const volumes: V1Volume[] = [
+    { name: "config", configMap: { name: objectName(model, "broker") } },
+  ];
+  const watched: string[] = [];
+  if (managed.auth) {
+    mounts.push({ name: "auth", mountPath: BROKER_AUTH_MOUNT, readOnly: true });
+    volumes.push({ name: "auth", secret: { secretName: brokerAuthSecretName(model) } });
+    watched.push(`${BROKER_AUTH_MOUNT}/passwd`, `${BROKER_AUTH_MOUNT}/acl`);
+  }
+  if (managed.tls) {
+    mounts.push({ name: "tls", mountPath: BROKER_TLS_MOUNT, readOnly: true });
+    volumes.push({
+      name: "tls",
+      secret: {
+        secretName: managed.tls.secretName,
+        items: [
+          { key: "tls.crt", path: "tls.crt" },
+          { key: "tls.key", path: "tls.key" },
+        ],
+      },
+    });
+    watched.push(`${BROKER_TLS_MOUNT}/tls.crt`, `${BROKER_TLS_MOUNT}/tls.key`);
+  }
   const container: V1Container = {
     name: "mosquitto",
     image: managed.image ?? input.images.brokerImage,
     imagePullPolicy: "IfNotPresent",
-    args: ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"],
-    ports: [{ name: "mqtt", containerPort: MQTT_PORT, protocol: "TCP" }],
+    args:
+      watched.length > 0
+        ? ["sh", "-c", brokerReloadScript(watched)]
+        : ["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"],
+    ports: [
+      {
+        name: "mqtt",
+        containerPort: managed.tls ? MQTTS_PORT : MQTT_PORT,
+        protocol: "TCP",
+      },
+    ],
     readinessProbe: { tcpSocket: { port: "mqtt" }, periodSeconds: 5 },
     livenessProbe: { tcpSocket: { port: "mqtt" }, periodSeconds: 10, failureThreshold: 6 },
     // Started as root, Mosquitto would drop to its own user, which needs CAP_SETUID/SETGID;
     // run it as that user (1883 in the eclipse-mosquitto image) from the start instead.
     securityContext: { ...SECURITY_CONTEXT, runAsUser: 1883, runAsGroup: 1883, runAsNonRoot: true },
-    volumeMounts: [{ name: "config", mountPath: "/mosquitto/config", readOnly: true }],
+    volumeMounts: mounts,
   };
   const r = resources(managed.resources);
   if (r) container.resources = r;
@@ -568,11 +768,12 @@ export function buildBrokerDeployment(input: BuildInput): V1Deployment {
       template: {
         metadata: {
           labels: labels(model, "broker"),
-          annotations: { "fog.ddnn.io/config-sha256": sha256(MOSQUITTO_CONF) },
+          // The config, not the credentials: a new password file is reloaded, not restarted.
+          annotations: { "fog.ddnn.io/config-sha256": sha256(conf) },
         },
         spec: {
           containers: [container],
-          volumes: [{ name: "config", configMap: { name: objectName(model, "broker") } }],
+          volumes,
           affinity: NODE_AFFINITY,
           enableServiceLinks: false,
         },
@@ -590,7 +791,14 @@ export function buildBrokerService(input: BuildInput): V1Service {
     spec: {
       type: "ClusterIP",
       selector: selectorLabels(model, "broker"),
-      ports: [{ name: "mqtt", port: MQTT_PORT, targetPort: "mqtt", protocol: "TCP" }],
+      ports: [
+        {
+          name: "mqtt",
+          port: input.model.spec.broker.managed?.tls ? MQTTS_PORT : MQTT_PORT,
+          targetPort: "mqtt",
+          protocol: "TCP",
+        },
+      ],
     },
   };
 }
@@ -600,6 +808,10 @@ export function buildOwnedObjects(input: BuildInput): OwnedObject[] {
   const out: OwnedObject[] = [];
   if (input.model.spec.broker.managed) {
     out.push(buildBrokerConfigMap(input), buildBrokerDeployment(input), buildBrokerService(input));
+    const auth = buildBrokerAuthSecret(input);
+    const credentials = buildBrokerCredentialsSecret(input);
+    if (auth) out.push(auth);
+    if (credentials) out.push(credentials);
   }
   if (input.plan.server.length > 0)
     out.push(buildServerDeployment(input), buildServerService(input));

@@ -35,6 +35,8 @@ export interface OperatorOptions {
   images: OperatorImages;
   /** Proxy variables written into the tier Pods (the operator's own, see proxyEnvForPods). */
   proxy?: ProxyEnv;
+  /** The key the managed brokers' passwords are derived from (broker.managed.auth). */
+  brokerKey?: Uint8Array;
   /** Watch one namespace; all namespaces when undefined. */
   namespace?: string;
   /** false: lead alone (one replica, or tests). */
@@ -234,6 +236,7 @@ export class Operator extends EventEmitter {
             bundles: this.bundles,
             images: this.options.images,
             ...(this.options.proxy ? { proxy: this.options.proxy } : {}),
+            ...(this.options.brokerKey ? { brokerKey: this.options.brokerKey } : {}),
             events: this.events,
             log: this.log,
             retryBundleMs: this.options.retryBundleMs,

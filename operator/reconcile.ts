@@ -48,6 +48,8 @@ export interface ReconcileContext {
   images: OperatorImages;
   /** Proxy variables written into the tier Pods. */
   proxy?: ProxyEnv;
+  /** The key every managed broker password is derived from (operator/broker-auth.ts). */
+  brokerKey?: Uint8Array;
   events: EventRecorder;
   log: Logger;
   now?: () => Date;
@@ -106,6 +108,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
         plan: check.plan,
         images: ctx.images,
         ...(ctx.proxy ? { proxy: ctx.proxy } : {}),
+        ...(ctx.brokerKey ? { brokerKey: ctx.brokerKey } : {}),
       }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
       for (const obj of desired) {
         const kind = obj.kind as OwnedKind;

@@ -244,6 +244,23 @@ const broker = cel(
           "overrides the operator's broker image",
         ).optional(),
         resources: resources.optional(),
+        tls: described(
+          z.object({
+            secretName: matching(DNS_SUBDOMAIN, "tls.secretName must be a Secret name", 253),
+          }),
+          "a Secret in the model's namespace with tls.crt, tls.key and ca.crt (what a cert-manager Certificate writes): the broker listens with TLS on 8883 only, and every tier verifies its certificate against ca.crt; the certificate must name <model>-broker.<namespace>.svc",
+        ).optional(),
+        auth: described(
+          z.object({
+            devices: described(
+              z
+                .array(matching(DNS_SUBDOMAIN, "auth.devices entries must be DNS names", 253))
+                .max(1000),
+              "ids of devices outside the cluster (boards running a generated C device program) that get their own identity; their user names and passwords are in the Secret <model>-broker-credentials",
+            ).optional(),
+          }),
+          "the broker refuses anonymous clients: every client has its own identity (the operator derives the passwords and writes a Mosquitto password file and ACL), and may use only the topics of its tier (docs/security.md)",
+        ).optional(),
       }),
       "the operator runs a Mosquitto 2 broker for this model",
     ).optional(),
@@ -305,47 +322,65 @@ const exits = cel(
 ).meta({ maxProperties: 16 });
 
 export const ddnnModelSpecSchema = cel(
-  z.object({
-    bundle,
-    placement,
-    exits: exits.optional(),
-    wire: described(
-      z.object({
-        dtype: described(
-          z.enum(dtypes),
-          "dtype of the features a device or edge gateway sends upstream: u8q (the tiers' default: 1 byte per value, quantized per tensor), f16, or f32 (the exact values, so answers equal ddnn eval's)",
-        ).optional(),
-        compression: described(
-          z.enum(compressions),
-          "deflate (the tiers' default) or none",
-        ).optional(),
-      }),
-      "how features travel between tiers (Contract 2's frame); unset fields keep the tiers' defaults",
-    ).optional(),
-    deadlineMs: described(
-      z.number().int().min(1).max(600000),
-      "how long a device waits for an answer from the next tier before it answers locally",
-    ).default(250),
-    tiers: z
-      .object({
-        device: deviceTier.default({
-          nodeSelector: onTierNodes("device"),
-          source: { http: { port: 8080 } },
+  z
+    .object({
+      bundle,
+      placement,
+      exits: exits.optional(),
+      wire: described(
+        z.object({
+          dtype: described(
+            z.enum(dtypes),
+            "dtype of the features a device or edge gateway sends upstream: u8q (the tiers' default: 1 byte per value, quantized per tensor), f16, or f32 (the exact values, so answers equal ddnn eval's)",
+          ).optional(),
+          compression: described(
+            z.enum(compressions),
+            "deflate (the tiers' default) or none",
+          ).optional(),
         }),
-        edge: edgeTier.default({ replicas: 1, nodeSelector: onTierNodes("edge") }),
-        server: serverTier.default({ replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } }),
-      })
-      .default({
-        device: { nodeSelector: onTierNodes("device"), source: { http: { port: 8080 } } },
-        edge: { replicas: 1, nodeSelector: onTierNodes("edge") },
-        server: { replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } },
-      }),
-    broker: broker.default({ managed: { kind: "mosquitto" } }),
-  }),
+        "how features travel between tiers (Contract 2's frame); unset fields keep the tiers' defaults",
+      ).optional(),
+      deadlineMs: described(
+        z.number().int().min(1).max(600000),
+        "how long a device waits for an answer from the next tier before it answers locally",
+      ).default(250),
+      tiers: z
+        .object({
+          device: deviceTier.default({
+            nodeSelector: onTierNodes("device"),
+            source: { http: { port: 8080 } },
+          }),
+          edge: edgeTier.default({ replicas: 1, nodeSelector: onTierNodes("edge") }),
+          server: serverTier.default({ replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } }),
+        })
+        .default({
+          device: { nodeSelector: onTierNodes("device"), source: { http: { port: 8080 } } },
+          edge: { replicas: 1, nodeSelector: onTierNodes("edge") },
+          server: { replicas: 1, batching: { maxBatch: 32, maxDelayMs: 2 } },
+        }),
+      broker: broker.default({ managed: { kind: "mosquitto" } }),
+    })
+    .refine(
+      (spec) =>
+        !spec.broker.managed?.auth || Object.values(spec.placement).every((t) => t !== "device"),
+      {
+        path: ["broker", "managed", "auth"],
+        message:
+          "broker.managed.auth does not serve in-cluster device agents yet (docs/security.md): place no stage on the device tier, or leave auth unset",
+      },
+    ),
   {
     rule: "!has(self.exits) || self.exits.all(stage, stage in self.placement)",
     message: "every stage in exits must also be in placement",
     fieldPath: ".exits",
+  },
+  {
+    // The device DaemonSet cannot give each node's Pod its own Secret; per-node identities for
+    // the agents come with the token exchange (docs/security.md), not yet built.
+    rule: "!has(self.broker) || !has(self.broker.managed) || !has(self.broker.managed.auth) || self.placement.all(stage, self.placement[stage] != 'device')",
+    message:
+      "broker.managed.auth does not serve in-cluster device agents yet (docs/security.md): place no stage on the device tier, or leave auth unset",
+    fieldPath: ".broker.managed.auth",
   },
 );
 

@@ -56,6 +56,13 @@ const fixtureSpecs: [string, DDNNModelSpecInput][] = [
     }),
   ],
   [
+    "a managed broker with TLS and per-tier identities (broker.managed.tls, broker.managed.auth)",
+    variant((s) => {
+      s.placement = { device: "edge", edge: "edge", server: "server" };
+      s.broker = { managed: { tls: { secretName: "demo-tls" }, auth: { devices: ["cam-1"] } } };
+    }),
+  ],
+  [
     "a ConfigMap bundle",
     variant((s) => {
       s.bundle = { configMap: { name: "demo-bundle" }, sha256: DIGEST };
@@ -142,7 +149,14 @@ function build({ spec, name, namespace }: Case): OwnedObject[] {
   const facts = factsFor(spec);
   const plan = planTiers(model.spec, facts);
   if (!plan.ok) throw new Error(plan.message);
-  const input: BuildInput = { model, bundle: facts, plan: plan.plan, images, proxy };
+  const input: BuildInput = {
+    model,
+    bundle: facts,
+    plan: plan.plan,
+    images,
+    proxy,
+    brokerKey: new Uint8Array(32).fill(1),
+  };
   return buildOwnedObjects(input);
 }
 

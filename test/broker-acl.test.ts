@@ -1,0 +1,457 @@
+/**
+ * Who may do what on a managed broker: a real Mosquitto started with exactly the mosquitto.conf,
+ * password file, ACL and container command the operator builds for a DDNNModel with
+ * broker.managed.auth and broker.managed.tls (only the mount paths and the port are moved to this
+ * machine's temporary directory), and the real gateway and server tiers connecting with the
+ * identities the operator issues.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import type { V1ConfigMap, V1Deployment, V1Secret } from "@kubernetes/client-node";
+import { connectAsync, type IClientOptions, type MqttClient } from "mqtt";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { decodeResult, encodeFrame } from "../core/wire/frame.js";
+import { encodeTensor } from "../core/wire/tensor.js";
+import { gatewaySchema, type RunningGateway, startGateway } from "../gateway/gateway.js";
+import {
+  BROKER_RELOAD_SECONDS,
+  type BuildInput,
+  brokerCredentialsSecretName,
+  buildOwnedObjects,
+  MQTTS_PORT,
+} from "../operator/builders.js";
+import { planTiers } from "../operator/placement.js";
+import type { DDNNModelSpecInput } from "../operator/spec.js";
+import { serverSchema } from "../server/config.js";
+import { type RunningServer, startServer } from "../server/server.js";
+import { modelOf } from "./operator/model-fixtures.js";
+import { tempDir } from "./support/bundle-fixture.js";
+import { freePort, mosquittoBinary } from "./support/mosquitto.js";
+import { root } from "./support/run.js";
+import { makeTestPki, type TestPki } from "./support/tls.js";
+
+const BUNDLE = join(root, "models", "fashion-3tier");
+const bundleJson = readFileSync(join(BUNDLE, "ddnn.json"));
+const DIGEST = createHash("sha256").update(bundleJson).digest("hex");
+const manifest = JSON.parse(bundleJson.toString("utf8")) as {
+  name: string;
+  version: string;
+  stages: { name: string; exit?: unknown }[];
+  input: { shape: number[] };
+};
+const facts = {
+  digest: DIGEST,
+  name: manifest.name,
+  version: manifest.version,
+  stages: manifest.stages.map((s) => s.name),
+  exits: manifest.stages.filter((s) => s.exit !== undefined).map((s) => s.name),
+};
+
+/** Cameras outside the cluster send images to the gateway's first stage; servers finish. */
+const spec = (devices: string[]): DDNNModelSpecInput => ({
+  bundle: { url: "http://models.fog.svc/fashion-3tier.tar.gz", sha256: DIGEST },
+  placement: { device: "edge", edge: "edge", server: "server" },
+  // Every request goes on to the server: the whole path crosses the ACLs.
+  exits: { device: 0, edge: 0 },
+  broker: {
+    managed: { tls: { secretName: "demo-broker-tls" }, auth: { devices } },
+  },
+});
+
+function build(name: string, devices: string[], key: Uint8Array): BuildInput {
+  const model = modelOf(spec(devices), name, "fog");
+  const plan = planTiers(model.spec, facts);
+  if (!plan.ok) throw new Error(plan.message);
+  return {
+    model,
+    bundle: facts,
+    plan: plan.plan,
+    images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
+    brokerKey: key,
+  };
+}
+
+const decoded = (s: V1Secret) =>
+  Object.fromEntries(
+    Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]),
+  );
+
+/** The broker Pod of `objects`, its volumes laid out under `dir`, run as its container runs. */
+class ManagedBroker {
+  private child: ChildProcess | undefined;
+  stderr = "";
+  constructor(
+    readonly dir: string,
+    readonly port: number,
+  ) {}
+
+  /** Writes what the broker Pod mounts: its ConfigMap, its auth Secret, the TLS Secret. */
+  mount(objects: readonly { kind?: string; metadata?: { name?: string } }[], pki: TestPki) {
+    const named = <T>(kind: string, name: string) =>
+      objects.find((o) => o.kind === kind && o.metadata?.name === name) as T;
+    const cm = named<V1ConfigMap>("ConfigMap", "demo-broker");
+    const auth = decoded(named<V1Secret>("Secret", "demo-broker-auth"));
+    const write = (path: string, text: string) => {
+      mkdirSync(join(this.dir, path, ".."), { recursive: true, mode: 0o755 });
+      writeFileSync(join(this.dir, path), text, { mode: 0o644 });
+      chmodSync(join(this.dir, path), 0o644);
+    };
+    write("config/mosquitto.conf", this.local(cm.data!["mosquitto.conf"]!));
+    write("auth/passwd", auth.passwd!);
+    write("auth/acl", auth.acl!);
+    write("tls/tls.crt", readFileSync(pki.certFile, "utf8"));
+    write("tls/tls.key", readFileSync(pki.keyFile, "utf8"));
+    const deployment = named<V1Deployment>("Deployment", "demo-broker");
+    return deployment.spec!.template.spec!.containers[0]!.args!;
+  }
+
+  /** Rewrites the auth Secret's files, as the kubelet does when the Secret changes. */
+  remount(objects: readonly { kind?: string; metadata?: { name?: string } }[]): void {
+    const auth = decoded(
+      objects.find(
+        (o) => o.kind === "Secret" && o.metadata?.name === "demo-broker-auth",
+      ) as V1Secret,
+    );
+    writeFileSync(join(this.dir, "auth/passwd"), auth.passwd!);
+    writeFileSync(join(this.dir, "auth/acl"), auth.acl!);
+  }
+
+  /** Mosquitto's process id: the script's child. */
+  get pid(): string {
+    return execFileSync("pgrep", ["-P", String(this.child!.pid), "-f", "mosquitto"], {
+      encoding: "utf8",
+    }).trim();
+  }
+
+  /** The Pod's paths and port, moved here. */
+  local(text: string): string {
+    return text
+      .replaceAll("/mosquitto/", `${this.dir}/`)
+      .replace(`listener ${MQTTS_PORT}`, `listener ${this.port} 127.0.0.1`);
+  }
+
+  async start(args: readonly string[]): Promise<void> {
+    expect(args.slice(0, 2)).toEqual(["sh", "-c"]);
+    // The container's script with the binary's path and a shorter reload period.
+    const script = this.local(args[2]!)
+      .replace(/^mosquitto /, `${mosquittoBinary} `)
+      .replace(`sleep ${BROKER_RELOAD_SECONDS}`, "sleep 0.5");
+    this.child = spawn("sh", ["-c", script], { stdio: ["ignore", "pipe", "pipe"] });
+    this.child.stderr!.on("data", (d: Buffer) => {
+      this.stderr = (this.stderr + d.toString()).slice(-8000);
+    });
+    this.child.stdout!.on("data", (d: Buffer) => {
+      this.stderr = (this.stderr + d.toString()).slice(-8000);
+    });
+    const until = Date.now() + 10_000;
+    for (;;) {
+      const up = await new Promise<boolean>((resolve) => {
+        const s = connect(this.port, "127.0.0.1");
+        s.once("connect", () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.once("error", () => resolve(false));
+      });
+      if (up) return;
+      if (Date.now() > until) throw new Error(`broker did not listen: ${this.stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async stop(): Promise<void> {
+    const c = this.child;
+    if (!c || c.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => c.kill("SIGKILL"), 5_000);
+      c.once("exit", () => {
+        clearTimeout(t);
+        resolve();
+      });
+      c.kill("SIGTERM");
+    });
+  }
+}
+
+const available = mosquittoBinary !== undefined;
+
+describe.skipIf(!available)(
+  "managed broker with auth and TLS (real Mosquitto, operator's config)",
+  () => {
+    const key = randomBytes(32);
+    const input = build("demo", ["cam-1", "cam-2"], key);
+    const objects = buildOwnedObjects(input);
+    const credentials = decoded(
+      objects.find(
+        (o) => o.metadata?.name === brokerCredentialsSecretName(input.model),
+      ) as V1Secret,
+    );
+    const cred = (who: string) => ({
+      username: credentials[`${who}.username`]!,
+      password: credentials[`${who}.password`]!,
+    });
+    let pki: TestPki;
+    let broker: ManagedBroker;
+    let url: string;
+    const clients: MqttClient[] = [];
+
+    beforeAll(async () => {
+      pki = makeTestPki();
+      const dir = tempDir("ddnn-managed-broker-");
+      chmodSync(dir, 0o755);
+      broker = new ManagedBroker(dir, await freePort());
+      url = `mqtts://127.0.0.1:${broker.port}`;
+      await broker.start(broker.mount(objects, pki));
+    });
+    afterAll(async () => {
+      await Promise.all(clients.map((c) => c.endAsync(true)));
+      await broker?.stop();
+    });
+
+    const options = (extra: IClientOptions = {}): IClientOptions => ({
+      protocolVersion: 4,
+      reconnectPeriod: 0,
+      connectTimeout: 5_000,
+      ca: readFileSync(pki.caFile, "utf8"),
+      ...extra,
+    });
+    async function client(who: string | undefined): Promise<MqttClient> {
+      const c = await connectAsync(url, options(who ? cred(who) : {}));
+      clients.push(c);
+      return c;
+    }
+    async function refusal(extra: IClientOptions, target = url): Promise<string> {
+      try {
+        const c = await connectAsync(target, options(extra));
+        await c.endAsync(true);
+        return "connected";
+      } catch (err) {
+        return (err as Error).message;
+      }
+    }
+    /** Messages `c` receives on `filter` within `ms` (after subscribing; the SUBACK codes too). */
+    async function collect(c: MqttClient, filter: string) {
+      const got: { topic: string; payload: Buffer }[] = [];
+      c.on("message", (topic, payload) => {
+        if (topic === filter.replace(/^\$share\/[^/]+\//, "") || filter === "ddnn/#")
+          got.push({ topic, payload });
+      });
+      const granted = await c.subscribeAsync(filter, { qos: 1 });
+      return { got, qos: granted.map((g) => g.qos) };
+    }
+    const settle = () => new Promise((r) => setTimeout(r, 300));
+
+    it("refuses an anonymous client, a wrong password, and plaintext on the TLS listener", async () => {
+      expect(await refusal({})).toMatch(/Not authorized/);
+      expect(await refusal({ username: cred("device.cam-1").username, password: "guess" })).toMatch(
+        /Not authorized|Bad User Name or Password/,
+      );
+      expect(await refusal({ ...cred("device.cam-1") }, url.replace("mqtts", "mqtt"))).not.toBe(
+        "connected",
+      );
+      expect(
+        await refusal({ ...cred("device.cam-1"), ca: readFileSync(pki.otherCaFile, "utf8") }),
+      ).toMatch(/certificate/);
+    });
+
+    it("a device cannot read another device's replies, nor any request topic, nor publish a reply", async () => {
+      const cam1 = await client("device.cam-1");
+      const cam2 = await client("device.cam-2");
+      const edge = await client("edge");
+      const server = await client("server");
+      const other = await collect(cam1, "ddnn/fog/demo/reply/cam-2");
+      const own = await collect(cam2, "ddnn/fog/demo/reply/cam-2");
+      const requests = await collect(cam1, "ddnn/fog/demo/device/req");
+      const wildcard = await collect(cam1, "ddnn/#");
+      const edgeGets = await collect(edge, "$share/demo-device/ddnn/fog/demo/device/req");
+      // The server answers cam-2; cam-2 sends a request; cam-1 forges a reply to cam-2.
+      await server.publishAsync("ddnn/fog/demo/reply/cam-2", "for cam-2", { qos: 1 });
+      await cam2.publishAsync("ddnn/fog/demo/device/req", "cam-2's image", { qos: 1 });
+      await cam1.publishAsync("ddnn/fog/demo/reply/cam-2", "forged by cam-1", { qos: 1 });
+      await settle();
+      expect(own.got.map((m) => m.payload.toString())).toEqual(["for cam-2"]);
+      expect(edgeGets.got.map((m) => m.payload.toString())).toEqual(["cam-2's image"]);
+      expect(other.got).toEqual([]);
+      expect(requests.got).toEqual([]);
+      expect(wildcard.got).toEqual([]);
+      // Mosquitto 2.0 grants the SUBACK and checks the ACL on every delivery: nothing arrives.
+    });
+
+    it("the gateway reads its stage's requests and sends on; the server reads only its own stage's", async () => {
+      const edge = await client("edge");
+      const server = await client("server");
+      const cam1 = await client("device.cam-1");
+      const serverGets = await collect(server, "$share/demo-server/ddnn/fog/demo/server/req");
+      const serverSteals = await collect(server, "ddnn/fog/demo/device/req");
+      const reply = await collect(cam1, "ddnn/fog/demo/reply/cam-1");
+      await edge.publishAsync("ddnn/fog/demo/server/req", "features", { qos: 1 });
+      await cam1.publishAsync("ddnn/fog/demo/device/req", "image", { qos: 1 });
+      await edge.publishAsync("ddnn/fog/demo/reply/cam-1", "edge's answer", { qos: 1 });
+      await settle();
+      expect(serverGets.got.map((m) => m.payload.toString())).toEqual(["features"]);
+      expect(serverSteals.got).toEqual([]);
+      expect(reply.got.map((m) => m.payload.toString())).toEqual(["edge's answer"]);
+    });
+
+    it("the passwords are only in the credentials Secret: no Pod spec, ConfigMap or the broker's own Secret holds one", () => {
+      const passwords = Object.entries(credentials)
+        .filter(([k]) => k.endsWith(".password"))
+        .map(([, v]) => v);
+      expect(passwords).toHaveLength(4);
+      for (const o of objects) {
+        if (o.metadata?.name === brokerCredentialsSecretName(input.model)) continue;
+        const text = JSON.stringify(o);
+        const data = o.kind === "Secret" ? JSON.stringify(decoded(o as V1Secret)) : "";
+        for (const p of passwords) {
+          expect(text, `${o.kind}/${o.metadata?.name}`).not.toContain(p);
+          expect(data, `${o.kind}/${o.metadata?.name}`).not.toContain(p);
+        }
+      }
+    });
+
+    it("a new operator key rotates every password without restarting the broker", async () => {
+      const rotated = build("demo", ["cam-1", "cam-2"], randomBytes(32));
+      const next = buildOwnedObjects(rotated);
+      const nextCreds = decoded(
+        next.find(
+          (o) => o.metadata?.name === brokerCredentialsSecretName(rotated.model),
+        ) as V1Secret,
+      );
+      const pid = broker.pid;
+      const old = cred("server");
+      const fresh = {
+        username: nextCreds["server.username"]!,
+        password: nextCreds["server.password"]!,
+      };
+      expect(fresh.username).toBe(old.username);
+      expect(fresh.password).not.toBe(old.password);
+      // As the kubelet updates a mounted Secret: the files change in place.
+      broker.remount(next);
+      const until = Date.now() + 10_000;
+      while ((await refusal(fresh)) !== "connected" && Date.now() < until)
+        await new Promise((r) => setTimeout(r, 200));
+      expect(await refusal(fresh)).toBe("connected");
+      expect(await refusal(old)).toMatch(/Not authorized/);
+      expect(broker.pid).toBe(pid);
+      // Back to the first key for the tests that follow.
+      broker.remount(objects);
+      while ((await refusal(old)) !== "connected" && Date.now() < until + 10_000)
+        await new Promise((r) => setTimeout(r, 200));
+    });
+
+    it("a client of another DDNNModel reaches nothing of this one", async () => {
+      // Same operator key, same namespace, a model named otherwise: other user names, other passwords.
+      const other = build("other", ["cam-1"], key);
+      const otherCreds = decoded(
+        buildOwnedObjects(other).find(
+          (o) => o.metadata?.name === brokerCredentialsSecretName(other.model),
+        ) as V1Secret,
+      );
+      for (const who of ["server", "edge", "device.cam-1"]) {
+        const c = {
+          username: otherCreds[`${who}.username`]!,
+          password: otherCreds[`${who}.password`]!,
+        };
+        expect(c.username).not.toBe(cred(who).username);
+        expect(c.password).not.toBe(cred(who).password);
+        expect(await refusal(c)).toMatch(/Not authorized/);
+      }
+    });
+
+    it("a camera's image goes through the real gateway and server, each with its own identity, and the answer reaches only that camera", async () => {
+      const lines: string[] = [];
+      const sink = new Writable({
+        write(chunk, _enc, done) {
+          lines.push(String(chunk));
+          done();
+        },
+      });
+      const log = pino({ level: "debug" }, sink);
+      const common = {
+        bundle: BUNDLE,
+        model: "fog/demo",
+        broker: url,
+        brokerCa: pki.caFile,
+        httpPort: 0,
+        httpHost: "127.0.0.1",
+        workers: 1,
+        logLevel: "debug",
+      };
+      let gateway: RunningGateway | undefined;
+      let server: RunningServer | undefined;
+      try {
+        server = await startServer(
+          serverSchema.parse({
+            ...common,
+            stages: ["server"],
+            brokerUsername: cred("server").username,
+            brokerPassword: cred("server").password,
+          }),
+          log,
+        );
+        gateway = await startGateway(
+          gatewaySchema.parse({
+            ...common,
+            stages: ["device", "edge"],
+            threshold: { device: 0, edge: 0 },
+            brokerUsername: cred("edge").username,
+            brokerPassword: cred("edge").password,
+          }),
+          log,
+        );
+        const cam1 = await client("device.cam-1");
+        const cam2 = await client("device.cam-2");
+        const mine = await collect(cam1, "ddnn/fog/demo/reply/cam-1");
+        const theirs = await collect(cam2, "ddnn/fog/demo/reply/cam-1");
+        const shape = [1, ...manifest.input.shape];
+        const size = shape.reduce((a, b) => a * b, 1);
+        const { fields, body } = encodeTensor(new Float32Array(size).fill(0.5), shape, {
+          dtype: "f32",
+          compression: "none",
+        });
+        const header = {
+          kind: "infer",
+          id: "acl-1",
+          model: "fog/demo",
+          digest: DIGEST,
+          stage: 0,
+          replyTo: "ddnn/fog/demo/reply/cam-1",
+          deadline: Date.now() + 10_000,
+          sentAt: Date.now(),
+          ...fields,
+        };
+        // The workers subscribe once connected; send until the answer comes.
+        for (let i = 0; i < 50 && mine.got.length === 0; i++) {
+          await cam1.publishAsync(
+            "ddnn/fog/demo/device/req",
+            Buffer.from(encodeFrame({ ...header, id: `acl-${i}` }, body)),
+            { qos: 1 },
+          );
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        expect(mine.got.length).toBeGreaterThan(0);
+        expect(theirs.got).toEqual([]);
+        // Answered by the server (no exit on the way: thresholds 0), not an error about access.
+        const answer = decodeResult(new Uint8Array(mine.got[0]!.payload)).header;
+        expect(answer).toMatchObject({ kind: "result", status: "ok", stage: 2 });
+        // Credentials appear in no log line and on no /metrics page.
+        for (const port of [server.port, gateway.port]) {
+          const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+          for (const who of ["server", "edge"]) expect(metrics).not.toContain(cred(who).password);
+        }
+        const text = lines.join("");
+        expect(text).toContain("connected to the broker");
+        for (const who of ["server", "edge", "device.cam-1"])
+          expect(text).not.toContain(cred(who).password);
+      } finally {
+        await gateway?.close();
+        await server?.close();
+      }
+    });
+  },
+);
