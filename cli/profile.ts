@@ -9,6 +9,7 @@ import { availableParallelism } from "node:os";
 import { z } from "zod";
 import {
   boolField,
+  brokerInsecurity,
   ConfigError,
   field,
   intField,
@@ -49,6 +50,16 @@ export const profileConfig = program({
   attach: field(boolField.default(false), {
     switch: true,
     help: "profile a fog that already runs on --broker (and --model): start only the device agents here, not the broker, server or gateway",
+  }),
+  kubeconfig: field(z.string().min(1).optional(), {
+    help: "profile a DDNNModel deployed on Kubernetes (with --model NAME): find its broker and server Pods, bundle, thresholds and wire settings, and run as --attach against them (the Pod IPs must be routable from here)",
+    value: "PATH",
+    defaultText: "none",
+  }),
+  namespace: field(z.string().min(1).optional(), {
+    help: "with --kubeconfig: the DDNNModel's namespace (or give --model NS/NAME)",
+    value: "NS",
+    defaultText: "the kubeconfig context's, else default",
   }),
   serverUrl: field(z.string().url("must be a URL like http://server:8080").optional(), {
     help: "with --attach: the server tier's HTTP address, for the Server Only (HTTP) row",
@@ -167,9 +178,55 @@ async function makeLink(spec: LinkSpec, fog: LocalFog): Promise<MadeLink> {
   }
 }
 
+/** With --kubeconfig: the configuration of an --attach run against the DDNNModel's deployment. */
+async function fromCluster(
+  cfg: ProfileConfig,
+): Promise<{ cfg: ProfileConfig; digest: string | null; notes: readonly string[] }> {
+  if (cfg.kubeconfig === undefined) return { cfg, digest: null, notes: [] };
+  if (cfg.attach || cfg.broker !== undefined || cfg.serverUrl !== undefined)
+    throw new ConfigError(
+      "--kubeconfig finds the broker and server itself: leave out --attach, --broker and --server-url",
+    );
+  if (cfg.model === undefined)
+    throw new ConfigError("--kubeconfig needs --model NAME, the DDNNModel to profile");
+  const slash = cfg.model.indexOf("/");
+  const [namespace, name] =
+    slash >= 0
+      ? [cfg.model.slice(0, slash), cfg.model.slice(slash + 1)]
+      : [cfg.namespace, cfg.model];
+  const { findDeployment } = await import("../profile/kube.js");
+  const d = await findDeployment(cfg.kubeconfig, name, namespace);
+  // The DDNNModel asked for this broker: its tiers accept it as the operator tells them to, and so
+  // do the profile's agents, said in the notes.
+  const insecurity = brokerInsecurity(d.broker, false);
+  return {
+    cfg: {
+      ...cfg,
+      attach: true,
+      broker: d.broker,
+      serverUrl: d.serverUrl,
+      bundle: cfg.bundle ?? d.bundle,
+      model: d.model,
+      threshold: { ...d.threshold, ...cfg.threshold },
+      ...(d.dtype ? { dtype: d.dtype } : {}),
+      ...(d.compression ? { compression: d.compression } : {}),
+      deadlineMs: d.deadlineMs,
+      insecure: cfg.insecure || insecurity !== undefined,
+    },
+    digest: d.bundleDigest,
+    notes: [
+      `kubernetes: DDNNModel ${d.model} from ${cfg.kubeconfig}`,
+      ...d.notes,
+      ...(insecurity ? [`the model's broker is ${insecurity}, as its tiers use it`] : []),
+    ],
+  };
+}
+
 /** Runs the whole profile on a fog it starts and stops; progress goes to stderr. */
-export async function profile(cfg: ProfileConfig, command: string): Promise<ProfileReport> {
+export async function profile(given: ProfileConfig, command: string): Promise<ProfileReport> {
   const progress = (s: string) => process.stderr.write(`${s}\n`);
+  const cluster = await fromCluster(given);
+  const cfg = cluster.cfg;
   const spec = cfg.link === undefined ? null : parseLinkSpec(cfg.link);
   if (spec) {
     const why = await linkUnavailable(spec);
@@ -180,12 +237,16 @@ export async function profile(cfg: ProfileConfig, command: string): Promise<Prof
       );
   }
   const w = await openWorkload(cfg);
+  if (cluster.digest !== null && w.bundle.digest !== cluster.digest)
+    throw new ConfigError(
+      `--bundle ${cfg.bundle} has digest ${w.bundle.digest}, the deployment runs ${cluster.digest}: leave out --bundle to use the deployment's`,
+    );
   const policy = exitPolicyFor(w.manifest, cfg.threshold);
   const fog = await startLocalFog(cfg, w, {
     serverOnly: cfg.serverOnly,
     ...(cfg.attach ? { attach: { serverUrl: cfg.serverUrl } } : {}),
   });
-  const notes: string[] = [];
+  const notes: string[] = [...cluster.notes];
   let link: MadeLink | undefined;
   let linkReport: LinkReport | null = null;
   try {

@@ -412,6 +412,78 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     expect((await serverExits(server)) - exitsBefore).toBe(c.byServer);
   });
 
+  it("ddnn profile --kubeconfig --model fashion finds the deployment and measures its Table II as ddnn eval computes it", async () => {
+    const n = 200;
+    const file = join(work, "profile-kube.json");
+    await ddnn(
+      [
+        "profile",
+        "--kubeconfig",
+        cluster.kubeconfigPath,
+        "--model",
+        MODEL,
+        "--namespace",
+        NS,
+        "--limit",
+        String(n),
+        "--devices",
+        "2",
+        "--fps",
+        "50",
+        "--sweep-steps",
+        "4",
+        "--json",
+        file,
+      ],
+      240_000,
+    );
+    const p = JSON.parse(readFileSync(file, "utf8")) as {
+      run: { samples: number; broker: string; encoding: { dtype: string } };
+      model: { digest: string };
+      tableII: {
+        configuration: string;
+        samples: number;
+        degraded: number;
+        accuracy: { local: number | null; overall: number | null; ideal: number | null };
+        timingsMs: { comm: { n: number; mean: number } | null; total: { n: number } | null };
+        exitRates: { stage: string; rate: number }[];
+      }[];
+      notes: string[];
+    };
+    const expected = await evaluate("fashion-deep", n);
+    const serverOnly = await evaluate("fashion-deep", n, ["device=0"]);
+    const truth = (
+      await readIdx(
+        join(REPO_ROOT, "models", "eval", "fashion-mnist-t10k-2000-labels-idx1-ubyte.gz"),
+      )
+    ).data;
+    const accuracy = (xs: { label: number }[]) =>
+      xs.filter((x, i) => x.label === truth[i]).length / xs.length;
+    // The profile's agents ran with the deployment's bundle and wire settings, against its broker
+    // and server (the Pods found from the DDNNModel).
+    expect(p.model.digest).toBe(digest);
+    expect(p.run.encoding.dtype).toBe("f32");
+    expect(p.run.broker).toBe("attached");
+    expect(p.notes.join("\n")).toContain(`kubernetes: DDNNModel ${NS}/${MODEL}`);
+    expect(p.tableII.map((r) => r.configuration)).toEqual(["Device&Server", "Server Only (HTTP)"]);
+    const [ds, http] = p.tableII;
+    expect(ds!.samples).toBe(n);
+    expect(ds!.degraded).toBe(0);
+    expect(ds!.exitRates.map((e) => [e.stage, e.rate])).toEqual(
+      ["device", "server"].map((s) => [s, expected.filter((x) => x.stage === s).length / n]),
+    );
+    expect(ds!.accuracy.overall).toBe(accuracy(expected));
+    // The in-cluster server honours probe requests: every exit's answer, so Ideal is measured.
+    expect(ds!.accuracy.ideal).not.toBeNull();
+    expect(ds!.timingsMs.total!.n).toBe(n);
+    expect(ds!.timingsMs.comm!.mean).toBeGreaterThan(0);
+    expect(http!.samples).toBe(n);
+    expect(http!.accuracy.overall).toBe(accuracy(serverOnly));
+    console.info(
+      `e2e: ddnn profile --kubeconfig: Device&Server Overall ${ds!.accuracy.overall}, Ideal ${ds!.accuracy.ideal}, mean T_Comm ${ds!.timingsMs.comm!.mean.toFixed(3)} ms; Server Only (HTTP) ${http!.accuracy.overall}`,
+    );
+  });
+
   it("a threshold change and a new bundle roll out: Pods replaced, status follows, answers follow", async () => {
     // Lower device threshold: more images go to the server.
     const before = await model();
