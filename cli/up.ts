@@ -7,7 +7,15 @@
  */
 
 import { openStages } from "../core/bundle/stages.js";
-import { boolField, field, loadConfig, program, programHelp, wantsHelp } from "../core/config.js";
+import {
+  boolField,
+  field,
+  intField,
+  loadConfig,
+  program,
+  programHelp,
+  wantsHelp,
+} from "../core/config.js";
 import { accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
 import { deviceAndServer, type Row, type ServerOnlyRow, serverOnly } from "../profile/measure.js";
@@ -23,6 +31,7 @@ import {
 } from "./local-fog.js";
 import { renderTableII } from "./profile-text.js";
 import { percent } from "./table.js";
+import { runViewsUp } from "./up-views.js";
 
 /** `ddnn up`: the fields of a fog on one machine (cli/local-fog.ts) and its own. */
 export const upConfig = program({
@@ -30,6 +39,10 @@ export const upConfig = program({
   json: field(boolField.default(false), {
     switch: true,
     help: "print the final report as one JSON object",
+  }),
+  views: field(intField(2, 64).optional(), {
+    help: "horizontal DDNN: K devices, each replaying its own view of every capture, fused by the gateway (the bundle defaults to the shipped models/fashion-views3; --images takes {view})",
+    value: "K",
   }),
 });
 
@@ -44,6 +57,7 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
     return 0;
   }
   const cfg = loadConfig(upConfig, argv);
+  if (cfg.views !== undefined) return runViewsUp({ ...cfg, views: cfg.views }, out);
   const w = await openWorkload(cfg);
   const { manifest, names, count, per } = w;
   const progress = (s: string) => process.stderr.write(`${s}\n`);

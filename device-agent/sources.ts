@@ -32,7 +32,8 @@ export const inferRoute =
       }
       let capture: string | undefined;
       try {
-        capture = captureOf(req.query, req.headers, slotMs);
+        // Only a view of a multi-view bundle has captures: a one-view device ignores these.
+        capture = agent.view === undefined ? undefined : captureOf(req.query, req.headers, slotMs);
       } catch (err) {
         return reply.code(400).send({ error: (err as Error).message });
       }
