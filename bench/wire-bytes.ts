@@ -19,11 +19,11 @@ import { OffloadClient } from "../core/runtime/offload-client.js";
 import { resolveModel } from "../core/runtime/tier.js";
 import { replyTopic } from "../core/topics.js";
 import {
-  type Compression,
-  compressions,
+  wireCompressions as compressions,
   decodeRequest,
   dtypes,
   encodeFrame,
+  type WireCompression,
   type WireDtype,
 } from "../core/wire/frame.js";
 import { decodeTensor, encodeTensor } from "../core/wire/tensor.js";
@@ -71,7 +71,7 @@ const deviceCorrect = deviceExits.filter((e) => e.label === truth[e.index]).leng
 
 interface Row {
   dtype: WireDtype;
-  compression: Compression;
+  compression: WireCompression;
   bytesMean: number;
   bytesMin: number;
   bytesMax: number;
@@ -82,7 +82,7 @@ interface Row {
   labels: Int32Array;
 }
 
-async function measure(dtype: WireDtype, compression: Compression): Promise<Row> {
+async function measure(dtype: WireDtype, compression: WireCompression): Promise<Row> {
   const fake = new CapturingClient();
   const replyTo = replyTopic(model, "dev-0");
   const client = new OffloadClient({

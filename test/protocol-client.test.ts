@@ -360,6 +360,29 @@ describe("a Python client written from docs/protocol.md only", () => {
     expect(agree / n).toBeGreaterThanOrEqual(0.9);
   });
 
+  it("u8q + sparse frames (zero bitmap and non-zero bytes): the same answers as u8q + deflate", async () => {
+    const features = await deviceFeatures(three.reference, n, 9);
+    // ReLU-like features: many exact zeros, as the device stage of a trained model gives.
+    const relu = features.map((f) => f.map((v, j) => (j % 3 === 0 ? 0 : Math.max(0, v))));
+    const sparse = await runClient(three, 1, relu, "u8q", "sparse");
+    const deflate = await runClient(three, 1, relu, "u8q", "deflate");
+    expect(sparse.filter((l) => l.reply.status !== "ok")).toEqual([]);
+    expect(sparse.map((l) => l.sent.raw_hex)).toEqual(deflate.map((l) => l.sent.raw_hex));
+    expect(sparse.map((l) => [l.reply.stage, l.reply.label, l.reply.entropy])).toEqual(
+      deflate.map((l) => [l.reply.stage, l.reply.label, l.reply.entropy]),
+    );
+    const decoded = sparse.map((l) =>
+      Float32Array.from(
+        Buffer.from(l.sent.raw_hex, "hex"),
+        (b) => l.sent.scale! * (b - l.sent.zero!),
+      ),
+    );
+    const want = await expected(three.reference, 1, decoded);
+    expect(sparse.map((l) => [l.reply.stage, l.reply.label])).toEqual(
+      want.map((w) => [w.stage, w.label]),
+    );
+  });
+
   it("f16 frames: the answer for the half-precision values", async () => {
     const features = await deviceFeatures(three.reference, n, 6);
     const lines = await runClient(three, 1, features, "f16", "none");

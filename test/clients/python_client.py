@@ -6,7 +6,7 @@ by id, and prints one JSON line per request: what was sent (so the caller can ch
 and the reply header. With --probes it also sends requests that must fail with a given error code.
 
 usage: python_client.py --host H --port P --bundle DIR --stage K --features FILE
-                        [--dtype f32|f16|u8q] [--compression none|deflate] [--probes]
+                        [--dtype f32|f16|u8q] [--compression none|deflate|sparse] [--probes]
 features file: {"shape": [per-sample dims], "samples": [[flat values], ...]}
 """
 
@@ -52,8 +52,22 @@ def encode(values, dtype, compression):
         fields.update(scale=scale, zero=zero)
     else:
         raise ValueError(f"unknown dtype {dtype}")
-    body = zlib.compress(raw) if compression == "deflate" else raw
+    if compression == "deflate":
+        body = zlib.compress(raw)
+    elif compression == "sparse":
+        body = sparse(raw)
+    else:
+        body = raw
     return raw, body, fields
+
+
+def sparse(raw):
+    """docs: 'compression: "sparse"': a bitmap of the non-zero bytes, then those bytes."""
+    bits = bytearray((len(raw) + 7) // 8)
+    for i, b in enumerate(raw):
+        if b:
+            bits[i >> 3] |= 1 << (i & 7)
+    return bytes(bits) + bytes(b for b in raw if b)
 
 
 def connect(host, port, reply_topic, on_message):
