@@ -36,7 +36,7 @@ import {
   startGateway,
 } from "../gateway/gateway.js";
 import type { Row, ServerOnlyRow } from "../profile/measure.js";
-import { serverConfig, serverSchema } from "../server/config.js";
+import { type ServerConfig, serverConfig, serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
 import { type EmbeddedBroker, startEmbeddedBroker } from "./broker.js";
 import { shipped } from "./paths.js";
@@ -223,7 +223,14 @@ function serverOnlyModel(w: Workload): string {
 export async function startLocalFog(
   cfg: LocalFogConfig,
   w: Workload,
-  options: { serverOnly?: boolean; attach?: { serverUrl?: string | undefined } } = {},
+  options: {
+    serverOnly?: boolean;
+    attach?: { serverUrl?: string | undefined };
+    /** Starts the Device&Server server another way (ddnn profile: its own process, to read its CPU). */
+    startServer?: (
+      config: ServerConfig,
+    ) => Promise<{ readonly port: number; close(): Promise<void> }>;
+  } = {},
 ): Promise<LocalFog> {
   const k = w.names.length;
   if (options.attach) {
@@ -250,10 +257,11 @@ export async function startLocalFog(
     const common = commonOf(cfg, w, brokerUrl, embedded ? false : cfg.sharedSubscriptions);
     const pool = { workers: cfg.workers, maxBatch: cfg.maxBatch, maxDelayMs: cfg.maxDelayMs };
     const serverStages = k >= 3 ? [w.names[k - 1]!] : k === 2 ? [w.names[1]!] : [w.names[0]!];
-    const srv = await startServer(
-      serverSchema.parse({ ...common, ...pool, stages: serverStages }),
-      makeLogger(cfg.logLevel, "server"),
-    );
+    const serverSettings = serverSchema.parse({ ...common, ...pool, stages: serverStages });
+    const inProcess = options.startServer
+      ? undefined
+      : await startServer(serverSettings, makeLogger(cfg.logLevel, "server"));
+    const srv = inProcess ?? (await options.startServer!(serverSettings));
     started.push(srv);
     let gateway: RunningGateway | undefined;
     // A multi-view bundle's gateway fuses the views, with or without middle stages to run.
@@ -290,7 +298,7 @@ export async function startLocalFog(
       brokerUrl,
       embedded: embedded !== undefined,
       attached: false,
-      server: srv,
+      ...(inProcess ? { server: inProcess } : {}),
       serverUrl: `http://127.0.0.1:${srv.port}`,
       ...(gateway ? { gateway } : {}),
       ...(serverOnly ? { serverOnly } : {}),
