@@ -335,8 +335,55 @@ export function decodeRequest(frame: Uint8Array): { header: RequestHeader; body:
   return { header: parsed.data, body };
 }
 
+const resultOkRules = new Map<string, (v: unknown) => boolean>([
+  ["kind", (v) => v === "result"],
+  ["id", (v) => typeof v === "string"],
+  ["status", (v) => v === "ok"],
+  ["stage", isCount],
+  ["label", isCount],
+  ["entropy", isFiniteNumber],
+  ["timings", (v) => isPlainObject(v) && Object.values(v).every(isFiniteNumber)],
+  ["exits", (v) => Array.isArray(v) && v.length <= 64 && v.every(isExitAnswer)],
+]);
+const resultOkKeys = Object.keys(resultHeaderSchema.options[0].shape);
+/** The ok branch has exactly the fields the rules know (it keeps every other key, so must this). */
+const resultFastPathCoversSchema =
+  resultOkKeys.length === resultOkRules.size && resultOkKeys.every((k) => resultOkRules.has(k));
+
+/**
+ * An ok reply header that follows every rule of resultHeaderSchema, as the schema returns it
+ * (its fields in the schema's order, timings defaulted to {}, other keys after them); undefined
+ * for any other header (error replies included), which the schema must then judge.
+ */
+export function checkResultHeader(header: Record<string, unknown>): ResultOk | undefined {
+  if (!resultFastPathCoversSchema || Object.getPrototypeOf(header) !== Object.prototype)
+    return undefined;
+  if (header.status !== "ok" || Object.hasOwn(header, "__proto__")) return undefined;
+  for (const [key, rule] of resultOkRules) {
+    const v = header[key];
+    if (v === undefined ? key !== "timings" && key !== "exits" : !rule(v)) return undefined;
+  }
+  if (isPlainObject(header.timings) && Object.hasOwn(header.timings, "__proto__")) return undefined;
+  const out: Record<string, unknown> = {};
+  for (const key of resultOkKeys) {
+    const v = header[key];
+    if (v !== undefined)
+      out[key] =
+        key === "exits"
+          ? (v as ExitAnswer[]).map((e) => ({ stage: e.stage, label: e.label, entropy: e.entropy }))
+          : key === "timings"
+            ? { ...(v as Record<string, number>) }
+            : v;
+    else if (key === "timings") out[key] = {};
+  }
+  for (const key of Object.keys(header)) if (!resultOkRules.has(key)) out[key] = header[key];
+  return out as ResultOk;
+}
+
 export function decodeResult(frame: Uint8Array): { header: ResultHeader; body: Uint8Array } {
   const { header, body } = decodeFrame(frame);
+  const fast = checkResultHeader(header);
+  if (fast) return { header: fast, body };
   const parsed = resultHeaderSchema.safeParse(header);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

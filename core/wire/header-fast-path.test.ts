@@ -8,10 +8,12 @@
 import { describe, expect, it } from "vitest";
 import {
   checkRequestHeader,
+  checkResultHeader,
   decodeRequest,
   encodeFrame,
   type FrameError,
   requestHeaderSchema,
+  resultHeaderSchema,
 } from "./frame.js";
 
 /** A small deterministic generator (LCG), so a failure reproduces. */
@@ -250,5 +252,62 @@ describe("hand-written request header checks", () => {
         );
       }
     }
+  });
+});
+
+describe("hand-written ok reply header checks", () => {
+  const reply = (): Record<string, unknown> => ({
+    kind: "result",
+    id: "cam-1-0a1b2c3d-42",
+    status: "ok",
+    stage: 1,
+    label: 3,
+    entropy: 0.125,
+    tier: "server",
+    timings: { server: 0.25, serverQueue: 0 },
+  });
+  const replyKeys = [
+    "kind",
+    "id",
+    "status",
+    "stage",
+    "label",
+    "entropy",
+    "timings",
+    "exits",
+    "tier",
+    "error",
+  ];
+
+  it("accept only what the schema accepts, with the same result, on mutated replies", () => {
+    const r = rng(41);
+    let accepted = 0;
+    for (let n = 0; n < 20_000; n++) {
+      const h = reply();
+      if (r.next() < 0.3) delete h.timings;
+      if (r.next() < 0.2) h.exits = [{ label: 1, stage: 0, entropy: 0.75 }];
+      for (let m = r.int(3); m > 0; m--) {
+        const key = r.pick(replyKeys);
+        const what = r.int(4);
+        if (what === 0) delete h[key];
+        else if (what === 1) h.timings = r.next() < 0.5 ? { server: r.pick(numbers) } : value(r);
+        else h[key] = r.next() < 0.3 ? r.pick(["ok", "error", "result", ""]) : value(r);
+      }
+      for (const x of [h, viaJson(h)]) {
+        const fast = checkResultHeader(x);
+        const zod = resultHeaderSchema.safeParse(x);
+        if (fast === undefined) {
+          // Valid ok replies with plain exits are all taken by the fast path.
+          if (zod.success && zod.data.status === "ok" && fastKnows({ exits: x.exits }))
+            expect.unreachable(`fast path refused a valid reply ${JSON.stringify(x)}`);
+          continue;
+        }
+        accepted++;
+        expect(zod.success, JSON.stringify(x)).toBe(true);
+        expect(fast).toStrictEqual(zod.data);
+        expect(Object.keys(fast)).toEqual(Object.keys(zod.data as object));
+      }
+    }
+    expect(accepted).toBeGreaterThan(5000);
   });
 });
