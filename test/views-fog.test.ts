@@ -12,7 +12,7 @@ import { readIdx } from "../core/dataset/idx.js";
 import { adaptiveDecisions } from "../core/evaluation.js";
 import { connectBroker, whenConnected } from "../core/runtime/mqtt.js";
 import { makeLogger } from "../core/runtime/tier.js";
-import { modelKey, parseModelRef, replyTopic, viewsTopic } from "../core/topics.js";
+import { eventsTopic, modelKey, parseModelRef, replyTopic, viewsTopic } from "../core/topics.js";
 import { ViewsPipeline } from "../core/views-pipeline.js";
 import { decodeResult, encodeFrame, type ResultHeader } from "../core/wire/frame.js";
 import type { Answer } from "../device-agent/agent.js";
@@ -76,6 +76,7 @@ async function startTiers(o: {
   dtype: "f32" | "u8q";
   compression: "none" | "deflate";
   windowMs: number;
+  alarm?: string[];
 }): Promise<Tiers> {
   const common = {
     bundle,
@@ -91,7 +92,12 @@ async function startTiers(o: {
     quiet(),
   );
   const gateway = await startGateway(
-    gatewaySchema.parse({ ...common, fusionWindowMs: o.windowMs, recentCaptures: 64 }),
+    gatewaySchema.parse({
+      ...common,
+      fusionWindowMs: o.windowMs,
+      recentCaptures: 64,
+      alarm: o.alarm ?? [],
+    }),
     quiet(),
   );
   await waitFor(() => server.service.subscribed, 5000, "server subscribed");
@@ -257,18 +263,26 @@ describe("the gateway's fusion, frame by frame", () => {
   let client: MqttClient;
   const model = parseModelRef("default/fashion-views3");
   const replies = new Map<string, ResultHeader>();
+  const events: { capture?: string; views?: number[]; label?: number }[] = [];
   const replyTo = replyTopic(model, "probe-client");
 
   beforeAll(async () => {
-    tiers = await startTiers({ dtype: "f32", compression: "none", windowMs: 150 });
+    // Every label raises an alarm: one event per capture, whatever its answer.
+    tiers = await startTiers({
+      dtype: "f32",
+      compression: "none",
+      windowMs: 150,
+      alarm: reference.manifest.labels.map((_, i) => String(i)),
+    });
     client = connectBroker({ url: mosquitto.url, clientId: `views-test-${process.pid}` });
     await whenConnected(client);
     client.on("message", (topic, payload) => {
+      if (topic === eventsTopic(model)) events.push(JSON.parse(payload.toString()));
       if (topic !== replyTo && !topic.startsWith(`${replyTo}/`)) return;
       const { header } = decodeResult(new Uint8Array(payload));
       replies.set(header.id, header);
     });
-    await client.subscribeAsync([replyTo, `${replyTo}/+`], { qos: 1 });
+    await client.subscribeAsync([replyTo, `${replyTo}/+`, eventsTopic(model)], { qos: 1 });
   }, 60_000);
   afterAll(async () => {
     await client?.endAsync();
@@ -412,6 +426,25 @@ describe("the gateway's fusion, frame by frame", () => {
       expect(a.header.label).toBe(want.label[11]);
       expect(a.header.stage).toBe(want.exitStage[11]);
     }
-    await sleep(10);
+    // One alarm event per capture, from the gateway, not one per device.
+    await waitFor(() => events.some((e) => e.capture === "after-bad"), 5000, "the alarm event");
+    await sleep(200);
+    const alarms = events.filter((e) => e.capture === "after-bad");
+    expect(alarms).toHaveLength(1);
+    expect(alarms[0]!.views).toEqual([0, 1, 2]);
+    expect(alarms[0]!.label).toBe(want.label[11]);
+    const text = await tiers.gateway.metrics.registry.metrics();
+    const value = (re: RegExp) => Number(text.match(re)?.[1] ?? Number.NaN);
+    // late-7 (views 0, 1 at the window's close) and after-bad (all three); bad-1 never opened.
+    expect(value(/^ddnn_captures_fused_total\{[^}]*outcome="partial"[^}]*\} (\d+)$/m)).toBe(1);
+    expect(value(/^ddnn_captures_fused_total\{[^}]*outcome="complete"[^}]*\} (\d+)$/m)).toBe(1);
+    // "not a frame at all" has no id to answer: dropped and counted.
+    expect(value(/^ddnn_frames_dropped_total\{[^}]*reason="bad_frame"[^}]*\} (\d+)$/m)).toBe(1);
+    expect(value(/^ddnn_views_per_capture_sum\{[^}]*\} (\d+)$/m)).toBe(5);
+    expect(value(/^ddnn_aggregate_exits_total\{[^}]*\} (\d+)$/m)).toBe(
+      [7, 11].filter(
+        (i, j) => (j === 0 ? expected.get("0,1") : expected.get("0,1,2"))!.exitStage[i] === 0,
+      ).length,
+    );
   });
 });
