@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parse } from "yaml";
+import { parse, parseAllDocuments } from "yaml";
 import { APPLIED_HASH_ANNOTATION, proxyEnvForPods } from "../../operator/builders.js";
 import type { KubeClient, KubeObject } from "../../operator/kube.js";
 import { Operator, type ReconcileReport } from "../../operator/operator.js";
@@ -142,6 +142,7 @@ beforeAll(async () => {
     httpHost: "127.0.0.1",
     resyncMs: 3_600_000,
     retryBundleMs: 1_000,
+    brokerKey: new Uint8Array(32).fill(9),
     log: { info: (m) => logs.push(m), warn: (m) => logs.push(`warn ${m}`) },
   });
   operator.on("reconciled", (r: ReconcileReport) => reports.push(r));
@@ -201,6 +202,8 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_BUNDLE_DIGEST: exampleDigest,
       DDNN_BUNDLE_CACHE: "/var/cache/ddnn/bundles",
       DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
+      // The example's managed broker is anonymous and plaintext: the Pods say they mean it.
+      DDNN_INSECURE: "true",
       DDNN_HTTP_PORT: "8080",
       HTTP_PROXY: process.env.HTTP_PROXY,
     };
@@ -691,13 +694,76 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     );
   });
 
-  it("needs no permission beyond operator/rbac.yaml, and never touches Secrets", () => {
+  it("a managed broker with tls and auth: its password file, ACL and credentials as owned Secrets, referenced by the Pods; a second reconcile writes nothing", async () => {
+    const manifest = parseAllDocuments(readFileSync(EXAMPLE, "utf8"))
+      .map((d) => d.toJS() as KubeObject & { spec: Record<string, unknown> })
+      .find((o) => o?.kind === "DDNNModel")!;
+    manifest.metadata!.name = "secured";
+    manifest.spec.placement = { device: "edge", edge: "edge", server: "server" };
+    manifest.spec.broker = {
+      managed: { tls: { secretName: "secured-tls" }, auth: { devices: ["cam-1"] } },
+    };
+    await admin.create(
+      { apiVersion: "fog.ddnn.io/v1alpha1", plural: "ddnnmodels", namespace: NS },
+      manifest,
+    );
+    const secret = getter<KubeObject & { data?: Record<string, string> }>("v1", "secrets");
+    const auth = await waitFor("the broker's auth Secret", () => secret("secured-broker-auth"));
+    const creds = await waitFor("the credentials Secret", () =>
+      secret("secured-broker-credentials"),
+    );
+    const text = (s: typeof auth, k: string) => Buffer.from(s.data![k]!, "base64").toString();
+    expect(text(auth, "passwd")).toMatch(/^fog\/secured\/server:\$7\$101\$/m);
+    expect(text(auth, "acl")).toContain("user fog/secured/device/cam-1");
+    expect(Object.keys(creds.data!).sort()).toEqual([
+      "device.cam-1.password",
+      "device.cam-1.username",
+      "edge.password",
+      "edge.username",
+      "server.password",
+      "server.username",
+    ]);
+    const server = await waitFor("the server Deployment", () => deployment("secured-server"));
+    expect(env(server)).toMatchObject({
+      DDNN_BROKER_URL: "mqtts://secured-broker.fog.svc:8883",
+      DDNN_BROKER_CA: "/etc/ddnn/broker-ca/ca.crt",
+      DDNN_BROKER_PASSWORD: `ref:${JSON.stringify({ secretKeyRef: { name: "secured-broker-credentials", key: "server.password" } })}`,
+    });
+    expect(env(server)).not.toHaveProperty("DDNN_INSECURE");
+    await settle();
+    const { noop, seen } = await resync("fog/secured");
+    expect(noop.every((r) => r.result === "success")).toBe(true);
+    expect(noop.flatMap((r) => r.requests)).toEqual([]);
+    expect(seen).toEqual([]);
+    // No password in the operator's log lines, events or status.
+    const password = text(creds, "server.password");
+    const events = await cp.kubectlOk(["get", "events", "-n", NS, "-o", "json"]);
+    const status = JSON.stringify((await model("secured"))?.status ?? {});
+    for (const where of [logs.join("\n"), events, status]) expect(where).not.toContain(password);
+    await cp.kubectlOk(["delete", "ddnnmodel", "secured", "-n", NS]);
+  });
+
+  it("needs no permission beyond operator/rbac.yaml, and reads no Secret it does not manage", () => {
     const mine = cp.auditEvents().filter((e) => e.user.username === OPERATOR_USER);
     expect(mine.length).toBeGreaterThan(0);
     expect(
       mine.filter((e) => e.responseStatus?.code === 403).map((e) => `${e.verb} ${e.requestURI}`),
     ).toEqual([]);
-    expect(mine.filter((e) => e.objectRef?.resource === "secrets")).toEqual([]);
+    // Secrets are an owned kind (managed brokers with auth): listed and watched by the operator's
+    // own label only, never read by name (an external broker's Secret is only referenced).
+    const secrets = mine.filter((e) => e.objectRef?.resource === "secrets");
+    expect(secrets.length).toBeGreaterThan(0);
+    expect(
+      secrets
+        .filter((e) =>
+          e.verb === "list" || e.verb === "watch"
+            ? !e.requestURI.includes("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dddnn-operator")
+            : // Writes only of the Secrets it builds (server-side apply, pruning).
+              !/\/secrets\/[a-z0-9-]+-broker-(auth|credentials)\?/.test(e.requestURI) ||
+              !["patch", "delete"].includes(e.verb),
+        )
+        .map((e) => `${e.verb} ${e.requestURI}`),
+    ).toEqual([]);
     expect(logs.join("\n")).not.toContain(cp.tokens.operator);
   });
 });
