@@ -24,6 +24,7 @@ import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
 import { waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
+import { ddnn } from "./support/run.js";
 
 const N = 300;
 const K = 3;
@@ -447,4 +448,59 @@ describe("the gateway's fusion, frame by frame", () => {
       ).length,
     );
   });
+});
+
+describe("ddnn up --views and ddnn eval on the multi-view bundle", () => {
+  it("ddnn up --views 3 answers every capture as the in-process pipeline does; ddnn eval --missing-views drops a view", async () => {
+    const up = await ddnn([
+      "up",
+      "--views",
+      "3",
+      "--limit",
+      "90",
+      "--fps",
+      "30",
+      "--dtype",
+      "f32",
+      "--compression",
+      "none",
+      "--deadline-ms",
+      "3000",
+      "--fusion-window-ms",
+      "400",
+      "--json",
+    ]);
+    expect(up.code, up.stderr).toBe(0);
+    const report = JSON.parse(up.stdout) as {
+      captures: number;
+      deviceAndServer: {
+        agreementWithInProcess: number;
+        capturesFusedComplete: number;
+        sameAnswerOnEveryDevice: number;
+        degraded: number;
+      };
+      inProcess: { overall: number; singleViewOverall: number[] };
+    };
+    expect(report.captures).toBe(90);
+    expect(report.deviceAndServer).toMatchObject({
+      agreementWithInProcess: 1,
+      capturesFusedComplete: 90,
+      sameAnswerOnEveryDevice: 90,
+      degraded: 0,
+    });
+    expect(report.inProcess.singleViewOverall).toHaveLength(3);
+
+    const all = JSON.parse(
+      (await ddnn(["eval", "--bundle", bundle, "--limit", "300", "--json"])).stdout,
+    );
+    const without = JSON.parse(
+      (await ddnn(["eval", "--bundle", bundle, "--limit", "300", "--missing-views", "2", "--json"]))
+        .stdout,
+    );
+    expect(all.views.present).toEqual([0, 1, 2]);
+    expect(without.views.present).toEqual([0, 1]);
+    const want = await expectedFor([0, 1]);
+    const correct = Array.from(want.label).filter((l, i) => l === truth[i]).length;
+    expect(without.overall).toBeCloseTo(correct / N, 12);
+  }, 240_000);
 });
