@@ -244,12 +244,12 @@ const shrink = base.bytesMean / best.bytesMean;
 const drop = (base.overall - best.overall) * 100;
 const code = printGoals([
   {
-    name: "u8q+deflate at least 8x smaller than f32 raw",
+    name: "4: u8q+deflate at least 8x smaller than f32 raw",
     met: shrink >= 8,
     detail: `${ratio(shrink)}: ${best.bytesMean.toFixed(1)} B against ${base.bytesMean.toFixed(1)} B`,
   },
   {
-    name: "u8q+deflate Overall within 0.5 points of f32",
+    name: "4: u8q+deflate Overall within 0.5 points of f32",
     met: Math.abs(drop) <= 0.5,
     detail: `${(best.overall * 100).toFixed(2)}% against ${(base.overall * 100).toFixed(2)}%, ${(-drop).toFixed(2)} points`,
   },
