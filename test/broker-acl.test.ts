@@ -121,6 +121,12 @@ class ManagedBroker {
     writeFileSync(join(this.dir, "auth/acl"), auth.acl!);
   }
 
+  /** Rewrites the TLS Secret's files, as cert-manager's renewal and the kubelet do. */
+  remountTls(pki: TestPki): void {
+    writeFileSync(join(this.dir, "tls/tls.crt"), readFileSync(pki.certFile, "utf8"));
+    writeFileSync(join(this.dir, "tls/tls.key"), readFileSync(pki.keyFile, "utf8"));
+  }
+
   /** Mosquitto's process id: the script's child. */
   get pid(): string {
     return execFileSync("pgrep", ["-P", String(this.child!.pid), "-f", "mosquitto"], {
@@ -344,6 +350,23 @@ describe.skipIf(!available)(
         await new Promise((r) => setTimeout(r, 200));
     });
 
+    it("a renewed certificate is served without restarting the broker", async () => {
+      const renewed = makeTestPki();
+      const pid = broker.pid;
+      const withCa = (file: string) => ({ ...cred("server"), ca: readFileSync(file, "utf8") });
+      broker.remountTls(renewed);
+      const until = Date.now() + 10_000;
+      while ((await refusal(withCa(renewed.caFile))) !== "connected" && Date.now() < until)
+        await new Promise((r) => setTimeout(r, 200));
+      expect(await refusal(withCa(renewed.caFile))).toBe("connected");
+      expect(await refusal(withCa(pki.caFile))).toMatch(/certificate/);
+      expect(broker.pid).toBe(pid);
+      broker.remountTls(pki);
+      while ((await refusal(withCa(pki.caFile))) !== "connected" && Date.now() < until + 10_000)
+        await new Promise((r) => setTimeout(r, 200));
+      expect(await refusal(withCa(pki.caFile))).toBe("connected");
+    });
+
     it("a client of another DDNNModel reaches nothing of this one", async () => {
       // Same operator key, same namespace, a model named otherwise: other user names, other passwords.
       const other = build("other", ["cam-1"], key);
@@ -439,6 +462,33 @@ describe.skipIf(!available)(
         // Answered by the server (no exit on the way: thresholds 0), not an error about access.
         const answer = decodeResult(new Uint8Array(mine.got[0]!.payload)).header;
         expect(answer).toMatchObject({ kind: "result", status: "ok", stage: 2 });
+        // Through the same ACLs: a frame for another model, or with another bundle's digest, gets
+        // an error reply on the camera's own reply topic.
+        const errors = [
+          { id: "other-model", model: "fog/other", digest: DIGEST },
+          { id: "wrong-digest", model: "fog/demo", digest: "cd".repeat(32) },
+        ];
+        const before = mine.got.length;
+        for (const e of errors)
+          await cam1.publishAsync(
+            "ddnn/fog/demo/device/req",
+            Buffer.from(encodeFrame({ ...header, ...e, deadline: Date.now() + 10_000 }, body)),
+            { qos: 1 },
+          );
+        const until = Date.now() + 5_000;
+        while (mine.got.length < before + errors.length && Date.now() < until)
+          await new Promise((r) => setTimeout(r, 50));
+        const replies = mine.got
+          .slice(before)
+          .map((m) => decodeResult(new Uint8Array(m.payload)).header)
+          .map((h) => [h.id, h.status === "error" ? h.error.code : h.status]);
+        expect(new Map(replies as [string, string][])).toEqual(
+          new Map([
+            ["other-model", "unknown_model"],
+            ["wrong-digest", "digest_mismatch"],
+          ]),
+        );
+        expect(theirs.got).toEqual([]);
         // Credentials appear in no log line and on no /metrics page.
         for (const port of [server.port, gateway.port]) {
           const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
