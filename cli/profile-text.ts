@@ -95,18 +95,28 @@ export function renderProfileText(r: ProfileReport): string {
     const c = r.capacity;
     lines.push(
       "",
-      `capacity of one server replica (${c.serverWorkers} workers): ${ms(c.serverMsPerOffload)} ms server compute per offload x offload ratio ${percent(c.offloadRatio)} -> predicted ${Math.round(c.predictedSamplesPerS)} samples/s = ${c.predictedDevicesPerReplica.toFixed(1)} devices at ${c.framesPerS} fps`,
+      `capacity of one server replica (${c.serverWorkers} workers, ${c.serverCores} cores): ${ms(c.serverMsPerOffload)} ms ${c.serverCpuSource === "process" ? "of the server process's CPU" : "server compute (reply timings)"} per offload x offload ratio ${percent(c.offloadRatio)} -> predicted ${Math.round(c.predictedSamplesPerS)} samples/s = ${c.predictedDevicesPerReplica.toFixed(1)} devices at ${c.framesPerS} fps; on this machine (${ms(c.cpuMsPerSample)} ms CPU per sample, all processes) ${Math.round(c.predictedHerePerS)} samples/s`,
       renderTable(
-        ["offered /s", "achieved /s", "p50 T_Total ms", "p99 T_Total ms", "degraded"],
+        [
+          "offered /s",
+          "achieved /s",
+          "p50 T_Total ms",
+          "p99 T_Total ms",
+          "degraded",
+          "server CPU ms/offload",
+          "CPU ms/sample",
+        ],
         c.steps.map((s) => [
           s.offeredPerS.toFixed(0),
           s.achievedPerS.toFixed(0),
           ms(s.p50TotalMs),
           ms(s.p99TotalMs),
           s.degraded.toString(),
+          ms(s.serverCpuMsPerOffload ?? undefined),
+          ms(s.cpuMsPerSample ?? undefined),
         ]),
       ),
-      `measured saturation (p99 T_Total > ${c.sloMs} ms): ${c.measuredSaturationPerS === null ? "not reached" : `${Math.round(c.measuredSaturationPerS)} samples/s = ${c.measuredDevicesPerReplica?.toFixed(1)} devices`}`,
+      `measured saturation (p99 T_Total > ${c.sloMs} ms): ${c.measuredSaturationPerS === null ? "not reached" : `at ${Math.round(c.measuredSaturationPerS)} samples/s offered, carrying ${Math.round(c.measuredThroughputPerS ?? 0)} samples/s = ${c.measuredDevicesPerReplica?.toFixed(1)} devices; predicted here / measured = ${c.predictionOverMeasured?.toFixed(2)}`}`,
       c.note,
     );
   }

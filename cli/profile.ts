@@ -31,6 +31,11 @@ import {
 } from "../profile/link.js";
 import { deviceAndServer, latency, serverOnly } from "../profile/measure.js";
 import { type LinkReport, PROFILE_FORMAT, type ProfileReport } from "../profile/schema.js";
+import {
+  canReadProcessCpu,
+  type ServerProcess,
+  startServerProcess,
+} from "../profile/server-process.js";
 import { sweepExits, traceRows } from "../profile/sweep.js";
 import {
   describeFog,
@@ -242,9 +247,20 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
       `--bundle ${cfg.bundle} has digest ${w.bundle.digest}, the deployment runs ${cluster.digest}: leave out --bundle to use the deployment's`,
     );
   const policy = exitPolicyFor(w.manifest, cfg.threshold);
+  // With a capacity ramp, the server runs as its own process: its CPU per offload is its own.
+  let serverProcess: ServerProcess | undefined;
+  const ownProcess = cfg.sloMs !== undefined && !cfg.attach && canReadProcessCpu();
   const fog = await startLocalFog(cfg, w, {
     serverOnly: cfg.serverOnly,
     ...(cfg.attach ? { attach: { serverUrl: cfg.serverUrl } } : {}),
+    ...(ownProcess
+      ? {
+          startServer: async (settings) => {
+            serverProcess = await startServerProcess(settings);
+            return serverProcess;
+          },
+        }
+      : {}),
   });
   const notes: string[] = [...cluster.notes];
   let link: MadeLink | undefined;
@@ -253,13 +269,11 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
     progress(`ddnn profile: ${describeFog(cfg, w, fog)}`);
     /** One Device&Server pass: its rows, Table II row, sweep and advice. */
     const pass = async (devices: LocalFog, deviceStageMs?: number | null) => {
-      const cpu0 = process.cpuUsage();
       const replay = await replayDevices(cfg, w, devices, {
         probe: true,
         ...(deviceStageMs !== undefined ? { deviceStageMs } : {}),
         onProgress: (r, ms) => progress(liveLine(r, w.count, w.names, ms)),
       });
-      const cpu = process.cpuUsage(cpu0);
       const ds = deviceAndServer(replay.rows, w.names, policy.thresholds);
       const traces = traceRows(replay.rows, w.names.length);
       const sweep =
@@ -276,7 +290,7 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
               deviceSlowdown: cfg.deviceSlowdown,
             })
           : null;
-      return { ...replay, cpu, ds, traces, sweep, advice };
+      return { ...replay, ds, traces, sweep, advice };
     };
     let direct: Awaited<ReturnType<typeof pass>> | undefined;
     if (spec) {
@@ -290,7 +304,7 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
     } else progress("Device&Server over MQTT, with probe requests for every exit's answer");
     const devices = link?.fog ?? fog;
     const main = await pass(devices, direct?.deviceStageMs);
-    const { rows, wallS, deviceStageMs, cpu, ds, traces, sweep, advice } = main;
+    const { rows, wallS, deviceStageMs, ds, traces, sweep, advice } = main;
     const indices = rows.map((r) => r.index).sort((a, b) => a - b);
     const tableII = [ds.row];
     const latencySamples = [
@@ -329,7 +343,11 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
         : await measureCapacity(
             {
               rows,
-              cpuMsPerSample: rows.length ? (cpu.user + cpu.system) / 1000 / rows.length : 0,
+              ...(serverProcess ? { serverCpuMs: serverProcess.cpuMs } : {}),
+              localCpuMs: () => {
+                const c = process.cpuUsage();
+                return (c.user + c.system) / 1000;
+              },
               cores: availableParallelism(),
               lastStage: w.names.length - 1,
               workers: cfg.workers,

@@ -1,9 +1,11 @@
 /**
- * Capacity of one server replica. The model: the server's measured compute per offloaded sample
- * and the offload ratio give the samples per second its workers carry, hence the devices per
- * replica at F frames per second. The ramp: the devices replay again at rising offered loads (each
- * step twice the last, no probes) until p99 T_Total passes the SLO; that step is the measured
- * saturation. The report shows both, and why they differ.
+ * Capacity of one server replica. The model: the server process's own CPU per offloaded sample
+ * (read from /proc/<pid>/stat around each step of the ramp) and the offload ratio give the
+ * samples per second the cores a replica can use carry, hence the devices per replica at F frames
+ * per second; on this machine, where the devices and the broker share the cores, all their CPU
+ * per sample bounds it further. The ramp: the devices replay again at rising offered loads (each
+ * step twice the last, no probes) until p99 T_Total passes the SLO; the throughput carried up to
+ * there is the measured saturation. The report shows both, and why they differ, with figures.
  */
 import { latency, type Row } from "./measure.js";
 import type { Capacity, CapacityStep } from "./schema.js";
@@ -12,10 +14,12 @@ import type { Capacity, CapacityStep } from "./schema.js";
 export type ReplayAt = (offeredPerS: number, samples: number) => Promise<readonly Row[]>;
 
 export interface CapacityInput {
-  /** The Device&Server pass (its server timings and offload ratio feed the model). */
+  /** The Device&Server pass (its offload ratio feeds the model; its reply timings when no CPU is readable). */
   readonly rows: readonly Row[];
-  /** CPU seconds of this process (all tiers) per sample during that pass, and the cores it had. */
-  readonly cpuMsPerSample: number;
+  /** CPU time the server process has used so far, ms; absent when the server runs elsewhere. */
+  readonly serverCpuMs?: (() => number) | undefined;
+  /** CPU time this process (devices, broker, gateway, profiler) has used so far, ms. */
+  readonly localCpuMs: () => number;
   readonly cores: number;
   readonly lastStage: number;
   readonly workers: number;
@@ -26,29 +30,36 @@ export interface CapacityInput {
   readonly samples: number;
 }
 
+/** Answered by the server (not degraded, the server's compute in the reply). */
+const reachedServer = (r: Row) =>
+  !r.answer.degraded && r.answer.upstreamTimings?.server !== undefined;
+
 export async function measureCapacity(
   input: CapacityInput,
   replayAt: ReplayAt,
   progress: (s: string) => void,
 ): Promise<Capacity> {
   const { rows } = input;
-  const toServer = rows.filter(
-    (r) => !r.answer.degraded && r.answer.upstreamTimings?.server !== undefined,
-  );
-  const serverMsPerOffload = toServer.length
-    ? toServer.reduce((a, r) => a + (r.answer.upstreamTimings?.server ?? 0), 0) / toServer.length
-    : Number.NaN;
+  const toServer = rows.filter(reachedServer);
   const offloadRatio = rows.length ? toServer.length / rows.length : 0;
-  const predictedSamplesPerS =
-    serverMsPerOffload > 0 && offloadRatio > 0
-      ? (input.workers * 1000) / (serverMsPerOffload * offloadRatio)
-      : Number.POSITIVE_INFINITY;
   const steps: CapacityStep[] = [];
+  /** Per step: server CPU, local CPU, offloads, samples. */
+  const used: { server: number; local: number; offloads: number; samples: number }[] = [];
   let saturation: number | null = null;
   let offered = input.devices * input.fps;
   for (let i = 0; i < input.steps; i++) {
     progress(`capacity ramp: ${offered.toFixed(0)} samples/s offered`);
+    const server0 = input.serverCpuMs?.() ?? Number.NaN;
+    const local0 = input.localCpuMs();
     const got = await replayAt(offered, input.samples);
+    const serverCpu = (input.serverCpuMs?.() ?? Number.NaN) - server0;
+    const localCpu = input.localCpuMs() - local0;
+    // A request that reached the server costs its work, answered in time or not (a degraded
+    // answer's request is counted as reaching it: with a gateway, an upper bound).
+    const offloads = got.filter(
+      (r) => reachedServer(r) || (r.answer.degraded && r.answer.bytesSent > 0),
+    ).length;
+    used.push({ server: serverCpu, local: localCpu, offloads, samples: got.length });
     const total = latency(got.map((r) => r.answer.timings.total));
     // From the first answer to the last: the agents' start-up is not part of the load.
     const times = got.map((r) => r.at);
@@ -59,6 +70,12 @@ export async function measureCapacity(
       p50TotalMs: total?.p50 ?? Number.NaN,
       p99TotalMs: total?.p99 ?? Number.NaN,
       degraded: got.filter((r) => r.answer.degraded).length,
+      serverCpuMsPerOffload:
+        offloads > 0 && Number.isFinite(serverCpu) ? serverCpu / offloads : null,
+      cpuMsPerSample:
+        got.length > 0
+          ? ((Number.isFinite(serverCpu) ? serverCpu : 0) + localCpu) / got.length
+          : null,
     };
     steps.push(step);
     if (!(step.p99TotalMs <= input.sloMs)) {
@@ -67,37 +84,70 @@ export async function measureCapacity(
     }
     offered *= 2;
   }
-  // The whole fog shares this machine: its CPU per sample bounds what any tier can carry.
-  const fogBoundPerS = input.cpuMsPerSample > 0 ? (input.cores * 1000) / input.cpuMsPerSample : 0;
-  const ratio = saturation !== null ? predictedSamplesPerS / saturation : null;
+  // The model's figures from the steps that held the SLO (the first step if none did): the
+  // server's CPU per offload before queues and overload change what a request costs.
+  const held = used.slice(0, Math.max(1, saturation === null ? used.length : used.length - 1));
+  const sum = (f: (u: (typeof used)[number]) => number) => held.reduce((a, u) => a + f(u), 0);
+  const fromProcess = input.serverCpuMs !== undefined && sum((u) => u.offloads) > 0;
+  const serverMsPerOffload = fromProcess
+    ? sum((u) => u.server) / sum((u) => u.offloads)
+    : toServer.length
+      ? toServer.reduce((a, r) => a + (r.answer.upstreamTimings?.server ?? 0), 0) / toServer.length
+      : Number.NaN;
+  // A replica's main thread and its inference workers can each keep a core busy.
+  const serverCores = Math.min(input.cores, input.workers + 1);
+  const predictedSamplesPerS =
+    serverMsPerOffload > 0 && offloadRatio > 0
+      ? (serverCores * 1000) / (serverMsPerOffload * offloadRatio)
+      : Number.POSITIVE_INFINITY;
+  const cpuMsPerSample =
+    sum((u) => u.samples) > 0
+      ? (sum((u) => (Number.isFinite(u.server) ? u.server : 0)) + sum((u) => u.local)) /
+        sum((u) => u.samples)
+      : Number.NaN;
+  // Here every tier and the devices share the machine: all their CPU per sample bounds the load.
+  const machineBoundPerS = cpuMsPerSample > 0 ? (input.cores * 1000) / cpuMsPerSample : null;
+  const predictedHerePerS =
+    machineBoundPerS === null
+      ? predictedSamplesPerS
+      : Math.min(predictedSamplesPerS, machineBoundPerS);
+  const measuredThroughputPerS =
+    saturation === null ? null : Math.max(...steps.map((s) => s.achievedPerS));
+  const ratio = measuredThroughputPerS ? predictedHerePerS / measuredThroughputPerS : null;
+  const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : "unbounded");
   const notes = [
-    `model: ${input.workers} server workers x 1000 / (${serverMsPerOffload.toFixed(3)} ms server compute per offload x offload ratio ${(offloadRatio * 100).toFixed(1)}%) = ${Number.isFinite(predictedSamplesPerS) ? predictedSamplesPerS.toFixed(0) : "unbounded"} samples/s`,
+    `model: ${serverCores} cores (min of ${input.cores} cores and ${input.workers} workers + the main thread) x 1000 / (${serverMsPerOffload.toFixed(3)} ms ${fromProcess ? "of the server process's own CPU (/proc/<pid>/stat) per offload, over the ramp's steps within the SLO" : "server compute per offload from the replies' timings (wall time: the server runs elsewhere, its CPU is not readable here)"} x offload ratio ${(offloadRatio * 100).toFixed(1)}%) = ${f0(predictedSamplesPerS)} samples/s per replica`,
+    machineBoundPerS === null
+      ? "no CPU figures for this machine"
+      : `on this machine the devices, broker, gateway and server share ${input.cores} cores: ${cpuMsPerSample.toFixed(3)} ms of CPU per sample (server ${fromProcess ? (sum((u) => u.server) / sum((u) => u.samples)).toFixed(3) : "?"} ms, the rest ${(sum((u) => u.local) / sum((u) => u.samples)).toFixed(3)} ms) bound it at ${f0(machineBoundPerS)} samples/s, so the prediction here is ${f0(predictedHerePerS)} samples/s`,
     saturation === null
       ? `the ramp did not pass ${input.sloMs} ms p99 up to ${steps.at(-1)?.offeredPerS.toFixed(0)} samples/s offered`
-      : `measured: p99 T_Total passed ${input.sloMs} ms at ${saturation.toFixed(0)} samples/s offered (the step before held it)`,
+      : `measured: p99 T_Total passed ${input.sloMs} ms at ${saturation.toFixed(0)} samples/s offered, carrying at most ${measuredThroughputPerS!.toFixed(0)} samples/s`,
   ];
-  const deviceMs = rows.length
-    ? rows.reduce((a, r) => a + r.answer.timings.device, 0) / rows.length
-    : 0;
-  if (saturation !== null && (saturation * deviceMs) / 1000 >= 0.5)
+  if (ratio !== null)
     notes.push(
-      `at ${saturation.toFixed(0)} samples/s the devices' own compute (mean T_Device ${deviceMs.toFixed(3)} ms) takes ${((saturation * deviceMs) / 1000).toFixed(2)} s per second on the one event loop all agents share here: the devices, not the server, saturate first`,
-    );
-  if (ratio !== null && (ratio > 1.3 || ratio < 1 / 1.3))
-    notes.push(
-      `prediction / measurement = ${ratio.toFixed(2)}, outside 30%: the model counts only the server's inference compute, while every tier, the broker and the devices share this machine's ${input.cores} cores in one process, which spent ${input.cpuMsPerSample.toFixed(3)} ms of CPU per sample during the Device&Server pass (agents' start-up and probe requests included; ${fogBoundPerS.toFixed(0)} samples/s at full use of the cores); MQTT, frame coding and the event loop cost more than the model's compute`,
+      ratio <= 1.3 && ratio >= 1 / 1.3
+        ? `prediction here / measured throughput = ${ratio.toFixed(2)}, within 30%`
+        : `prediction here / measured throughput = ${ratio.toFixed(2)}, outside 30%: ${ratio > 1 ? `the machine did not give the fog its ${input.cores} cores (other processes ran; the ${input.cores * 1000} ms of CPU per second the bound assumes were not all there), or latency passed the SLO before the CPU ran out (queues in the broker or batching, one event loop's turn)` : "the load stepped past the SLO below the CPU bound (a step twice the last overshoots), or the CPU per sample fell at higher load (larger batches)"}`,
     );
   return {
     sloMs: input.sloMs,
     framesPerS: input.fps,
     serverMsPerOffload,
+    serverCpuSource: fromProcess ? "process" : "reply-timings",
     offloadRatio,
     serverWorkers: input.workers,
+    serverCores,
     predictedSamplesPerS,
     predictedDevicesPerReplica: predictedSamplesPerS / input.fps,
+    cpuMsPerSample,
+    machineBoundPerS,
+    predictedHerePerS,
     steps,
     measuredSaturationPerS: saturation,
-    measuredDevicesPerReplica: saturation === null ? null : saturation / input.fps,
+    measuredThroughputPerS,
+    measuredDevicesPerReplica: saturation === null ? null : measuredThroughputPerS! / input.fps,
+    predictionOverMeasured: ratio,
     note: notes.join("; "),
   };
 }

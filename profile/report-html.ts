@@ -59,14 +59,25 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
             p99TotalMs: s.p99TotalMs,
           })),
           measuredSaturationPerS: r.capacity.measuredSaturationPerS,
-          predictedSaturationPerS: r.capacity.predictedSamplesPerS,
+          // The ramp ran here, where the devices share the machine: the prediction it can meet.
+          predictedSaturationPerS: r.capacity.predictedHerePerS,
           facts: [
-            { label: "server compute per offload", value: ms(r.capacity.serverMsPerOffload) },
+            {
+              label:
+                r.capacity.serverCpuSource === "process"
+                  ? "server process CPU per offload"
+                  : "server compute per offload (reply timings)",
+              value: ms(r.capacity.serverMsPerOffload),
+            },
             { label: "offload ratio", value: pct(r.capacity.offloadRatio) },
             { label: "server workers", value: String(r.capacity.serverWorkers) },
             {
               label: "predicted devices per replica",
               value: `${r.capacity.predictedDevicesPerReplica.toFixed(1)} at ${r.capacity.framesPerS} frames/s`,
+            },
+            {
+              label: "predicted on this machine (all processes' CPU)",
+              value: `${r.capacity.predictedHerePerS.toFixed(0)} samples/s`,
             },
             {
               label: "measured devices per replica",

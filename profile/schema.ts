@@ -101,23 +101,45 @@ export interface CapacityStep {
   readonly p50TotalMs: number;
   readonly p99TotalMs: number;
   readonly degraded: number;
+  /** The server process's CPU during the step per offload it answered, ms; null when not readable. */
+  readonly serverCpuMsPerOffload: number | null;
+  /** CPU of every process of the fog on this machine (server and this one) per sample, ms. */
+  readonly cpuMsPerSample: number | null;
 }
 
 export interface Capacity {
   readonly sloMs: number;
   readonly framesPerS: number;
-  /** Server compute per offloaded sample, ms (mean of the run's upstream compute). */
+  /**
+   * Server cost per offloaded sample, ms: the server process's own CPU over the ramp's steps
+   * within the SLO ("process"), or, when the server runs elsewhere, its replies' compute time
+   * ("reply-timings").
+   */
   readonly serverMsPerOffload: number;
+  readonly serverCpuSource: "process" | "reply-timings";
   readonly offloadRatio: number;
   readonly serverWorkers: number;
-  /** workers * 1000 / (serverMsPerOffload * offloadRatio): samples per second one replica carries. */
+  /** Cores one replica can keep busy: min(cores here, workers + 1 main thread). */
+  readonly serverCores: number;
+  /** serverCores * 1000 / (serverMsPerOffload * offloadRatio): samples per second one replica carries. */
   readonly predictedSamplesPerS: number;
   /** predictedSamplesPerS / framesPerS. */
   readonly predictedDevicesPerReplica: number;
+  /** CPU of the whole fog on this machine (server process and the devices' process) per sample, ms. */
+  readonly cpuMsPerSample: number;
+  /** cores * 1000 / cpuMsPerSample: what this machine carries with everything on it; null without CPU figures. */
+  readonly machineBoundPerS: number | null;
+  /** min(predictedSamplesPerS, machineBoundPerS): the prediction for the ramp run here. */
+  readonly predictedHerePerS: number;
   readonly steps: readonly CapacityStep[];
   /** Offered load of the first step whose p99 T_Total passed the SLO; null if none did. */
   readonly measuredSaturationPerS: number | null;
+  /** With a saturation: the most samples per second any step carried; null otherwise. */
+  readonly measuredThroughputPerS: number | null;
+  /** measuredThroughputPerS / framesPerS. */
   readonly measuredDevicesPerReplica: number | null;
+  /** predictedHerePerS / measuredThroughputPerS; null without a saturation. */
+  readonly predictionOverMeasured: number | null;
   readonly note: string;
 }
 

@@ -3,7 +3,7 @@
  * `ddnn eval` on the same samples, and its one-pass sweep equals full runs at three thresholds.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
@@ -245,10 +245,29 @@ describe("ddnn profile's device slowdown, capacity and advice", () => {
       expect(c.measuredSaturationPerS).toBe(last.offeredPerS);
       expect(last.p99TotalMs).toBeGreaterThan(slo);
     } else expect(last.p99TotalMs).toBeLessThanOrEqual(slo);
+    // The server ran as its own process: its CPU per offload is read from /proc, not its replies.
+    expect(c.serverCpuSource).toBe("process");
+    expect(c.serverMsPerOffload).toBeGreaterThan(0);
+    expect(c.serverCores).toBe(Math.min(availableParallelism(), c.serverWorkers + 1));
     expect(c.predictedSamplesPerS).toBeCloseTo(
-      (c.serverWorkers * 1000) / (c.serverMsPerOffload * c.offloadRatio),
+      (c.serverCores * 1000) / (c.serverMsPerOffload * c.offloadRatio),
       6,
     );
+    // On this machine every process's CPU bounds the prediction further.
+    expect(c.cpuMsPerSample).toBeGreaterThan(0);
+    expect(c.predictedHerePerS).toBeLessThanOrEqual(c.predictedSamplesPerS);
+    expect(c.predictedHerePerS).toBeCloseTo(
+      Math.min(c.predictedSamplesPerS, (availableParallelism() * 1000) / c.cpuMsPerSample),
+      6,
+    );
+    for (const s of c.steps) expect(s.cpuMsPerSample).toBeGreaterThan(0);
+    if (c.measuredThroughputPerS !== null)
+      expect(c.predictionOverMeasured).toBeCloseTo(
+        c.predictedHerePerS / c.measuredThroughputPerS,
+        6,
+      );
+    else expect(c.predictionOverMeasured).toBeNull();
+    expect(c.note).toMatch(/server process's own CPU/);
     expect(c.offloadRatio).toBe(p.exits[1]!.exitRate);
     const a = p.advice!;
     if (a.thresholds !== null) {
