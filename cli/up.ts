@@ -6,6 +6,7 @@
  * and Server Only over MQTT and over HTTP.
  */
 
+import { openBundleSource } from "../core/bundle/source.js";
 import { openStages } from "../core/bundle/stages.js";
 import {
   boolField,
@@ -18,6 +19,7 @@ import {
 } from "../core/config.js";
 import { accuracyReport, adaptiveDecisions } from "../core/evaluation.js";
 import { exitPolicyFor, Pipeline } from "../core/pipeline.js";
+import { viewsOf } from "../core/views.js";
 import { deviceAndServer, type Row, type ServerOnlyRow, serverOnly } from "../profile/measure.js";
 import {
   describeFog,
@@ -58,6 +60,11 @@ export async function runUp(argv: readonly string[], out: (s: string) => void): 
   }
   const cfg = loadConfig(upConfig, argv);
   if (cfg.views !== undefined) return runViewsUp({ ...cfg, views: cfg.views }, out);
+  if (cfg.bundle !== undefined) {
+    // A multi-view bundle runs as the horizontal DDNN even without --views.
+    const views = viewsOf((await openBundleSource(cfg.bundle)).manifest).count;
+    if (views > 1) return runViewsUp({ ...cfg, views }, out);
+  }
   const w = await openWorkload(cfg);
   const { manifest, names, count, per } = w;
   const progress = (s: string) => process.stderr.write(`${s}\n`);

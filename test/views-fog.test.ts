@@ -4,6 +4,7 @@
  * local aggregate does not answer. The distributed run is checked against the in-process
  * multi-view pipeline (core/views-pipeline.ts), capture by capture.
  */
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,9 +13,16 @@ import { readIdx } from "../core/dataset/idx.js";
 import { adaptiveDecisions } from "../core/evaluation.js";
 import { connectBroker, whenConnected } from "../core/runtime/mqtt.js";
 import { makeLogger } from "../core/runtime/tier.js";
-import { eventsTopic, modelKey, parseModelRef, replyTopic, viewsTopic } from "../core/topics.js";
+import {
+  eventsTopic,
+  modelKey,
+  parseModelRef,
+  replyTopic,
+  requestTopic,
+  viewsTopic,
+} from "../core/topics.js";
 import { ViewsPipeline } from "../core/views-pipeline.js";
-import { decodeResult, encodeFrame, type ResultHeader } from "../core/wire/frame.js";
+import { decodeFrame, decodeResult, encodeFrame, type ResultHeader } from "../core/wire/frame.js";
 import type { Answer } from "../device-agent/agent.js";
 import { agentSchema } from "../device-agent/config.js";
 import { type RunningAgent, startAgent } from "../device-agent/main.js";
@@ -24,7 +32,7 @@ import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
 import { waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
-import { ddnn } from "./support/run.js";
+import { ddnn, root } from "./support/run.js";
 
 const N = 300;
 const K = 3;
@@ -503,4 +511,61 @@ describe("ddnn up --views and ddnn eval on the multi-view bundle", () => {
     const correct = Array.from(want.label).filter((l, i) => l === truth[i]).length;
     expect(without.overall).toBeCloseTo(correct / N, 12);
   }, 240_000);
+});
+
+describe("a one-view bundle's requests", () => {
+  it("carry exactly the header fields they had before views existed (no capture, view or logits)", async () => {
+    const deep = join(root, "models", "fashion-deep");
+    const model = parseModelRef("default/fashion-deep");
+    const watcher = connectBroker({ url: mosquitto.url, clientId: `k1-watch-${process.pid}` });
+    const frames: Record<string, unknown>[] = [];
+    try {
+      await whenConnected(watcher);
+      watcher.on("message", (_t, payload) =>
+        frames.push(decodeFrame(new Uint8Array(payload)).header),
+      );
+      await watcher.subscribeAsync(requestTopic(model, "server"), { qos: 1 });
+      const agent = await startAgent(
+        agentSchema.parse({
+          bundle: deep,
+          broker: mosquitto.url,
+          httpHost: "127.0.0.1",
+          httpPort: 0,
+          deviceId: "k1-camera",
+          deadlineMs: 300,
+          source: ["http"],
+          logLevel: "error",
+          // Every sample goes upstream: the device exit never answers.
+          threshold: { device: 0 },
+        }),
+        {},
+        quiet(),
+      );
+      try {
+        await waitFor(() => agent.offload.subscribed, 5000, "agent subscribed");
+        const per = reference.samplePixels;
+        await agent.agent.classify(pixels[0]!.subarray(0, per), "ignored-capture");
+      } finally {
+        await agent.close();
+      }
+      await waitFor(() => frames.length === 1, 5000, "the request frame");
+    } finally {
+      await watcher.endAsync();
+    }
+    expect(Object.keys(frames[0]!)).toEqual([
+      "kind",
+      "id",
+      "model",
+      "digest",
+      "stage",
+      "replyTo",
+      "deadline",
+      "sentAt",
+      "dtype",
+      "shape",
+      "compression",
+      "scale",
+      "zero",
+    ]);
+  });
 });
