@@ -201,6 +201,7 @@ function oddValue(rng: Prng): unknown {
     "u8q",
     "f16",
     "deflate",
+    "sparse",
     "none",
     [],
     [0],
@@ -273,7 +274,7 @@ const frameMutators: FuzzTarget["mutators"] = [
   (input, rng) =>
     withHeader(input, (h) => {
       h.dtype = rng.pick(["f32", "f16", "u8q"]);
-      h.compression = rng.pick(["none", "deflate"]);
+      h.compression = rng.pick(["none", "deflate", "sparse"]);
       if (rng.next() < 0.5 && Array.isArray(h.shape))
         h.shape = (h.shape as unknown[]).map((d) =>
           typeof d === "number" ? d * rng.pick([0, 1, 2, 4096]) : d,
@@ -311,7 +312,7 @@ export function frameSeeds(features: readonly Float32Array[], dims: readonly num
   const requests: Uint8Array[] = [];
   features.forEach((data, i) => {
     for (const dtype of ["f32", "f16", "u8q"] as const)
-      for (const compression of ["none", "deflate"] as const) {
+      for (const compression of ["none", "deflate", "sparse"] as const) {
         const { fields, body } = encodeTensor(data, dims, { dtype, compression });
         requests.push(
           encodeFrame(

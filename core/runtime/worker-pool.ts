@@ -306,6 +306,8 @@ export class WorkerPool {
     );
     const inline = this.inline;
     this.inline = undefined;
+    // A run on this thread lasts a stage's compute; its session is released only after it.
+    while (this.inlineBusy) await new Promise((r) => setTimeout(r, 1));
     await inline?.pipeline.release();
   }
 
