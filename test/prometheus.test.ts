@@ -4,10 +4,12 @@
  * the chart's PrometheusRule loaded. After a known run its exit, offload and degraded counts equal
  * the run's own; every PromQL expression of the dashboard and the rules runs, returning data
  * where the run gives it any; exactly the alerts the run calls for are active, and taking a
- * device away raises DDNNDevicesMissing.
+ * device away raises DDNNDevicesMissing. Then `ddnn profile --attach` runs its own devices against
+ * the same fog: the exits and offloads Prometheus counts at the edge and the server rise by
+ * what the profiler's own report says it measured.
  */
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -16,11 +18,12 @@ import { makeLogger } from "../core/runtime/tier.js";
 import type { Answer } from "../device-agent/agent.js";
 import { agentSchema } from "../device-agent/config.js";
 import { type RunningAgent, startAgent } from "../device-agent/main.js";
+import type { ProfileReport } from "../profile/schema.js";
 import { pseudoPixels, threeTierStages, writeBundle } from "./support/bundle-fixture.js";
 import { type Fog, startFog, waitFor } from "./support/fog.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
 import { Prometheus, type Sample } from "./support/prometheus.js";
-import { root } from "./support/run.js";
+import { ddnn, root } from "./support/run.js";
 
 const CHART = join(root, "charts", "ddnn-fog");
 const NAMESPACE = "fog";
@@ -124,12 +127,14 @@ let impatient: RunningAgent;
 let prometheus: Prometheus;
 let groups: RuleGroup[];
 let model = "";
+let bundleDir = "";
 const answers: Answer[] = [];
 
 beforeAll(async () => {
   groups = chartRuleGroups();
   mosquitto = await startMosquitto();
   const dir = writeBundle(stages).dir;
+  bundleDir = dir;
   fog = await startFog({
     bundle: dir,
     broker: mosquitto.url,
@@ -329,5 +334,111 @@ describe("a real Prometheus scraping a running fog", () => {
     )!;
     expect(missing.labels).toMatchObject({ namespace: NAMESPACE, model });
     expect((await prometheus.query("namespace_model:ddnn_devices_up:count"))[0]?.value).toBe("2");
+  });
+
+  it("counts the edge's and server's exits and offloads of a ddnn profile run as the profiler's own report does", async () => {
+    // idx files of the fixture's 4x4 images (and labels) for the profiler to replay.
+    const dir = mkdtempSync(join(tmpdir(), "ddnn-prom-profile-"));
+    try {
+      const n = 120;
+      const header = (magic: number, dims: number[]) => {
+        const b = Buffer.alloc(4 + 4 * dims.length);
+        b.writeUInt32BE(magic, 0);
+        dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
+        return b;
+      };
+      const images = join(dir, "images-idx3-ubyte");
+      const labels = join(dir, "labels-idx1-ubyte");
+      writeFileSync(images, Buffer.concat([header(0x803, [n, 4, 4]), pseudoPixels(n, 16, 91)]));
+      writeFileSync(
+        labels,
+        Buffer.concat([header(0x801, [n]), Uint8Array.from({ length: n }, (_, i) => i % 4)]),
+      );
+      const exitsQuery = 'sum by (tier, stage) (ddnn_exits_total{tier!="device"})';
+      const probesQuery = 'sum by (tier) (ddnn_requests_total{outcome="probe"})';
+      const requestsQuery = 'sum by (tier, outcome) (ddnn_requests_total{outcome=~"ok|forwarded"})';
+      // The impatient device is gone (the test before): wait out two scrapes of the others.
+      const scrapes = () => new Promise((r) => setTimeout(r, 2500));
+      await scrapes();
+      const at0 = Date.now() / 1000;
+      const exits0 = byLabels(await prometheus.query(exitsQuery, at0), ["tier", "stage"]);
+      const probes0 = byLabels(await prometheus.query(probesQuery, at0), ["tier"]);
+      const requests0 = byLabels(await prometheus.query(requestsQuery, at0), ["tier", "outcome"]);
+      const file = join(dir, "profile.json");
+      const r = await ddnn([
+        "profile",
+        "--attach",
+        "--broker",
+        mosquitto.url,
+        "--shared-subscriptions",
+        "true",
+        "--bundle",
+        bundleDir,
+        "--images",
+        images,
+        "--labels",
+        labels,
+        "--devices",
+        "2",
+        "--fps",
+        "200",
+        "--deadline-ms",
+        "10000",
+        "--server-only",
+        "false",
+        "--sweep-steps",
+        "2",
+        "--json",
+        file,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const p = JSON.parse(readFileSync(file, "utf8")) as ProfileReport;
+      expect(p.run.samples).toBe(n);
+      expect(p.tableII[0]!.degraded).toBe(0);
+      await scrapes();
+      const at1 = Date.now() / 1000;
+      const exits1 = byLabels(await prometheus.query(exitsQuery, at1), ["tier", "stage"]);
+      const probes1 = byLabels(await prometheus.query(probesQuery, at1), ["tier"]);
+      const requests1 = byLabels(await prometheus.query(requestsQuery, at1), ["tier", "outcome"]);
+      const rise = (a: Record<string, number>, b: Record<string, number>) =>
+        Object.fromEntries(
+          Object.keys(b)
+            .map((k) => [k, b[k]! - (a[k] ?? 0)] as const)
+            .filter(([, v]) => v !== 0),
+        );
+      // The profiler's own counts: its exit rates over its samples.
+      const count = (stage: string) =>
+        Math.round(p.exits.find((e) => e.stage === stage)!.exitRate * p.run.samples);
+      expect(rise(exits0, exits1)).toEqual(
+        Object.fromEntries(
+          [
+            ["edge/edge", count("edge")],
+            ["server/server", count("server")],
+          ].filter(([, v]) => v !== 0),
+        ),
+      );
+      // The offloads: every sample the device did not answer went to the edge, which answered
+      // or forwarded it (real requests, not the probes).
+      expect(p.probe.complete).toBe(n);
+      expect(rise(requests0, requests1)).toEqual(
+        Object.fromEntries(
+          [
+            ["edge/ok", count("edge")],
+            ["edge/forwarded", count("server")],
+            ["server/ok", count("server")],
+          ].filter(([, v]) => v !== 0),
+        ),
+      );
+      expect(count("edge") + count("server")).toBe(
+        Math.round((1 - p.exits[0]!.exitRate) * p.run.samples),
+      );
+      // Probes: at least one reached the server for every sample some real answer left an exit
+      // unknown (answered before the server), at most one per sample.
+      const probes = rise(probes0, probes1);
+      expect(probes.server).toBeGreaterThanOrEqual(count("device") + count("edge"));
+      expect(probes.server).toBeLessThanOrEqual(n);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
