@@ -144,8 +144,8 @@ type ManagedBroker = NonNullable<DDNNModelSpec["broker"]["managed"]>;
 
 /**
  * The mosquitto.conf of a managed broker with what its spec asks: a TLS listener only (from the
- * Secret's tls.crt and tls.key), and/or no anonymous client, a password file and an ACL. Without
- * either it is MOSQUITTO_CONF, as before.
+ * Secret's tls.crt and tls.key; Mosquitto 2's default versions, TLS 1.2 and 1.3), and/or no
+ * anonymous client, a password file and an ACL. Without either it is MOSQUITTO_CONF, as before.
  */
 export function mosquittoConf(managed: Pick<ManagedBroker, "tls" | "auth">): string {
   if (!managed.tls && !managed.auth) return MOSQUITTO_CONF;
@@ -154,7 +154,6 @@ export function mosquittoConf(managed: Pick<ManagedBroker, "tls" | "auth">): str
         `listener ${MQTTS_PORT}`,
         `certfile ${BROKER_TLS_MOUNT}/tls.crt`,
         `keyfile ${BROKER_TLS_MOUNT}/tls.key`,
-        "tls_version tlsv1.2",
       ]
     : [`listener ${MQTT_PORT}`];
   const auth = managed.auth
