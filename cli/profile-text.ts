@@ -142,9 +142,9 @@ export function renderProfileText(r: ProfileReport): string {
           "T_Total p50 / p95 ms",
           "bytes/sample",
           "degraded",
-          "advised thresholds",
-          "advised Overall",
-          "advised p95 T_Total ms",
+          "best thresholds (placement kept)",
+          "its Overall",
+          "its p95 T_Total ms",
         ],
         (
           [

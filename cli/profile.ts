@@ -381,9 +381,10 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
         total: p.ds.row.timingsMs.total,
         bytesPerSample: p.ds.row.bytesPerSample,
         degraded: p.ds.row.degraded,
-        advisedThresholds: p.advice?.thresholds ?? null,
-        advisedOverallAccuracy: p.advice?.predicted?.overallAccuracy ?? null,
-        advisedP95TotalMs: p.advice?.predicted?.p95TotalMs ?? null,
+        // A threshold change alone: what the link moves (the advice may also move stages).
+        advisedThresholds: p.advice?.bestHere?.thresholds ?? null,
+        advisedOverallAccuracy: p.advice?.bestHere?.overallAccuracy ?? null,
+        advisedP95TotalMs: p.advice?.bestHere?.p95TotalMs ?? null,
       });
       linkReport = {
         spec: spec.text,

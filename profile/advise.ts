@@ -157,6 +157,15 @@ export function advise(
     )
     .sort((x, y) => y.c!.p.overallAccuracy - x.c!.p.overallAccuracy)[0];
   const chosen = moved ? moved.c! : here;
+  const bestHere = here
+    ? {
+        thresholds: Object.fromEntries(
+          names.slice(0, -1).map((n, i) => [n, here.thresholds[i] as number]),
+        ),
+        overallAccuracy: here.p.overallAccuracy,
+        p95TotalMs: here.p.p95TotalMs,
+      }
+    : null;
   if (!chosen) {
     summary.push("No threshold setting meets the constraints, on this placement or another.");
     return {
@@ -166,6 +175,7 @@ export function advise(
       thresholds: null,
       predicted: null,
       placement: null,
+      bestHere,
       summary,
       patchYaml: null,
     };
@@ -192,6 +202,7 @@ export function advise(
       bytesPerSecond: chosen.p.bytesPerSample * goal.fps,
     },
     placement: moved ? moved.placement : null,
+    bestHere,
     summary,
     patchYaml: same && !moved ? null : yaml(thresholds, moved ? moved.placement : null),
   };

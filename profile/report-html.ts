@@ -1,9 +1,26 @@
 /** The profile report as HTML: `ddnn profile --html FILE` maps its report onto profile/html.ts's input. */
 import { type ProfileHtmlInput, renderProfileHtml } from "./html.js";
-import type { ProfileReport } from "./schema.js";
+import type { LinkReport, LinkSide, ProfileReport } from "./schema.js";
 
 const ms = (x: number) => `${x.toFixed(3)} ms`;
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
+
+/** `--link`: the link, and what it moved (T_Comm of the offloads, the advised thresholds). */
+function linkSettings(l: LinkReport): { label: string; value: string }[] {
+  const side = (x: LinkSide) =>
+    `T_Comm of the offloads p50 ${x.comm ? ms(x.comm.p50) : "-"}, p95 ${x.comm ? ms(x.comm.p95) : "-"}; advised ${
+      x.advisedThresholds
+        ? Object.entries(x.advisedThresholds)
+            .map(([s, t]) => `${s} ${t}`)
+            .join(", ")
+        : "none meets the goal"
+    }`;
+  return [
+    { label: "link", value: `${l.spec}: ${l.method}; ${l.packets} packets, ${l.dropped} dropped` },
+    { label: "without the link", value: side(l.withoutLink) },
+    { label: "across the link", value: side(l.withLink) },
+  ];
+}
 
 export function htmlInput(r: ProfileReport): ProfileHtmlInput {
   const advised = r.advice?.thresholds ?? {};
@@ -27,6 +44,7 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
         value: `${r.run.encoding.dtype} + ${r.run.encoding.compression}`,
       },
       { label: "broker", value: r.run.broker },
+      ...(r.link ? linkSettings(r.link) : [{ label: "link", value: "none (loopback)" }]),
       { label: "bundle digest", value: r.model.digest },
     ],
     notes: r.notes,

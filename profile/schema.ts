@@ -156,6 +156,12 @@ export interface Advice {
   } | null;
   /** Stage name -> tier, when moving a stage is predicted to do better; null otherwise. */
   readonly placement: Readonly<Record<string, string>> | null;
+  /** The best thresholds on the current placement (what a threshold change alone gives); null if none meets the constraints. */
+  readonly bestHere: {
+    readonly thresholds: Readonly<Record<string, number>>;
+    readonly overallAccuracy: number;
+    readonly p95TotalMs: number;
+  } | null;
   readonly summary: readonly string[];
   /** The DDNNModel patch as YAML; null when nothing should change. */
   readonly patchYaml: string | null;
@@ -168,7 +174,7 @@ export interface LinkSide {
   readonly total: LatencyStats | null;
   readonly bytesPerSample: number | null;
   readonly degraded: number;
-  /** The advice's thresholds for this pass (the best under --slo-ms and the byte budget); null if none meets them. */
+  /** The best thresholds on the current placement under --slo-ms and the byte budget (the advice's bestHere); null if none meets them. */
   readonly advisedThresholds: Readonly<Record<string, number>> | null;
   readonly advisedOverallAccuracy: number | null;
   readonly advisedP95TotalMs: number | null;

@@ -339,7 +339,7 @@ describe.skipIf(noLink !== undefined)(
       // The report's Table II is the pass across the link, and its T_Comm over offloads is the same.
       expect(p.tableII[0]!.timingsMs.comm!.n).toBe(p.run.samples);
       expect(p.advice).not.toBeNull();
-      expect(l.withLink.advisedThresholds).toEqual(p.advice!.thresholds);
+      expect(l.withLink.advisedThresholds).toEqual(p.advice!.bestHere?.thresholds ?? null);
     });
   },
 );
