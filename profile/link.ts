@@ -120,7 +120,7 @@ export function parseLinkSpec(text: string): LinkSpec {
   const parts = text.split(",").map((p) => p.trim().toLowerCase());
   const [rtt, bandwidth, loss] = parts;
   const bad = (what: string) =>
-    new Error(`--link ${text}: ${what} (expected RTT,BANDWIDTH,LOSS like 50ms,1mbit,1%)`);
+    new Error(`"${text}": ${what} (expected RTT,BANDWIDTH,LOSS like 50ms,1mbit,1%)`);
   if (parts.length !== 3 || rtt === undefined || bandwidth === undefined || loss === undefined)
     throw bad("three comma-separated values");
   const r = /^(\d+(?:\.\d+)?)(ms|s)$/.exec(rtt);
