@@ -132,13 +132,14 @@ export function renderProfileText(r: ProfileReport): string {
     const a = l.withoutLink;
     const b = l.withLink;
     const dp50 = (b.comm?.p50 ?? Number.NaN) - (a.comm?.p50 ?? Number.NaN);
+    const dmin = (b.commMinMs ?? Number.NaN) - (a.commMinMs ?? Number.NaN);
     lines.push(
       "",
       `link ${l.spec}: ${l.method}; ${l.packets} packets, ${l.dropped} dropped`,
       renderTable(
         [
           "Device&Server",
-          "T_Comm p50 / p95 ms (offloads)",
+          "T_Comm min / p10 / p50 / p95 ms (offloads)",
           "T_Total p50 / p95 ms",
           "bytes/sample",
           "degraded",
@@ -154,7 +155,7 @@ export function renderProfileText(r: ProfileReport): string {
         ).map(([name, side]) => {
           return [
             name,
-            t(side.comm),
+            `${ms(side.commMinMs ?? undefined)} / ${ms(side.commP10Ms ?? undefined)} / ${t(side.comm)}`,
             t(side.total),
             side.bytesPerSample === null ? "-" : side.bytesPerSample.toFixed(1),
             side.degraded.toString(),
@@ -164,7 +165,7 @@ export function renderProfileText(r: ProfileReport): string {
           ];
         }),
       ),
-      `T_Comm p50 of the offloads moved by ${ms(dp50)} ms (link RTT ${l.rttMs} ms); the rest of this report is the pass across the link`,
+      `T_Comm of the offloads moved by ${ms(dmin)} ms at its least, ${ms(dp50)} ms at p50 (link RTT ${l.rttMs} ms); the rest of this report is the pass across the link`,
     );
   }
   if (r.advice) {

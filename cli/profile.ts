@@ -371,21 +371,25 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
     if (cfg.sloMs === undefined) notes.push("no --slo-ms: no capacity ramp");
     if (spec && link && direct) {
       const counts = await link.fault.remove();
-      const side = (p: typeof main) => ({
+      const side = (p: typeof main) => {
         // Over the samples answered upstream: a local answer has no communication to move.
-        comm: latency(
-          p.rows
-            .filter((r) => !r.answer.degraded && r.answer.stageIndex > 0)
-            .map((r) => r.answer.timings.comm),
-        ),
-        total: p.ds.row.timingsMs.total,
-        bytesPerSample: p.ds.row.bytesPerSample,
-        degraded: p.ds.row.degraded,
-        // A threshold change alone: what the link moves (the advice may also move stages).
-        advisedThresholds: p.advice?.bestHere?.thresholds ?? null,
-        advisedOverallAccuracy: p.advice?.bestHere?.overallAccuracy ?? null,
-        advisedP95TotalMs: p.advice?.bestHere?.p95TotalMs ?? null,
-      });
+        const comm = p.rows
+          .filter((r) => !r.answer.degraded && r.answer.stageIndex > 0)
+          .map((r) => r.answer.timings.comm)
+          .sort((a, b) => a - b);
+        return {
+          comm: latency(comm),
+          commMinMs: comm[0] ?? null,
+          commP10Ms: comm[Math.floor(comm.length / 10)] ?? null,
+          total: p.ds.row.timingsMs.total,
+          bytesPerSample: p.ds.row.bytesPerSample,
+          degraded: p.ds.row.degraded,
+          // A threshold change alone: what the link moves (the advice may also move stages).
+          advisedThresholds: p.advice?.bestHere?.thresholds ?? null,
+          advisedOverallAccuracy: p.advice?.bestHere?.overallAccuracy ?? null,
+          advisedP95TotalMs: p.advice?.bestHere?.p95TotalMs ?? null,
+        };
+      };
       linkReport = {
         spec: spec.text,
         rttMs: spec.rttMs,

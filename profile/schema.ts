@@ -171,6 +171,9 @@ export interface Advice {
 export interface LinkSide {
   /** T_Comm of the samples answered upstream (a local answer sends nothing). */
   readonly comm: LatencyStats | null;
+  /** The least and the 10th percentile of that T_Comm, ms: the floor a link adds to, least moved by load. */
+  readonly commMinMs: number | null;
+  readonly commP10Ms: number | null;
   readonly total: LatencyStats | null;
   readonly bytesPerSample: number | null;
   readonly degraded: number;

@@ -328,13 +328,15 @@ describe.skipIf(noLink !== undefined)(
       expect([l.withoutLink.degraded, l.withLink.degraded]).toEqual([0, 0]);
       const without = l.withoutLink.comm!;
       const across = l.withLink.comm!;
-      // A request and its reply each cross the link once: the RTT is added to every round trip. A
-      // delay is a floor, so the lower bound is tight; above, the shared machine's queueing.
-      const rise = across.p50 - without.p50;
-      expect(rise, `T_Comm p50 ${without.p50} -> ${across.p50} ms`).toBeGreaterThan(0.8 * RTT_MS);
-      expect(rise, `T_Comm p50 ${without.p50} -> ${across.p50} ms`).toBeLessThan(
-        2 * RTT_MS + without.p95 + 20,
-      );
+      // A request and its reply each cross the link once: the RTT is added to every round trip, a
+      // floor under every offload's T_Comm. The least T_Comm of each pass is that floor plus the
+      // fog's best case, the figure a loaded machine moves least (its p50 under another run's
+      // build has been 52 ms without the link and 32 ms across it).
+      const floorRise = l.withLink.commMinMs! - l.withoutLink.commMinMs!;
+      const figures = `T_Comm min ${l.withoutLink.commMinMs} -> ${l.withLink.commMinMs} ms, p50 ${without.p50} -> ${across.p50} ms`;
+      expect(l.withLink.commMinMs!, figures).toBeGreaterThanOrEqual(0.95 * RTT_MS);
+      expect(floorRise, figures).toBeGreaterThan(0.8 * RTT_MS);
+      expect(floorRise, figures).toBeLessThan(RTT_MS + 25);
       expect(across.n).toBeGreaterThan(0);
       // The report's Table II is the pass across the link, and its T_Comm over offloads is the same.
       expect(p.tableII[0]!.timingsMs.comm!.n).toBe(p.run.samples);
