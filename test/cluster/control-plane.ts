@@ -131,6 +131,7 @@ export class ControlPlane {
   /** etcd's client URL (http on loopback), for tests that act on storage (compaction). */
   etcdUrl = "";
   private etcd: ChildProcess | undefined;
+  private etcdArgs: string[] = [];
   private apiserver: ChildProcess | undefined;
   private controllers: ChildProcess | undefined;
   readonly auditLog: string;
@@ -220,7 +221,7 @@ export class ControlPlane {
     const etcdClient = await freePort();
     const etcdPeer = await freePort();
     this.etcdUrl = `http://127.0.0.1:${etcdClient}`;
-    this.etcd = this.spawnLogged("etcd", etcdBinary(), [
+    this.etcdArgs = [
       "--name=default",
       `--data-dir=${join(this.dir, "etcd")}`,
       `--listen-client-urls=http://127.0.0.1:${etcdClient}`,
@@ -230,7 +231,8 @@ export class ControlPlane {
       `--initial-cluster=default=http://127.0.0.1:${etcdPeer}`,
       "--log-level=error",
       "--logger=zap",
-    ]);
+    ];
+    this.etcd = this.spawnLogged("etcd", etcdBinary(), this.etcdArgs);
 
     const port = await freePort();
     this.server = `https://127.0.0.1:${port}`;
@@ -409,6 +411,22 @@ export class ControlPlane {
       throw new Error(`etcd answered no revision: ${JSON.stringify(range)}`);
     await post("/v3/kv/compaction", { revision: String(revision), physical: true });
     return revision;
+  }
+
+  /**
+   * Kills etcd (SIGKILL, as a crash or a node loss would), keeps it down `downMs`, and starts it
+   * again on the same ports and data directory; resolves once the API server answers /readyz.
+   */
+  async restartEtcd(downMs = 0): Promise<void> {
+    const old = this.etcd;
+    if (old && old.exitCode === null && old.signalCode === null) {
+      const exited = new Promise<void>((r) => old.once("exit", () => r()));
+      old.kill("SIGKILL");
+      await exited;
+    }
+    await new Promise((r) => setTimeout(r, downMs));
+    this.etcd = this.spawnLogged("etcd", etcdBinary(), this.etcdArgs);
+    await this.waitReady(120_000);
   }
 
   /** Audit events (ResponseComplete) of the operator's identity so far. */

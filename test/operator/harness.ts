@@ -188,6 +188,7 @@ export function operatorRequests(cp: ControlPlane, since = 0, agent?: string) {
 export class StallingProxy {
   private server: ReturnType<typeof createTcpServer> | undefined;
   private stalled = false;
+  private cutOff = false;
   private readonly sockets = new Set<Socket>();
   private readonly flushes = new Set<() => void>();
   /** Bytes sent on to clients since the last release() (answers that arrived late). */
@@ -198,6 +199,10 @@ export class StallingProxy {
   /** Starts listening; returns the URL to use in place of the API server's. */
   async start(): Promise<string> {
     this.server = createTcpServer({ allowHalfOpen: true }, (client) => {
+      if (this.cutOff) {
+        client.resetAndDestroy();
+        return;
+      }
       const upstream = connect({
         host: this.target.hostname,
         port: Number(this.target.port),
@@ -261,6 +266,20 @@ export class StallingProxy {
     this.stalled = false;
     this.deliveredSinceRelease = 0;
     for (const flush of [...this.flushes]) flush();
+  }
+
+  /**
+   * The API server is gone, as behind a cut link or a dead node: every open connection is reset
+   * and every new one is reset as soon as it arrives, until restore().
+   */
+  cut(): void {
+    this.cutOff = true;
+    for (const s of this.sockets) s.resetAndDestroy();
+  }
+
+  /** Lets new connections through again after cut(). */
+  restore(): void {
+    this.cutOff = false;
   }
 
   async stop(): Promise<void> {
