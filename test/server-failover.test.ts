@@ -7,10 +7,11 @@
  * What Mosquitto 2.0 does with the requests the dead server held: the servers connect with clean
  * sessions and take requests at QoS 1. A message Mosquitto has handed to a shared subscriber is
  * that subscriber's; when it disconnects, its clean session is thrown away with every unacked
- * message in it, and Mosquitto does NOT hand them to another member of the group (MQTT 5 allows
- * that, 3.1.1 has no shared subscriptions at all, Mosquitto 2.0 does not do it). So the requests
- * in the dead server's hands are answered by the device's own exit when their deadline passes
- * (degraded, reason "deadline"), never twice, and so are the few published between the SIGKILL
+ * message in it, and Mosquitto does NOT hand them to another member of the group (MQTT 5 4.8.2
+ * says a server SHOULD once the session has ended; 3.1.1, which the tiers speak, has no shared
+ * subscriptions at all; Mosquitto 2.0 does not do it). So the requests in the dead server's
+ * hands are answered by the device's own exit when their deadline passes (degraded, reason
+ * "deadline"), never twice, and so are the few published between the SIGKILL
  * and the moment the broker reads the closed socket (0 to 8 in the runs here, up to ~400 ms on a
  * loaded machine); every request published after that goes to the survivor. The test measures and
  * prints which of these happened (docs/faults.md, "A server dies under load").
