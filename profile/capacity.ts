@@ -7,6 +7,7 @@
  * step twice the last, no probes) until p99 T_Total passes the SLO; the throughput carried up to
  * there is the measured saturation. The report shows both, and why they differ, with figures.
  */
+import { readFileSync } from "node:fs";
 import { latency, type Row } from "./measure.js";
 import type { Capacity, CapacityStep } from "./schema.js";
 
@@ -30,9 +31,24 @@ export interface CapacityInput {
   readonly samples: number;
 }
 
+/** The 1-minute load average (runnable processes), or null where /proc/loadavg is not readable. */
+function loadAverage(): string | null {
+  try {
+    return readFileSync("/proc/loadavg", "utf8").split(" ")[0] ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** Answered by the server (not degraded, the server's compute in the reply). */
 const reachedServer = (r: Row) =>
   !r.answer.degraded && r.answer.upstreamTimings?.server !== undefined;
+/**
+ * A request that reached the server and cost its work, answered in time or not: a degraded answer
+ * is an offload that came back too late (its bytes are not counted as sent), which the server
+ * still ran.
+ */
+const sentToServer = (r: Row) => reachedServer(r) || r.answer.degraded;
 
 export async function measureCapacity(
   input: CapacityInput,
@@ -41,7 +57,8 @@ export async function measureCapacity(
 ): Promise<Capacity> {
   const { rows } = input;
   const toServer = rows.filter(reachedServer);
-  const offloadRatio = rows.length ? toServer.length / rows.length : 0;
+  // A degraded answer's request reached the server too, late (with a gateway: an upper bound).
+  const offloadRatio = rows.length ? rows.filter(sentToServer).length / rows.length : 0;
   const steps: CapacityStep[] = [];
   /** Per step: server CPU, local CPU, offloads, samples. */
   const used: { server: number; local: number; offloads: number; samples: number }[] = [];
@@ -54,11 +71,7 @@ export async function measureCapacity(
     const got = await replayAt(offered, input.samples);
     const serverCpu = (input.serverCpuMs?.() ?? Number.NaN) - server0;
     const localCpu = input.localCpuMs() - local0;
-    // A request that reached the server costs its work, answered in time or not (a degraded
-    // answer's request is counted as reaching it: with a gateway, an upper bound).
-    const offloads = got.filter(
-      (r) => reachedServer(r) || (r.answer.degraded && r.answer.bytesSent > 0),
-    ).length;
+    const offloads = got.filter(sentToServer).length;
     used.push({ server: serverCpu, local: localCpu, offloads, samples: got.length });
     const total = latency(got.map((r) => r.answer.timings.total));
     // From the first answer to the last: the agents' start-up is not part of the load.
@@ -114,6 +127,13 @@ export async function measureCapacity(
   const measuredThroughputPerS =
     saturation === null ? null : Math.max(...steps.map((s) => s.achievedPerS));
   const ratio = measuredThroughputPerS ? predictedHerePerS / measuredThroughputPerS : null;
+  const last = steps.at(-1);
+  const lastUsed = used.at(-1);
+  // The cores the fog's processes kept busy during the step that passed the SLO.
+  const coresUsed =
+    last && lastUsed && last.achievedPerS > 0 && Number.isFinite(lastUsed.server)
+      ? ((lastUsed.server + lastUsed.local) / lastUsed.samples) * (last.achievedPerS / 1000)
+      : null;
   const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : "unbounded");
   const notes = [
     `model: ${serverCores} cores (min of ${input.cores} cores and ${input.workers} workers + the main thread) x 1000 / (${serverMsPerOffload.toFixed(3)} ms ${fromProcess ? "of the server process's own CPU (/proc/<pid>/stat) per offload, over the ramp's steps within the SLO" : "server compute per offload from the replies' timings (wall time: the server runs elsewhere, its CPU is not readable here)"} x offload ratio ${(offloadRatio * 100).toFixed(1)}%) = ${f0(predictedSamplesPerS)} samples/s per replica`,
@@ -128,7 +148,11 @@ export async function measureCapacity(
     notes.push(
       ratio <= 1.3 && ratio >= 1 / 1.3
         ? `prediction here / measured throughput = ${ratio.toFixed(2)}, within 30%`
-        : `prediction here / measured throughput = ${ratio.toFixed(2)}, outside 30%: ${ratio > 1 ? `the machine did not give the fog its ${input.cores} cores (other processes ran; the ${input.cores * 1000} ms of CPU per second the bound assumes were not all there), or latency passed the SLO before the CPU ran out (queues in the broker or batching, one event loop's turn)` : "the load stepped past the SLO below the CPU bound (a step twice the last overshoots), or the CPU per sample fell at higher load (larger batches)"}`,
+        : `prediction here / measured throughput = ${ratio.toFixed(2)}, outside 30%: ${
+            ratio > 1
+              ? `${last && last.achievedPerS >= 0.95 * last.offeredPerS ? `the step that passed the SLO carried ${last.achievedPerS.toFixed(0)} of the ${last.offeredPerS.toFixed(0)} samples/s offered, so latency (queueing), not throughput, passed the bound there and the measured figure is a floor; ` : ""}${coresUsed !== null ? `the fog's processes kept ${coresUsed.toFixed(2)} of the ${input.cores} cores busy in that step` : `the fog did not get its ${input.cores} cores`}${loadAverage() ? ` while the machine's load average was ${loadAverage()} (other work ran)` : ""}: the bound assumes all ${input.cores * 1000} ms of CPU per second are the fog's`
+              : "the load stepped past the SLO below the CPU bound (a step twice the last overshoots), or the CPU per sample fell at higher load (larger batches)"
+          }`,
     );
   return {
     sloMs: input.sloMs,

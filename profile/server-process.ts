@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 
 /** What `startLocalFog` hands over: the settings the server would have run with in-process. */
@@ -51,7 +52,20 @@ function cliPath(): string {
   return fileURLToPath(new URL("../dist/cli/main.js", import.meta.url));
 }
 
+/** A TCP port free on the loopback now (the server binds it right after). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (typeof address !== "object" || !address) throw new Error("no free port");
+  return address.port;
+}
+
 export async function startServerProcess(s: ServerSettings): Promise<ServerProcess> {
+  // Chosen here rather than read from its log: the server logs at the fog's level (warn by
+  // default), and per-request logging would cost the CPU this process is started to measure.
+  const port = await freePort();
   const args = [
     cliPath(),
     "server",
@@ -74,45 +88,23 @@ export async function startServerProcess(s: ServerSettings): Promise<ServerProce
     "--http-host",
     "127.0.0.1",
     "--http-port",
-    "0",
-    // Its ready line (with the HTTP port) is logged at info.
+    String(port),
     "--log-level",
-    "info",
+    s.logLevel,
   ];
   const child: ChildProcess = spawn(process.execPath, args, {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let log = "";
-  let port = 0;
-  let pending = "";
-  const ready = new Promise<void>((resolve, reject) => {
-    child.stderr!.on("data", (d: Buffer) => {
-      const text = d.toString();
-      log = (log + text).slice(-8000);
-      pending += text;
-      const lines = pending.split("\n");
-      pending = lines.pop() ?? "";
-      for (const line of lines) {
-        if (port || !line.includes("server ready")) continue;
-        try {
-          const parsed = JSON.parse(line) as { port?: number };
-          if (typeof parsed.port === "number") {
-            port = parsed.port;
-            resolve();
-          }
-        } catch {
-          // not a JSON log line
-        }
-      }
-    });
+  child.stderr!.on("data", (d: Buffer) => {
+    log = (log + d.toString()).slice(-8000);
+  });
+  const failed = new Promise<never>((_, reject) =>
     child.once("exit", (code) =>
       reject(new Error(`ddnn server exited (${code}) before it was ready:\n${log.trim()}`)),
-    );
-    setTimeout(
-      () => reject(new Error(`ddnn server not ready within 60 s:\n${log.trim()}`)),
-      60_000,
-    ).unref();
-  });
+    ),
+  );
+  failed.catch(() => {});
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
@@ -122,12 +114,14 @@ export async function startServerProcess(s: ServerSettings): Promise<ServerProce
     clearTimeout(kill);
   };
   try {
-    await ready;
-    const until = Date.now() + 20_000;
+    const until = Date.now() + 60_000;
     for (;;) {
-      const res = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
+      const res = await Promise.race([
+        fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined),
+        failed,
+      ]);
       if (res?.ok) break;
-      if (Date.now() > until) throw new Error(`ddnn server not ready within 20 s:\n${log.trim()}`);
+      if (Date.now() > until) throw new Error(`ddnn server not ready within 60 s:\n${log.trim()}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   } catch (err) {

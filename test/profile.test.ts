@@ -268,7 +268,11 @@ describe("ddnn profile's device slowdown, capacity and advice", () => {
       );
     else expect(c.predictionOverMeasured).toBeNull();
     expect(c.note).toMatch(/server process's own CPU/);
-    expect(c.offloadRatio).toBe(p.exits[1]!.exitRate);
+    // Offloads the server answered, and those answered too late (degraded), which it still ran.
+    expect(c.offloadRatio).toBeCloseTo(
+      p.exits[1]!.exitRate + p.tableII[0]!.degraded / p.run.samples,
+      9,
+    );
     const a = p.advice!;
     if (a.thresholds !== null) {
       expect(a.predicted!.p95TotalMs).toBeLessThanOrEqual(slo);
