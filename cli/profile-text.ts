@@ -116,7 +116,7 @@ export function renderProfileText(r: ProfileReport): string {
           ms(s.cpuMsPerSample ?? undefined),
         ]),
       ),
-      `measured saturation (p99 T_Total > ${c.sloMs} ms): ${c.measuredSaturationPerS === null ? "not reached" : `at ${Math.round(c.measuredSaturationPerS)} samples/s offered, carrying ${Math.round(c.measuredThroughputPerS ?? 0)} samples/s = ${c.measuredDevicesPerReplica?.toFixed(1)} devices; predicted here / measured = ${c.predictionOverMeasured?.toFixed(2)}`}`,
+      `measured saturation (p99 T_Total > ${c.sloMs} ms, or under 90% of the offered load carried): ${c.measuredSaturationPerS === null ? "not reached" : `at ${Math.round(c.measuredSaturationPerS)} samples/s offered, carrying ${Math.round(c.measuredThroughputPerS ?? 0)} samples/s = ${c.measuredDevicesPerReplica?.toFixed(1)} devices; predicted here / measured = ${c.predictionOverMeasured?.toFixed(2)}`}`,
       c.note,
     );
   }

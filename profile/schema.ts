@@ -111,8 +111,8 @@ export interface Capacity {
   readonly sloMs: number;
   readonly framesPerS: number;
   /**
-   * Server cost per offloaded sample, ms: the server process's own CPU over the ramp's steps
-   * within the SLO ("process"), or, when the server runs elsewhere, its replies' compute time
+   * Server cost per offloaded sample, ms: the server process's own CPU in the busiest step of the
+   * ramp that held ("process"), or, when the server runs elsewhere, its replies' compute time
    * ("reply-timings").
    */
   readonly serverMsPerOffload: number;
@@ -132,7 +132,7 @@ export interface Capacity {
   /** min(predictedSamplesPerS, machineBoundPerS): the prediction for the ramp run here. */
   readonly predictedHerePerS: number;
   readonly steps: readonly CapacityStep[];
-  /** Offered load of the first step whose p99 T_Total passed the SLO; null if none did. */
+  /** Offered load of the first step whose p99 T_Total passed the SLO or that carried under 90% of it; null if none did. */
   readonly measuredSaturationPerS: number | null;
   /** With a saturation: the most samples per second any step carried; null otherwise. */
   readonly measuredThroughputPerS: number | null;
