@@ -48,6 +48,16 @@ interface Waiting {
   bytes: number;
 }
 
+/**
+ * The header fields of a view request (docs/protocol.md "View requests"): the capture, the view's
+ * index and its stage 0 exit logits (float32 values written as JSON numbers come back the same).
+ */
+export interface ViewFields {
+  readonly capture: string;
+  readonly view: number;
+  readonly logits: readonly number[];
+}
+
 /** What a device's request frames carry besides the features: where they go and who asks. */
 export type RequestTarget = Pick<OffloadClientOptions, "model" | "digest" | "replyTo" | "encoding">;
 
@@ -61,7 +71,7 @@ export function encodeRequestFrame(
   id: string,
   features: Float32Array,
   dims: readonly number[],
-  extra: { deadline: number; sentAt: number; probe?: true },
+  extra: { deadline: number; sentAt: number; probe?: true } & Partial<ViewFields>,
 ): Buffer {
   const { fields, body } = encodeTensor(features, dims, target.encoding);
   const frame = encodeFrame(
@@ -75,6 +85,9 @@ export function encodeRequestFrame(
       deadline: extra.deadline,
       sentAt: extra.sentAt,
       ...(extra.probe ? { probe: true } : {}),
+      ...(extra.capture === undefined
+        ? {}
+        : { capture: extra.capture, view: extra.view, logits: extra.logits }),
       ...fields,
     },
     body,
@@ -129,6 +142,24 @@ export class OffloadClient {
     deadline: number,
     options: { probe?: boolean } = {},
   ): Promise<OffloadReply> {
+    return this.request(requestTopic(this.o.model, stage.name), stage.index, features, dims, {
+      deadline,
+      ...(options.probe ? { probe: true } : {}),
+    });
+  }
+
+  /**
+   * Publishes one request frame for stage index `stage` on `topic` and waits for its reply until
+   * the deadline; `extra` adds the probe tag or a view request's fields to the header.
+   */
+  protected request(
+    topic: string,
+    stage: number,
+    features: Float32Array,
+    dims: readonly number[],
+    extra: { deadline: number; probe?: true } & Partial<ViewFields>,
+  ): Promise<OffloadReply> {
+    const { deadline } = extra;
     if (!this.o.client.connected || !this.subscribed) {
       return Promise.reject(
         new OffloadError("broker_unreachable", "not connected to the MQTT broker"),
@@ -136,11 +167,7 @@ export class OffloadClient {
     }
     const id = `${this.o.idPrefix}-${this.session}-${++this.counter}`;
     const sentAt = Date.now();
-    const frame = encodeRequestFrame(this.o, stage.index, id, features, dims, {
-      deadline,
-      sentAt,
-      ...(options.probe ? { probe: true } : {}),
-    });
+    const frame = encodeRequestFrame(this.o, stage, id, features, dims, { ...extra, sentAt });
     return new Promise<OffloadReply>((resolve, reject) => {
       const timer = setTimeout(
         () => {
@@ -158,7 +185,7 @@ export class OffloadClient {
         sent: performance.now(),
         bytes: frame.length,
       });
-      this.o.client.publish(requestTopic(this.o.model, stage.name), frame, { qos: 1 }, (err) => {
+      this.o.client.publish(topic, frame, { qos: 1 }, (err) => {
         if (err && this.waiting.has(id)) {
           clearTimeout(timer);
           this.waiting.delete(id);
