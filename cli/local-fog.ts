@@ -27,6 +27,7 @@ import { checkBrokerConfig, makeLogger, readBrokerCa, resolveModel } from "../co
 import { summarize } from "../core/stats.js";
 import { replyTopic } from "../core/topics.js";
 import { viewsOf } from "../core/views.js";
+import type { Compression } from "../core/wire/frame.js";
 import { agentConfig, agentSchema } from "../device-agent/config.js";
 import { type RunningAgent, startAgent } from "../device-agent/main.js";
 import {
@@ -129,7 +130,7 @@ export interface LocalFogConfig {
   deadlineMs: number;
   deviceSlowdown: number;
   dtype: "f32" | "f16" | "u8q";
-  compression: "none" | "deflate";
+  compression: Compression;
   workers: number;
   maxBatch: number;
   maxDelayMs: number;

@@ -517,7 +517,7 @@ export const encodingFields = {
     value: "DTYPE",
   }),
   compression: field(z.enum(compressions).default("deflate"), {
-    help: "none or deflate",
+    help: "none, deflate or sparse (a zero bitmap and the non-zero bytes, docs/protocol.md)",
     value: "NAME",
   }),
   sharedSubscriptions: field(boolField.default(true), {

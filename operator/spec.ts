@@ -335,7 +335,7 @@ export const ddnnModelSpecSchema = cel(
           ).optional(),
           compression: described(
             z.enum(compressions),
-            "deflate (the tiers' default) or none",
+            "deflate (the tiers' default), none, or sparse (a zero bitmap and the non-zero bytes)",
           ).optional(),
         }),
         "how features travel between tiers (Contract 2's frame); unset fields keep the tiers' defaults",

@@ -51,44 +51,47 @@ describe("the shipped models through the fog", () => {
     });
   }
 
-  it("u8q+deflate frames keep 99% of labels and lose at most 0.5 points of Overall accuracy", async () => {
-    const broker = await startEmbeddedBroker();
-    const dir = shipped().bundle;
-    const images = await readIdx(shipped().images);
-    const labels = await readIdx(shipped().labels);
-    const n = images.shape[0]!;
-    const reference = await Pipeline.load(dir);
-    const expected = await reference.infer(images.data, n);
-    const fog = await startFog({
-      bundle: dir,
-      broker: broker.url,
-      stageNames: reference.manifest.stages.map((s) => s.name),
-      sharedSubscriptions: false,
-      dtype: "u8q",
-      compression: "deflate",
-      devices: 4,
-    });
-    try {
-      const answers = [];
-      for (let start = 0; start < n; start += 200) {
-        const chunk = Array.from({ length: Math.min(200, n - start) }, (_, j) => start + j);
-        answers.push(
-          ...(await Promise.all(
-            chunk.map((i) =>
-              fog.agents[i % 4]!.agent.classify(images.data.subarray(i * 784, (i + 1) * 784)),
-            ),
-          )),
-        );
+  it.each(["deflate", "sparse"] as const)(
+    "u8q+%s frames keep 99% of labels and lose at most 0.5 points of Overall accuracy",
+    async (compression) => {
+      const broker = await startEmbeddedBroker();
+      const dir = shipped().bundle;
+      const images = await readIdx(shipped().images);
+      const labels = await readIdx(shipped().labels);
+      const n = images.shape[0]!;
+      const reference = await Pipeline.load(dir);
+      const expected = await reference.infer(images.data, n);
+      const fog = await startFog({
+        bundle: dir,
+        broker: broker.url,
+        stageNames: reference.manifest.stages.map((s) => s.name),
+        sharedSubscriptions: false,
+        dtype: "u8q",
+        compression,
+        devices: 4,
+      });
+      try {
+        const answers = [];
+        for (let start = 0; start < n; start += 200) {
+          const chunk = Array.from({ length: Math.min(200, n - start) }, (_, j) => start + j);
+          answers.push(
+            ...(await Promise.all(
+              chunk.map((i) =>
+                fog.agents[i % 4]!.agent.classify(images.data.subarray(i * 784, (i + 1) * 784)),
+              ),
+            )),
+          );
+        }
+        expect(answers.filter((a) => a.degraded)).toHaveLength(0);
+        const same = answers.filter((a, i) => a.label === expected[i]!.label).length;
+        expect(same / n).toBeGreaterThanOrEqual(0.99);
+        const acc = (ls: number[]) => ls.filter((l, i) => l === labels.data[i]).length / n;
+        const drop = acc(expected.map((e) => e.label)) - acc(answers.map((a) => a.label));
+        expect(drop).toBeLessThanOrEqual(0.005);
+      } finally {
+        await fog.close();
+        await broker.close();
       }
-      expect(answers.filter((a) => a.degraded)).toHaveLength(0);
-      const same = answers.filter((a, i) => a.label === expected[i]!.label).length;
-      expect(same / n).toBeGreaterThanOrEqual(0.99);
-      const acc = (ls: number[]) => ls.filter((l, i) => l === labels.data[i]).length / n;
-      const drop = acc(expected.map((e) => e.label)) - acc(answers.map((a) => a.label));
-      expect(drop).toBeLessThanOrEqual(0.005);
-    } finally {
-      await fog.close();
-      await broker.close();
-    }
-  });
+    },
+  );
 });

@@ -22,14 +22,14 @@ export type ErrorCode = (typeof errorCodes)[number];
 
 export const dtypes = ["f32", "f16", "u8q"] as const;
 export type WireDtype = (typeof dtypes)[number];
-/** Body codes the tiers' --compression can choose. */
-export const compressions = ["none", "deflate"] as const;
-export type Compression = (typeof compressions)[number];
 /**
- * Body codes a frame may carry: the configurable ones and "sparse" (a zero bitmap and the
- * non-zero bytes, docs/protocol.md), which every tier decodes and a client may send.
+ * Body codes a frame may carry and the tiers' --compression can choose: "none", "deflate" (zlib,
+ * the default) and "sparse" (a zero bitmap and the non-zero bytes, docs/protocol.md).
  */
-export const wireCompressions = [...compressions, "sparse"] as const;
+export const compressions = ["none", "deflate", "sparse"] as const;
+export type Compression = (typeof compressions)[number];
+/** The same list under the name the decoder uses. */
+export const wireCompressions = compressions;
 export type WireCompression = (typeof wireCompressions)[number];
 
 const dim = z.number().int().nonnegative();

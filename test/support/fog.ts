@@ -1,4 +1,5 @@
 import { makeLogger } from "../../core/runtime/tier.js";
+import type { Compression } from "../../core/wire/frame.js";
 import { agentSchema } from "../../device-agent/config.js";
 import { type RunningAgent, startAgent } from "../../device-agent/main.js";
 import { gatewaySchema, type RunningGateway, startGateway } from "../../gateway/gateway.js";
@@ -18,7 +19,7 @@ export interface FogOptions {
   stageNames: string[];
   sharedSubscriptions: boolean;
   dtype?: "f32" | "f16" | "u8q";
-  compression?: "none" | "deflate";
+  compression?: Compression;
   devices?: number;
   deadlineMs?: number;
   workers?: number;
