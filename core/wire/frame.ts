@@ -301,19 +301,7 @@ export function checkRequestHeader(header: Record<string, unknown>): RequestHead
     if (rule === undefined || !rule(header[key])) return undefined;
   }
   for (const key of requiredRequestKeys) if (!Object.hasOwn(header, key)) return undefined;
-  const out: Record<string, unknown> = {};
-  for (const key of schemaKeys) {
-    const v = header[key];
-    if (v !== undefined)
-      out[key] =
-        key === "exits"
-          ? (v as ExitAnswer[]).map((e) => ({ stage: e.stage, label: e.label, entropy: e.entropy }))
-          : key === "timings"
-            ? { ...(v as Record<string, number>) }
-            : v;
-    else if (key === "compression") out[key] = "none";
-  }
-  return out as RequestHeader;
+  return inSchemaOrder(header, schemaKeys, "compression", () => "none") as RequestHeader;
 }
 
 /** Decodes and validates a request frame; errors keep `id` and `replyTo` when they were readable. */
@@ -351,6 +339,31 @@ const resultFastPathCoversSchema =
   resultOkKeys.length === resultOkRules.size && resultOkKeys.every((k) => resultOkRules.has(k));
 
 /**
+ * What a schema returns for a header its rules accepted: the schema's fields in its order, copies
+ * of the nested exits and timings (the schema makes new objects), and the one defaulted field.
+ */
+function inSchemaOrder(
+  header: Record<string, unknown>,
+  keys: readonly string[],
+  defaulted: string,
+  fallback: () => unknown,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of keys) {
+    const v = header[key];
+    if (v !== undefined)
+      out[key] =
+        key === "exits"
+          ? (v as ExitAnswer[]).map((e) => ({ stage: e.stage, label: e.label, entropy: e.entropy }))
+          : key === "timings"
+            ? { ...(v as Record<string, number>) }
+            : v;
+    else if (key === defaulted) out[key] = fallback();
+  }
+  return out;
+}
+
+/**
  * An ok reply header that follows every rule of resultHeaderSchema, as the schema returns it
  * (its fields in the schema's order, timings defaulted to {}, other keys after them); undefined
  * for any other header (error replies included), which the schema must then judge.
@@ -364,18 +377,7 @@ export function checkResultHeader(header: Record<string, unknown>): ResultOk | u
     if (v === undefined ? key !== "timings" && key !== "exits" : !rule(v)) return undefined;
   }
   if (isPlainObject(header.timings) && Object.hasOwn(header.timings, "__proto__")) return undefined;
-  const out: Record<string, unknown> = {};
-  for (const key of resultOkKeys) {
-    const v = header[key];
-    if (v !== undefined)
-      out[key] =
-        key === "exits"
-          ? (v as ExitAnswer[]).map((e) => ({ stage: e.stage, label: e.label, entropy: e.entropy }))
-          : key === "timings"
-            ? { ...(v as Record<string, number>) }
-            : v;
-    else if (key === "timings") out[key] = {};
-  }
+  const out = inSchemaOrder(header, resultOkKeys, "timings", () => ({}));
   for (const key of Object.keys(header)) if (!resultOkRules.has(key)) out[key] = header[key];
   return out as ResultOk;
 }
