@@ -208,27 +208,14 @@ export class Agent {
         forward.dims,
         deadline,
       );
-      metrics.offloads.inc({ outcome: "ok" });
-      metrics.offloadBytes.inc(reply.bytesSent);
-      metrics.offloadSeconds.observe({ stage: next.name }, reply.roundTripMs / 1000);
-      const h = reply.header;
-      const upstream = upstreamCompute(h.timings);
       upstreamExits = repliedExits(reply);
-      answer = {
-        label: h.label,
-        stageIndex: h.stage,
-        tier: typeof h.tier === "string" ? h.tier : (stages[h.stage]?.name ?? "upstream"),
-        entropy: h.entropy,
-        degraded: false,
-        timings: {
-          device,
-          comm: Math.max(0, reply.roundTripMs - upstream),
-          upstream,
-          total: performance.now() - started,
-        },
-        bytesSent: reply.bytesSent,
-        upstreamTimings: h.timings,
-      };
+      answer = this.upstreamAnswer(
+        reply,
+        next.name,
+        device,
+        started,
+        stages[reply.header.stage]?.name,
+      );
     } catch (err) {
       const reason = err instanceof OffloadError ? err.reason : "internal";
       metrics.offloads.inc({ outcome: reason });
@@ -273,24 +260,8 @@ export class Agent {
         deadline,
       });
       const h = reply.header;
-      metrics.offloads.inc({ outcome: "ok" });
-      metrics.offloadBytes.inc(reply.bytesSent);
-      metrics.offloadSeconds.observe({ stage: stage0 }, reply.roundTripMs / 1000);
-      const upstream = upstreamCompute(h.timings);
       return this.finish({
-        label: h.label,
-        stageIndex: h.stage,
-        tier: typeof h.tier === "string" ? h.tier : "upstream",
-        entropy: h.entropy,
-        degraded: false,
-        timings: {
-          device,
-          comm: Math.max(0, reply.roundTripMs - upstream),
-          upstream,
-          total: performance.now() - started,
-        },
-        bytesSent: reply.bytesSent,
-        upstreamTimings: h.timings,
+        ...this.upstreamAnswer(reply, stage0, device, started, undefined),
         ...(h.exits ? { exits: h.exits } : {}),
         capture,
         ...(Array.isArray(h.views) ? { views: h.views as number[] } : {}),
@@ -312,6 +283,42 @@ export class Agent {
         views: [this.o.view!.index],
       });
     }
+  }
+
+  /**
+   * The answer an upstream reply gives, counted as an ok offload of `stage` (the stage it was sent
+   * to, or stage 0 of a view): the reply's exit, with the device's time, the round trip less the
+   * upstream compute, and the total since `started`. Its tier is the reply's, else `stageName`
+   * (the name of the stage that answered), else "upstream".
+   */
+  private upstreamAnswer(
+    reply: OffloadReply,
+    stage: string,
+    device: number,
+    started: number,
+    stageName: string | undefined,
+  ): Omit<Answer, "labelName" | "stage"> {
+    const { metrics } = this.o;
+    metrics.offloads.inc({ outcome: "ok" });
+    metrics.offloadBytes.inc(reply.bytesSent);
+    metrics.offloadSeconds.observe({ stage }, reply.roundTripMs / 1000);
+    const h = reply.header;
+    const upstream = upstreamCompute(h.timings);
+    return {
+      label: h.label,
+      stageIndex: h.stage,
+      tier: typeof h.tier === "string" ? h.tier : (stageName ?? "upstream"),
+      entropy: h.entropy,
+      degraded: false,
+      timings: {
+        device,
+        comm: Math.max(0, reply.roundTripMs - upstream),
+        upstream,
+        total: performance.now() - started,
+      },
+      bytesSent: reply.bytesSent,
+      upstreamTimings: h.timings,
+    };
   }
 
   /** The device's own decision from every exit it ran: the first confident one, else its last. */
