@@ -40,7 +40,7 @@ import type { Row, ServerOnlyRow } from "../profile/measure.js";
 import { type ServerConfig, serverConfig, serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
 import { type EmbeddedBroker, startEmbeddedBroker } from "./broker.js";
-import { shipped } from "./paths.js";
+import { shipped, shippedViews, viewImagePaths, viewsSample } from "./paths.js";
 import { percent } from "./table.js";
 
 const agent = agentConfig.fields;
@@ -178,6 +178,67 @@ export async function openWorkload(cfg: LocalFogConfig): Promise<Workload> {
     truth: labels.data,
     count,
     per: images.data.length / (images.shape[0] ?? 1),
+  };
+}
+
+/** A multi-view bundle's workload: view 0's images in `images`, every view's in `views`. */
+export interface ViewsWorkload extends Workload {
+  /** Every view's images file, in view order. */
+  readonly imagePaths: readonly string[];
+  /** Every view's raw images of the `count` captures replayed. */
+  readonly pixels: readonly Uint8Array[];
+}
+
+/**
+ * The bundle (`--bundle`, else the shipped multi-view bundle) and one images file per view: the
+ * bundle's `eval/` sample, or `--images` with `{view}` in the path, and `--labels`. `views` is
+ * the number asked for (`ddnn up --views K`); undefined takes the bundle's.
+ */
+export async function openViewsWorkload(
+  cfg: LocalFogConfig,
+  views?: number,
+): Promise<ViewsWorkload> {
+  if (cfg.broker !== undefined) checkBrokerConfig({ broker: cfg.broker, brokerCa: cfg.brokerCa });
+  const bundlePath = cfg.bundle ?? shippedViews();
+  const bundle = await openBundleSource(bundlePath);
+  const { manifest } = bundle;
+  const count = viewsOf(manifest).count;
+  if (views !== undefined && count !== views)
+    throw new ConfigError(
+      `--views ${views}: ${manifest.name} has ${count === 1 ? "no views block (one view)" : `${count} views`}`,
+    );
+  let imagePaths: string[];
+  let labelsPath: string;
+  if (cfg.images !== undefined && cfg.labels !== undefined) {
+    imagePaths = viewImagePaths(cfg.images, count);
+    labelsPath = cfg.labels;
+  } else {
+    const sample = viewsSample(bundlePath, count);
+    if (!sample)
+      throw new ConfigError(
+        `${bundlePath} has no eval/ sample of its ${count} views; give --images (with {view}) and --labels`,
+      );
+    imagePaths = sample.images;
+    labelsPath = sample.labels;
+  }
+  const images = await Promise.all(imagePaths.map((p) => readIdx(p)));
+  const truth = (await readIdx(labelsPath)).data;
+  const items = Math.min(truth.length, ...images.map((i) => i.shape[0] ?? 0));
+  const replayed = Math.min(cfg.limit ?? Number.POSITIVE_INFINITY, items);
+  const first = images[0]!;
+  const per = first.data.length / (first.shape[0] ?? 1);
+  return {
+    bundlePath,
+    bundle,
+    manifest,
+    names: manifest.stages.map((s) => s.name),
+    imagesPath: imagePaths[0]!,
+    images: first,
+    truth,
+    count: replayed,
+    per,
+    imagePaths,
+    pixels: images.map((i) => i.data.subarray(0, replayed * per)),
   };
 }
 

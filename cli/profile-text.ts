@@ -1,5 +1,11 @@
 /** The profile report for a terminal: Table II, exits, the sweep, capacity, advice, notes. */
-import type { LatencyStats, ProfileReport, TableIIRow } from "../profile/schema.js";
+import type {
+  ExitReport,
+  LatencyStats,
+  ProfileReport,
+  TableIIRow,
+  ViewsReport,
+} from "../profile/schema.js";
 import { percent, renderTable } from "./table.js";
 
 function ms(x: number | undefined): string {
@@ -9,8 +15,12 @@ function ms(x: number | undefined): string {
 const cell = (s: LatencyStats | null) =>
   s ? `${ms(s.mean)} / ${ms(s.p50)} / ${ms(s.p95)} / ${ms(s.p99)}` : "-";
 
+/** What Table II's columns mean in a multi-view run (its Local and Ideal come from elsewhere). */
+export const VIEWS_TABLE_II_LEGEND =
+  "times: mean / p50 / p95 / p99 over the captures, on view 0's device's clock; T_Server = upstream compute (the gateway's fusion, the server); T_Comm = round trip less upstream compute (the fusion window's wait included); Local = the gateway's local aggregate of the views over every capture; Ideal with the later exits of the captures the aggregate answered from the probe pass (aggregator threshold 0), not counted as traffic";
+
 /** The paper's Table II, one line per configuration; times mean / p50 / p95 / p99 in ms. */
-export function renderTableII(rows: readonly TableIIRow[]): string {
+export function renderTableII(rows: readonly TableIIRow[], legend?: string): string {
   return [
     renderTable(
       [
@@ -42,8 +52,56 @@ export function renderTableII(rows: readonly TableIIRow[]): string {
         r.bytesPerSample === null ? "-" : r.bytesPerSample.toFixed(1),
       ]),
     ),
-    "times: mean / p50 / p95 / p99 over the samples, on the devices' clocks; T_Server = upstream compute (edge + server, from the tiers' reply timings); T_Comm = round trip less upstream compute; Local and Ideal from probe requests (every exit's answer), not counted as traffic",
+    legend ??
+      "times: mean / p50 / p95 / p99 over the samples, on the devices' clocks; T_Server = upstream compute (edge + server, from the tiers' reply timings); T_Comm = round trip less upstream compute; Local and Ideal from probe requests (every exit's answer), not counted as traffic",
     ...rows.flatMap((r) => (r.note ? [`${r.configuration}: ${r.note}`] : [])),
+  ].join("\n");
+}
+
+/**
+ * The horizontal DDNN's accuracy per exit: each device alone (in process), the local aggregate
+ * and the later exits (the distributed run), Overall and Ideal, next to the in-process pipeline.
+ */
+export function renderViewsAccuracy(
+  v: ViewsReport,
+  row: TableIIRow,
+  exits: readonly ExitReport[],
+): string {
+  const dash = "-";
+  return [
+    renderTable(
+      ["accuracy", "distributed run", "exit rate", "accuracy (exited)", "in process"],
+      [
+        ...v.devices.map((d) => [
+          `view ${d.view}'s device alone (Overall with only its view ${percent(d.aloneOverall)})`,
+          dash,
+          dash,
+          dash,
+          percent(d.aloneAccuracy),
+        ]),
+        ...exits.map((e, s) => [
+          s === 0
+            ? `${e.stage}: local aggregate of ${v.count} views (${v.localAggregation})`
+            : e.stage,
+          percent(e.accuracyAll),
+          percent(e.exitRate),
+          percent(e.accuracyExited),
+          s === 0
+            ? percent(v.inProcess.local)
+            : s === exits.length - 1
+              ? `${percent(v.inProcess.server)} (exited)`
+              : dash,
+        ]),
+        ["Overall", percent(row.accuracy.overall), dash, dash, percent(v.inProcess.overall)],
+        ["Ideal", percent(row.accuracy.ideal), dash, dash, percent(v.inProcess.ideal)],
+      ],
+    ),
+    `the run gave the in-process pipeline's exit and label for ${percent(v.agreementWithInProcess)} of ${v.captures} captures (a degraded answer does not agree); fused from all ${v.count} views ${v.capturesFusedComplete}/${v.captures}; the same answer on every device ${v.sameAnswerOnEveryDevice}/${v.captures}; in process, the aggregate's Overall beats the best device alone (view ${v.bestSingleView}) by ${((v.inProcess.overall - (v.devices[v.bestSingleView]?.aloneOverall ?? 0)) * 100).toFixed(2)} points`,
+    `per device: ${v.devices.map((d) => `view ${d.view} ${d.answered} answers, ${d.degraded} degraded, T_Total p50 ${ms(d.total?.p50)} / p95 ${ms(d.total?.p95)} ms`).join("; ")}`,
+    `bytes: ${v.bytes.viewFrame === null ? "-" : Math.round(v.bytes.viewFrame)} per view frame (device -> gateway), ${v.bytes.forwardedFrame === null ? "-" : Math.round(v.bytes.forwardedFrame)} per forwarded request (gateway -> next stage, ${v.bytes.forwarded} sent), ${v.bytes.perCapture === null ? "-" : v.bytes.perCapture.toFixed(1)} per capture in all`,
+    v.probePass
+      ? `Ideal and the later exits of the captures the aggregate answered: the probe pass (aggregator threshold 0, ${v.probePass.answered} answers, ${v.probePass.degraded} degraded, ${v.probePass.differed} fused otherwise than the run, ${v.probePass.wallSeconds.toFixed(1)} s)`
+      : "no probe pass: Ideal not measured",
   ].join("\n");
 }
 
@@ -52,7 +110,14 @@ export function renderProfileText(r: ProfileReport): string {
     "",
     `ddnn profile: ${r.model.name} ${r.model.version} (${r.model.stages.join(" -> ")}), ${r.run.samples} samples, ${r.run.devices} devices at ${r.run.fps} fps, device slowdown ${r.run.deviceSlowdown}x, features ${r.run.encoding.dtype}+${r.run.encoding.compression}${r.link ? `, across the link ${r.link.spec}` : ""}, ${r.run.wallSeconds.toFixed(1)} s`,
     "",
-    renderTableII(r.tableII),
+    renderTableII(r.tableII, r.views ? VIEWS_TABLE_II_LEGEND : undefined),
+    ...(r.views && r.tableII[0]
+      ? [
+          "",
+          `horizontal DDNN: ${r.views.count} devices, one view each, fused by the gateway (${r.views.localAggregation} logits, ${r.views.featureAggregation} features, window ${r.views.fusionWindowMs} ms), ${r.views.captures} captures:`,
+          renderViewsAccuracy(r.views, r.tableII[0], r.exits),
+        ]
+      : []),
     "",
     renderTable(
       ["exit", "threshold", "exit rate", "accuracy (all)", "accuracy (exited)"],
@@ -69,7 +134,7 @@ export function renderProfileText(r: ProfileReport): string {
     for (const s of r.sweep.exits) {
       lines.push(
         "",
-        `sweep of the ${s.exit} exit (now ${s.currentThreshold}), ${r.sweep.samples} samples, from the one probe pass:`,
+        `sweep of the ${s.exit} exit${r.views && s.exit === r.model.stages[0] ? " (the local aggregate)" : ""} (now ${s.currentThreshold}), ${r.sweep.samples} ${r.views ? "captures, from the run and its probe pass" : "samples, from the one probe pass"}:`,
         renderTable(
           [
             "threshold",

@@ -7,6 +7,7 @@
 import { writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { z } from "zod";
+import { openBundleSource } from "../core/bundle/source.js";
 import {
   boolField,
   brokerInsecurity,
@@ -20,6 +21,7 @@ import {
   wantsHelp,
 } from "../core/config.js";
 import { exitPolicyFor } from "../core/pipeline.js";
+import { viewsOf } from "../core/views.js";
 import { advise } from "../profile/advise.js";
 import { measureCapacity } from "../profile/capacity.js";
 import {
@@ -42,6 +44,7 @@ import {
   type LocalFog,
   liveLine,
   localFogFields,
+  openViewsWorkload,
   openWorkload,
   replayDevices,
   serverOnlyHttp,
@@ -49,6 +52,7 @@ import {
   startLocalFog,
 } from "./local-fog.js";
 import { renderProfileText } from "./profile-text.js";
+import { profileViews } from "./profile-views.js";
 
 export const profileConfig = program({
   ...localFogFields,
@@ -232,6 +236,9 @@ export async function profile(given: ProfileConfig, command: string): Promise<Pr
   const progress = (s: string) => process.stderr.write(`${s}\n`);
   const cluster = await fromCluster(given);
   const cfg = cluster.cfg;
+  // A multi-view bundle runs as the horizontal DDNN (as `ddnn up` runs it).
+  if (cfg.bundle !== undefined && viewsOf((await openBundleSource(cfg.bundle)).manifest).count > 1)
+    return profileViews(cfg, await openViewsWorkload(cfg), command);
   const spec = cfg.link === undefined ? null : parseLinkSpec(cfg.link);
   if (spec) {
     const why = await linkUnavailable(spec);

@@ -6,7 +6,13 @@
 import * as vega from "vega";
 import { compile, type TopLevelSpec } from "vega-lite";
 import { percentile } from "../core/stats.js";
-import type { CapacityRun, ExitSweep, LatencySamples, TableIIRow } from "./html.js";
+import type {
+  CapacityRun,
+  ExitSweep,
+  LatencySamples,
+  TableIIRow,
+  ViewsAccuracyRow,
+} from "./html.js";
 
 /** One colour per tier, the same in every chart and in the table's legend. */
 export const TIER_COLOURS = {
@@ -141,6 +147,47 @@ function nearest(s: ExitSweep, threshold: number | undefined) {
   return s.points.reduce((best, p) =>
     Math.abs(p.threshold - threshold) < Math.abs(best.threshold - threshold) ? p : best,
   );
+}
+
+/**
+ * The horizontal DDNN's accuracy per exit: each device alone, the local aggregate, the later
+ * exits, Overall and Ideal, the distributed run's bar next to the in-process pipeline's.
+ */
+export function viewsAccuracySpec(rows: readonly ViewsAccuracyRow[]): TopLevelSpec {
+  const values = rows.flatMap((r) =>
+    (
+      [
+        ["distributed run", r.distributed],
+        ["in process", r.inProcess],
+      ] as const
+    ).flatMap(([source, a]) =>
+      a === null || !Number.isFinite(a) ? [] : [{ name: r.name, source, accuracy: pct(a) }],
+    ),
+  );
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    config: CONFIG,
+    title: {
+      text: "Accuracy per exit",
+      subtitle:
+        "each device alone, the local aggregate and later exits (over every capture), Overall, Ideal",
+    },
+    width: 520,
+    height: { step: 14 },
+    data: { values },
+    mark: { type: "bar" },
+    encoding: {
+      y: { field: "name", type: "nominal", title: null, sort: rows.map((r) => r.name) },
+      yOffset: { field: "source", type: "nominal" },
+      x: {
+        field: "accuracy",
+        type: "quantitative",
+        title: "accuracy (%)",
+        scale: { domain: [0, 100] },
+      },
+      color: { field: "source", type: "nominal", title: null },
+    },
+  };
 }
 
 /** Mean time per tier stacked per configuration: where a sample's time goes, on average. */

@@ -16,6 +16,7 @@ import {
   sweepSpec,
   TIER_COLOURS,
   tierLatencySpec,
+  viewsAccuracySpec,
 } from "./charts.js";
 
 /** mean, p50, p95, p99 of a time in ms (core/stats.ts's `Summary` fits). NaN reads as "-". */
@@ -128,6 +129,23 @@ export interface Setting {
   readonly value: string;
 }
 
+/** One line of the horizontal DDNN's accuracy table (an exit, a device alone, Overall, Ideal). */
+export interface ViewsAccuracyRow {
+  readonly name: string;
+  /** Over every capture, from the distributed run; null where the run has no such figure. */
+  readonly distributed: number | null;
+  readonly exitRate?: number | null;
+  readonly accuracyExited?: number | null;
+  /** The in-process multi-view pipeline's figure on the same captures. */
+  readonly inProcess: number | null;
+}
+
+/** A multi-view bundle's run: its accuracy per exit and the fusion's figures. */
+export interface ViewsRun {
+  readonly rows: readonly ViewsAccuracyRow[];
+  readonly facts?: readonly Setting[];
+}
+
 /** A section the run did not measure, and why ("no --slo-ms given: no ramp test"). */
 export interface NotMeasured {
   readonly notMeasured: string;
@@ -149,6 +167,8 @@ export interface ProfileHtmlInput {
   /** Notes on the whole run (e.g. "tc netem unavailable: the link was not emulated"). */
   readonly notes?: readonly string[];
   readonly tableII?: Section<readonly TableIIRow[]>;
+  /** A multi-view bundle's section; absent (not shown) for one view. */
+  readonly views?: Section<ViewsRun>;
   readonly latencySamples?: Section<readonly LatencySamples[]>;
   readonly sweep?: Section<readonly ExitSweep[]>;
   readonly capacity?: Section<CapacityRun>;
@@ -298,6 +318,19 @@ function tableIIHtml(rows: readonly TableIIRow[]): string {
   ].join("");
 }
 
+function viewsHtml(run: ViewsRun): string {
+  const rows = run.rows
+    .map(
+      (r) =>
+        `<tr><th class="label" scope="row">${esc(r.name)}</th><td>${percent(r.distributed)}</td><td>${percent(r.exitRate)}</td><td>${percent(r.accuracyExited)}</td><td>${percent(r.inProcess)}</td></tr>`,
+    )
+    .join("");
+  return [
+    `<div class="scroll"><table class="views"><thead><tr><th class="label">accuracy</th><th>distributed run</th><th>exit rate</th><th>accuracy (exited)</th><th>in process</th></tr></thead><tbody>${rows}</tbody></table></div>`,
+    definitionList(run.facts),
+  ].join("");
+}
+
 function sweepTableHtml(sweep: readonly ExitSweep[]): string {
   return sweep
     .map((s) => {
@@ -422,9 +455,27 @@ export async function renderProfileHtml(input: ProfileHtmlInput): Promise<string
   const sweep = measured(input.sweep, (xs) => xs.every((s) => s.points.length === 0));
   const capacity = measured(input.capacity, (c) => c.points.length === 0);
   const advice = measured(input.advice, () => false);
+  const views =
+    input.views === undefined ? undefined : measured(input.views, (v) => v.rows.length === 0);
 
   const sections = await Promise.all([
     renderSection({ id: "table-ii", title: "Table II", data: table, html: tableIIHtml }),
+    ...(views
+      ? [
+          renderSection({
+            id: "views",
+            title: "Horizontal DDNN: accuracy per exit",
+            data: views,
+            chart: {
+              name: "views-accuracy",
+              spec: (v: ViewsRun) => viewsAccuracySpec(v.rows),
+              caption:
+                "Each device alone (in process: in the fog a device answers alone only when its capture's answer is late), the gateway's local aggregate and the later exits over every capture, Overall and Ideal: the distributed run next to the in-process multi-view pipeline on the same captures.",
+            },
+            html: viewsHtml,
+          }),
+        ]
+      : []),
     renderSection({
       id: "tiers",
       title: "Time per tier",
@@ -490,6 +541,7 @@ export async function renderProfileHtml(input: ProfileHtmlInput): Promise<string
     .join(" · ");
   const nav = [
     ["table-ii", "Table II"],
+    ...(views ? [["views", "Views"]] : []),
     ["tiers", "Time per tier"],
     ["histogram", "T_Total"],
     ["exit-accuracy", "Accuracy vs exit rate"],

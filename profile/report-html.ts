@@ -1,6 +1,6 @@
 /** The profile report as HTML: `ddnn profile --html FILE` maps its report onto profile/html.ts's input. */
-import { type ProfileHtmlInput, renderProfileHtml } from "./html.js";
-import type { LinkReport, LinkSide, ProfileReport } from "./schema.js";
+import { type ProfileHtmlInput, renderProfileHtml, type ViewsRun } from "./html.js";
+import type { LinkReport, LinkSide, ProfileReport, ViewsReport } from "./schema.js";
 
 const ms = (x: number) => `${x.toFixed(3)} ms`;
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
@@ -22,6 +22,71 @@ function linkSettings(l: LinkReport): { label: string; value: string }[] {
   ];
 }
 
+/** A multi-view run's accuracy per exit and fusion figures, as the text report gives them. */
+function viewsRun(v: ViewsReport, r: ProfileReport): ViewsRun {
+  const row = r.tableII[0];
+  const last = r.exits.length - 1;
+  const bytes = (x: number | null) => (x === null ? "-" : `${Math.round(x)} B`);
+  return {
+    rows: [
+      ...v.devices.map((d) => ({
+        name: `view ${d.view}'s device alone`,
+        distributed: null,
+        inProcess: d.aloneAccuracy,
+      })),
+      ...r.exits.map((e, s) => ({
+        name: s === 0 ? `${e.stage}: local aggregate of ${v.count} views` : e.stage,
+        distributed: e.accuracyAll,
+        exitRate: e.exitRate,
+        accuracyExited: e.accuracyExited,
+        inProcess: s === 0 ? v.inProcess.local : null,
+      })),
+      {
+        name: "Overall",
+        distributed: row?.accuracy.overall ?? null,
+        inProcess: v.inProcess.overall,
+      },
+      { name: "Ideal", distributed: row?.accuracy.ideal ?? null, inProcess: v.inProcess.ideal },
+    ],
+    facts: [
+      {
+        label: "fusion",
+        value: `${v.count} devices, one view each; ${v.localAggregation} of the exit logits, ${v.featureAggregation} of the features, window ${v.fusionWindowMs} ms`,
+      },
+      {
+        label: "agreement with the in-process pipeline",
+        value: `${pct(v.agreementWithInProcess)} of ${v.captures} captures (same exit and label)`,
+      },
+      {
+        label: "captures fused from every view",
+        value: `${v.capturesFusedComplete} of ${v.captures}; the same answer on every device ${v.sameAnswerOnEveryDevice}`,
+      },
+      ...v.devices.map((d) => ({
+        label: `view ${d.view}'s device`,
+        value: `${d.answered} answers, ${d.degraded} degraded, T_Total p50 ${d.total ? ms(d.total.p50) : "-"}, p95 ${d.total ? ms(d.total.p95) : "-"}; Overall with only its view (in process) ${pct(d.aloneOverall)}`,
+      })),
+      {
+        label: "bytes",
+        value: `${bytes(v.bytes.viewFrame)} per view frame, ${bytes(v.bytes.forwardedFrame)} per forwarded request (${v.bytes.forwarded}), ${bytes(v.bytes.perCapture)} per capture`,
+      },
+      ...(last > 0 && v.inProcess.server !== null
+        ? [
+            {
+              label: `${r.exits[last]!.stage} (exited), in process`,
+              value: pct(v.inProcess.server),
+            },
+          ]
+        : []),
+      {
+        label: "probe pass",
+        value: v.probePass
+          ? `aggregator threshold 0: ${v.probePass.answered} answers, ${v.probePass.degraded} degraded, ${v.probePass.differed} fused otherwise than the run, ${v.probePass.wallSeconds.toFixed(1)} s`
+          : "none: Ideal not measured",
+      },
+    ],
+  };
+}
+
 export function htmlInput(r: ProfileReport): ProfileHtmlInput {
   const advised = r.advice?.thresholds ?? {};
   return {
@@ -37,7 +102,10 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
           .join(", "),
       },
       { label: "samples", value: String(r.run.samples) },
-      { label: "devices", value: `${r.run.devices} at ${r.run.fps} frames/s each` },
+      {
+        label: "devices",
+        value: `${r.run.devices}${r.views ? ` (one view each of a ${r.views.count}-view bundle)` : ""} at ${r.run.fps} frames/s each`,
+      },
       { label: "device slowdown", value: `${r.run.deviceSlowdown}x` },
       {
         label: "features on the wire",
@@ -59,6 +127,7 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
       exitRates: row.exitRates,
       ...(row.note ? { note: row.note } : {}),
     })),
+    ...(r.views ? { views: viewsRun(r.views, r) } : {}),
     latencySamples: r.latencySamples,
     sweep: r.sweep
       ? r.sweep.exits.map((e) => ({

@@ -204,6 +204,74 @@ export interface LinkReport {
   readonly withLink: LinkSide;
 }
 
+/** One device of a multi-view run: what it saw. */
+export interface ViewDevice {
+  readonly view: number;
+  /** Answers this device got (one per capture when none was lost). */
+  readonly answered: number;
+  /** Answers it gave alone (its own view's exit) because the fused answer did not come in time. */
+  readonly degraded: number;
+  /** Its own exit's accuracy over every capture with only its view, in process (the device alone). */
+  readonly aloneAccuracy: number;
+  /** The whole system's Overall with only this view present, in process. */
+  readonly aloneOverall: number;
+  /** T_Total of its answers, ms. */
+  readonly total: LatencyStats | null;
+}
+
+/**
+ * A multi-view bundle's run (the horizontal DDNN, docs/bundle-views.md): K devices, one view each,
+ * the gateway fusing every capture. `tableII[0]` is the run's Device&Server row, per capture (view
+ * 0's device's answer; every device of a capture gets the same answer, `sameAnswerOnEveryDevice`
+ * counts it); its Local is the gateway's local aggregate exit.
+ */
+export interface ViewsReport {
+  readonly count: number;
+  /** How the gateway merges the devices' exit logits, and their features. */
+  readonly localAggregation: string;
+  readonly featureAggregation: string;
+  readonly fusionWindowMs: number;
+  readonly captures: number;
+  readonly devices: readonly ViewDevice[];
+  /** The view whose device alone (in process) has the best Overall. */
+  readonly bestSingleView: number;
+  /** Captures fused from every view, and captures every device got the same answer for. */
+  readonly capturesFusedComplete: number;
+  readonly sameAnswerOnEveryDevice: number;
+  /** The in-process multi-view pipeline (core/views-pipeline.ts) on the same captures, every view present. */
+  readonly inProcess: {
+    readonly local: number;
+    readonly server: number | null;
+    readonly overall: number;
+    readonly ideal: number;
+    readonly exitRates: Readonly<Record<string, number>>;
+  };
+  /** Fraction of captures answered with the in-process pipeline's exit and label (a degraded answer does not agree). */
+  readonly agreementWithInProcess: number;
+  readonly bytes: {
+    /** Mean bytes of one device's view frame to the gateway (header with its logits, and features), as a subscriber on the views topic saw them. */
+    readonly viewFrame: number | null;
+    /** Mean bytes of the gateway's request for the next stage, as a subscriber on its topic saw them. */
+    readonly forwardedFrame: number | null;
+    /** Requests the gateway forwarded in the run. */
+    readonly forwarded: number;
+    /** Every view frame plus every forwarded request, divided by the captures. */
+    readonly perCapture: number | null;
+  };
+  /**
+   * The probe pass: the same captures again with the aggregator's threshold 0, so every capture
+   * goes on to the later stages: their answers for Ideal and the sweep, not counted in any other
+   * column. null when the run made none.
+   */
+  readonly probePass: {
+    readonly answered: number;
+    readonly degraded: number;
+    /** Captures whose probe pass fused another set of views or gave another aggregate answer than the run (their later exits are not used). */
+    readonly differed: number;
+    readonly wallSeconds: number;
+  } | null;
+}
+
 export interface ProfileReport {
   readonly format: typeof PROFILE_FORMAT;
   readonly generatedAt: string;
@@ -247,5 +315,7 @@ export interface ProfileReport {
   readonly advice: Advice | null;
   /** With --link: the link and what it moved; null without one. */
   readonly link: LinkReport | null;
+  /** A multi-view bundle: the horizontal configuration's devices and fusion; absent for one view (and in reports written before views). */
+  readonly views?: ViewsReport;
   readonly notes: readonly string[];
 }

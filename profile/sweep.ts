@@ -209,19 +209,23 @@ export function grid(steps: number): number[] {
   return Array.from({ length: steps + 1 }, (_, i) => Number((i / steps).toFixed(6)));
 }
 
-/** For each exit but the last: its threshold over the grid, the other exits at `current`. */
+/**
+ * For each exit but the last: its threshold over the grid, the other exits at `current`. `path`
+ * and `method` replace the measured path model and its description (the horizontal DDNN's).
+ */
 export function sweepExits(
   t: Traces,
   names: readonly string[],
   current: readonly (number | undefined)[],
   steps: number,
+  options: { readonly path?: PathModel; readonly method?: string } = {},
 ): Sweep {
   const exits: ExitSweep[] = names.slice(0, -1).map((exit, e) => ({
     exit,
     currentThreshold: current[e] ?? 0,
     points: grid(steps).map((threshold): SweepPoint => {
       const thresholds = current.map((c, i) => (i === e ? threshold : c));
-      const p = predict(t, thresholds);
+      const p = predict(t, thresholds, options.path);
       return {
         threshold,
         exitRate: p.exitRates[e] ?? 0,
@@ -237,6 +241,7 @@ export function sweepExits(
   return {
     samples: t.traces.length,
     method:
+      options.method ??
       "per sample: every exit's label and entropy from the probe run; T_Total = measured T_Device + measured round trip to the exit that answers (a shallower exit's round trip, where only a deeper one was measured, is that answer's compute and queue up to the exit plus its per-message share of the communication) + the agent's mean overhead; bytes = the device's request frame",
     exits,
   };
