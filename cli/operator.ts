@@ -52,6 +52,15 @@ export const operatorConfig = program(
       help: "/healthz, /readyz, /metrics (0 picks a free port)",
       value: "PORT",
     }),
+    identityPort: field(intField(0, 65535).default(8444), {
+      help: "port where in-cluster device agents exchange their ServiceAccount token for their node's broker identity (docs/security.md; 0 picks a free port)",
+      value: "PORT",
+    }),
+    identityTlsDir: field(z.string().min(1).optional(), {
+      help: "directory with tls.crt and tls.key (a kubernetes.io/tls Secret, cert-manager's too) for the identity endpoint; plain HTTP without it",
+      value: "DIR",
+      defaultText: "none: plain HTTP",
+    }),
     leaderElect: field(boolField.default(true), {
       help: "campaign for the Lease before writing",
       value: "BOOL",
@@ -126,7 +135,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   const leaderElect = cfg.leaderElect;
   // The configuration, without credentials (the kubeconfig is named, never printed).
   consoleLogger.info(
-    `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg.brokerImage}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg.leaseName}, ${cfg.leaseDurationMs}/${cfg.renewDeadlineMs}/${cfg.retryPeriodMs} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg.resyncMs} ms`,
+    `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg.brokerImage}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg.leaseName}, ${cfg.leaseDurationMs}/${cfg.renewDeadlineMs}/${cfg.retryPeriodMs} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg.resyncMs} ms, device identity endpoint port ${cfg.identityPort} (${cfg.identityTlsDir ? "https" : "http"})`,
   );
   // The tiers download bundles through the same proxy the operator verified them through.
   const { proxy, skipped } = proxyEnvForPods(process.env);
@@ -151,6 +160,17 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
         }
       : false,
     httpPort: cfg.httpPort,
+    deviceIdentity: {
+      port: cfg.identityPort,
+      ...(cfg.identityTlsDir
+        ? {
+            tls: {
+              certFile: join(cfg.identityTlsDir, "tls.crt"),
+              keyFile: join(cfg.identityTlsDir, "tls.key"),
+            },
+          }
+        : {}),
+    },
     workers: cfg.workers,
     resyncMs: cfg.resyncMs,
   });

@@ -14,6 +14,9 @@ import { isTopicName } from "../core/wire/frame.js";
 
 export const sources = ["http", "replay", "mqtt"] as const;
 
+/** Where the device DaemonSet mounts the agent's projected token (audience ddnn-broker). */
+export const IDENTITY_TOKEN_PATH = "/var/run/secrets/ddnn/token";
+
 /** `ddnn agent`: every flag, environment variable, file key and default it has. */
 export const agentConfig = program(
   {
@@ -83,6 +86,20 @@ export const agentConfig = program(
       help: "multi-view bundle: a capture given no id is named by its capture time (a clock the devices share) in slots this long, ms",
       value: "MS",
     }),
+    identityUrl: field(z.string().min(1).optional(), {
+      help: "in-cluster device with broker auth: the operator endpoint that exchanges this Pod's projected ServiceAccount token for its node's broker identity (docs/security.md); needs --model",
+      value: "URL",
+    }),
+    identityToken: field(z.string().min(1).optional(), {
+      help: "the projected ServiceAccount token (audience ddnn-broker) sent to --identity-url",
+      value: "PATH",
+      defaultText: IDENTITY_TOKEN_PATH,
+    }),
+    identityCa: field(z.string().min(1).optional(), {
+      help: "PEM file of the CA that signs an https:// --identity-url's certificate",
+      value: "PATH",
+      defaultText: "Node's bundled CAs",
+    }),
     alarm: field(z.array(z.string()).default([]), {
       multiple: true,
       help: "labels (names or indices) that publish an alarm event",
@@ -90,10 +107,25 @@ export const agentConfig = program(
     }),
   },
   (schema) =>
-    schema.refine((c) => !c.source.includes("replay") || c.replayImages !== undefined, {
-      path: ["replayImages"],
-      message: "is required with --source replay",
-    }),
+    schema
+      .refine((c) => !c.source.includes("replay") || c.replayImages !== undefined, {
+        path: ["replayImages"],
+        message: "is required with --source replay",
+      })
+      .refine((c) => c.identityUrl === undefined || c.model !== undefined, {
+        path: ["model"],
+        message: "is required with --identity-url (the DDNNModel whose identity it asks for)",
+      })
+      .refine(
+        (c) =>
+          c.identityUrl === undefined ||
+          (c.brokerUsername === undefined && c.brokerPassword === undefined),
+        {
+          path: ["identityUrl"],
+          message:
+            "takes the place of DDNN_BROKER_USERNAME and DDNN_BROKER_PASSWORD: give one or the other",
+        },
+      ),
 );
 
 export const agentFields = agentConfig.fields;

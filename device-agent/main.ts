@@ -20,7 +20,8 @@ import { makeLogger, stageRange } from "../core/runtime/tier.js";
 import { modelKey, replyTopic } from "../core/topics.js";
 import { readViewsBundle, viewBundle, viewsOf } from "../core/views.js";
 import { Agent, type Answer } from "./agent.js";
-import type { AgentConfig } from "./config.js";
+import { type AgentConfig, IDENTITY_TOKEN_PATH } from "./config.js";
+import { fetchDeviceIdentity } from "./identity.js";
 import { inferRoute, mqttInput } from "./sources.js";
 import { ViewClient } from "./view-client.js";
 
@@ -71,6 +72,19 @@ export async function startAgent(
 ): Promise<RunningAgent> {
   if (config.source.includes("replay") && !config.replayImages)
     throw new ConfigError("--replay-images is required with --source replay");
+  if (config.identityUrl !== undefined) {
+    // In the cluster with broker auth: the node's identity, before anything connects.
+    const grant = await fetchDeviceIdentity({
+      url: config.identityUrl,
+      tokenFile: config.identityToken ?? IDENTITY_TOKEN_PATH,
+      caFile: config.identityCa,
+      model: (config.model ?? "").split("/").at(-1) ?? "",
+      deviceId: config.deviceId,
+      insecure: config.insecure,
+      log,
+    });
+    config = { ...config, brokerUsername: grant.username, brokerPassword: grant.password };
+  }
   return startUp(async (resources) => {
     const { bundle, model, policy, metrics } = await openTier(config, "device", log);
     const { manifest } = bundle;

@@ -37,4 +37,10 @@ export class OperatorMetrics {
     labelNames: ["resource", "reason"] as const,
     registers: [this.registry],
   });
+  readonly deviceIdentities = new Counter({
+    name: "ddnn_operator_device_identities_total",
+    help: "Device agents' token exchanges (docs/security.md) by result: issued, refused (a 4xx: bad token, not a device agent), error (the API server could not answer)",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
 }

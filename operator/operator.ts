@@ -11,6 +11,7 @@ import {
   type ProxyEnv,
 } from "./builders.js";
 import { type BundleFetcher, BundleVerifier } from "./bundle-source.js";
+import { DeviceIdentityServer } from "./device-identity.js";
 import { EventRecorder } from "./events.js";
 import { Informer, objectKey } from "./informer.js";
 import { KubeClient, type KubeObject } from "./kube.js";
@@ -37,6 +38,12 @@ export interface OperatorOptions {
   proxy?: ProxyEnv;
   /** The key the managed brokers' passwords are derived from (broker.managed.auth). */
   brokerKey?: Uint8Array;
+  /**
+   * The endpoint where in-cluster device agents exchange their projected ServiceAccount token for
+   * their node's broker identity (operator/device-identity.ts); every replica serves it. Off when
+   * undefined.
+   */
+  deviceIdentity?: { port: number; host?: string; tls?: { certFile: string; keyFile: string } };
   /** Watch one namespace; all namespaces when undefined. */
   namespace?: string;
   /** false: lead alone (one replica, or tests). */
@@ -86,6 +93,7 @@ export class Operator extends EventEmitter {
   private readonly events: EventRecorder;
   private readonly elector: LeaderElector | undefined;
   private readonly http: FastifyInstance;
+  private readonly identityServer: DeviceIdentityServer | undefined;
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private readonly requests = new AsyncLocalStorage<RequestRecord[]>();
@@ -148,6 +156,18 @@ export class Operator extends EventEmitter {
         onError: (err) => this.log.warn(`leader election: ${(err as Error).message}`),
       });
     }
+    if (options.deviceIdentity) {
+      const { port, host, tls } = options.deviceIdentity;
+      this.identityServer = new DeviceIdentityServer({
+        kube: { client: this.client, model: (ns, name) => this.models.get(ns, name) },
+        brokerKey: options.brokerKey,
+        port,
+        ...(host ? { host } : {}),
+        ...(tls ? { tls } : {}),
+        log: this.log,
+        observe: (result) => this.metrics.deviceIdentities.inc({ result }),
+      });
+    }
     this.http = Fastify({ logger: false });
     this.http.get("/healthz", async () => ({ status: "ok" }));
     this.http.get("/readyz", async (_req, reply) => {
@@ -182,6 +202,12 @@ export class Operator extends EventEmitter {
     return (this.http.server.address() as AddressInfo).port;
   }
 
+  /** The device identity endpoint's port (after start), or undefined when it is off. */
+  identityPort(): number | undefined {
+    return this.identityPortNumber;
+  }
+  private identityPortNumber: number | undefined;
+
   isLeader(): boolean {
     return this.leading;
   }
@@ -192,6 +218,7 @@ export class Operator extends EventEmitter {
       port: this.options.httpPort,
       host: this.options.httpHost ?? "0.0.0.0",
     });
+    if (this.identityServer) this.identityPortNumber = await this.identityServer.start();
     const signal = this.abort.signal;
     this.models.start(signal);
     for (const i of Object.values(this.owned)) i.start(signal);
@@ -296,6 +323,7 @@ export class Operator extends EventEmitter {
       ]);
       await this.electing;
       await this.http.close();
+      await this.identityServer?.stop();
       this.client.close();
     })();
     return this.stopping;

@@ -166,6 +166,10 @@ function neededRules(leaseName: string): Rule[] {
     { apiGroups: [""], resources: ["configmaps"], verbs: ["get"] },
     // operator/events.ts EventRecorder.record: client.create of core/v1 Events.
     { apiGroups: [""], resources: ["events"], verbs: ["create"] },
+    // operator/device-identity.ts exchangeDeviceToken: client.create of a TokenReview (its own
+    // ClusterRole: TokenReviews are not namespaced) and client.get of the token's Pod.
+    { apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] },
+    { apiGroups: [""], resources: ["pods"], verbs: ["get"] },
     // operator/leader.ts attempt(): client.create of the Lease when it is missing (a create has
     // no name to limit it to).
     { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["create"] },
@@ -334,7 +338,9 @@ describe("helm lint and helm template", () => {
     const objects = await template();
     expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
       "ClusterRole/ddnn-fog",
+      "ClusterRole/ddnn-fog-token-review",
       "ClusterRoleBinding/ddnn-fog",
+      "ClusterRoleBinding/ddnn-fog-token-review",
       "Deployment/ddnn-fog",
       "Lease/ddnn-fog",
       "PodDisruptionBudget/ddnn-fog",
@@ -512,10 +518,15 @@ describe("helm lint and helm template", () => {
 describe("RBAC", () => {
   it("grants exactly the requests the operator makes, cluster-wide", async () => {
     const objects = await template();
-    const role = one(objects, "ClusterRole") as K8sObject & { rules: Rule[] };
+    const role = one(objects, "ClusterRole", "ddnn-fog") as K8sObject & { rules: Rule[] };
+    const review = one(objects, "ClusterRole", "ddnn-fog-token-review") as K8sObject & {
+      rules: Rule[];
+    };
     const lease = one(objects, "Role") as K8sObject & { rules: Rule[] };
     expect(lease.metadata.namespace).toBe("ddnn-system");
-    expect(flatten([...role.rules, ...lease.rules])).toEqual(flatten(neededRules("ddnn-fog")));
+    expect(flatten([...role.rules, ...review.rules, ...lease.rules])).toEqual(
+      flatten(neededRules("ddnn-fog")),
+    );
     // Secrets only as an owned kind (managed brokers with auth): never a get of a user's Secret.
     expect(flatten(role.rules).filter((r) => r.includes("secrets") && r.includes("get"))).toEqual(
       [],
@@ -531,8 +542,15 @@ describe("RBAC", () => {
 
   it("with operator.watchNamespace, the same rules as a Role in that namespace", async () => {
     const objects = await template(["--set", "operator.watchNamespace=fog"]);
-    expect(objects.map((o) => o.kind)).not.toContain("ClusterRole");
-    expect(objects.map((o) => o.kind)).not.toContain("ClusterRoleBinding");
+    // Only TokenReview create stays cluster-wide (TokenReviews have no namespace).
+    const clusterWide = objects.filter((o) => o.kind.startsWith("ClusterRole"));
+    expect(clusterWide.map((o) => `${o.kind} ${o.metadata.name}`).sort()).toEqual([
+      "ClusterRole ddnn-fog-token-review",
+      "ClusterRoleBinding ddnn-fog-token-review",
+    ]);
+    const review = one(objects, "ClusterRole", "ddnn-fog-token-review") as K8sObject & {
+      rules: Rule[];
+    };
     const role = one(objects, "Role", "ddnn-fog") as K8sObject & { rules: Rule[] };
     const binding = one(objects, "RoleBinding", "ddnn-fog") as K8sObject & {
       roleRef: { kind: string };
@@ -547,7 +565,9 @@ describe("RBAC", () => {
     const lease = one(objects, "Role", "ddnn-fog-leader-election") as K8sObject & {
       rules: Rule[];
     };
-    expect(flatten([...role.rules, ...lease.rules])).toEqual(flatten(neededRules("ddnn-fog")));
+    expect(flatten([...role.rules, ...review.rules, ...lease.rules])).toEqual(
+      flatten(neededRules("ddnn-fog")),
+    );
   });
 
   it("the operator's code makes no kind of request the rules above do not account for", () => {
@@ -562,6 +582,8 @@ describe("RBAC", () => {
     }
     expect([...calls].sort()).toEqual([
       "bundle-source.ts get",
+      "device-identity.ts create",
+      "device-identity.ts get",
       "events.ts create",
       "informer.ts list",
       "informer.ts watch",
@@ -746,7 +768,9 @@ describe("against a real kube-apiserver", () => {
       { verb: "update", group: GROUP, resource: PLURAL, ns: "fog" },
       { verb: "update", group: GROUP, resource: PLURAL, sub: "status", ns: "fog" },
       { verb: "update", group: "apps", resource: "deployments", ns: "fog" },
-      { verb: "get", group: "", resource: "pods", ns: "fog" },
+      // Pods: get by name only (a device agent's token's Pod), never a list or a change.
+      { verb: "list", group: "", resource: "pods", ns: "fog" },
+      { verb: "update", group: "", resource: "pods", ns: "fog" },
       { verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "fog" },
       {
         verb: "update",

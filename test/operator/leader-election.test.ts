@@ -53,6 +53,8 @@ function startOperator(id: string): Proc {
       `--identity=${id}`,
       "--image=ddnn-fog:test",
       "--http-port=0",
+      // Two replicas on one machine: each its own device identity port.
+      "--identity-port=0",
       "--lease-namespace=ddnn-system",
       `--lease-duration-ms=${LEASE_MS}`,
       `--renew-deadline-ms=${RENEW_MS}`,

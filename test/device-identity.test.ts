@@ -1,0 +1,315 @@
+/**
+ * In-cluster device identities (docs/security.md, "Device identity"), against a real
+ * kube-apiserver and etcd and a real Mosquitto: tokens come from the API server's TokenRequest
+ * (what the kubelet asks for a projected token volume), bound to Pods placed on two nodes; the
+ * operator's exchange checks them with TokenReview under exactly the operator's RBAC; the agent's
+ * client (device-agent/identity.ts) fetches the identity over HTTPS; the broker takes the
+ * operator's password file.
+ */
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import mqtt from "mqtt";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseModelRef } from "../core/topics.js";
+import { fetchDeviceIdentity } from "../device-agent/identity.js";
+import {
+  brokerIdentities,
+  identityName,
+  identityPassword,
+  passwordFile,
+} from "../operator/broker-auth.js";
+import { COMPONENT_LABEL, MODEL_LABEL, objectName } from "../operator/builders.js";
+import {
+  DeviceIdentityServer,
+  exchangeDeviceToken,
+  IDENTITY_AUDIENCE,
+  IdentityError,
+} from "../operator/device-identity.js";
+import { KubeClient, type KubeObject } from "../operator/kube.js";
+import { API_VERSION, type DDNNModel, KIND } from "../operator/spec.js";
+import type { ControlPlane } from "./cluster/control-plane.js";
+import { startCluster } from "./operator/harness.js";
+import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
+import { makeTestPki } from "./support/tls.js";
+
+const NS = "fog";
+const MODEL = "cams";
+const NODES = ["board-a", "board-b"];
+const KEY = new Uint8Array(32).fill(7);
+const REF = parseModelRef(`${NS}/${MODEL}`);
+
+let cp: ControlPlane;
+let client: KubeClient;
+const models = new Map<string, unknown>();
+const uids = new Map<string, string>();
+const logs: string[] = [];
+let server: DeviceIdentityServer;
+let endpoint = "";
+let caFile = "";
+let dir = "";
+
+const model = (name: string, auth: boolean) => ({
+  apiVersion: API_VERSION,
+  kind: KIND,
+  metadata: { name, namespace: NS },
+  spec: {
+    bundle: { url: "http://models.fog.svc/demo.tar.gz", sha256: "ab".repeat(32) },
+    placement: { device: "edge", edge: "edge", server: "server" },
+    ...(auth ? { broker: { managed: { auth: {} } } } : {}),
+  },
+});
+
+/** A device agent's Pod as the DaemonSet controller makes it, already bound to `node`. */
+const pod = (
+  name: string,
+  node: string,
+  owner = objectName({ metadata: { name: MODEL } } as Pick<DDNNModel, "metadata">, "device"),
+) => ({
+  apiVersion: "v1",
+  kind: "Pod",
+  metadata: {
+    name,
+    namespace: NS,
+    labels: { [MODEL_LABEL]: MODEL, [COMPONENT_LABEL]: "device" },
+    ownerReferences: [
+      {
+        apiVersion: "apps/v1",
+        kind: "DaemonSet",
+        name: owner,
+        uid: "0d5e7c6a-1111-4222-8333-944455556666",
+        controller: true,
+      },
+    ],
+  },
+  spec: {
+    nodeName: node,
+    serviceAccountName: "default",
+    containers: [{ name: "agent", image: "ddnn-fog:test" }],
+  },
+});
+
+/** A projected-volume token of `pod` (TokenRequest bound to the Pod), as the kubelet gets one. */
+async function tokenFor(
+  podName: string | undefined,
+  audience = IDENTITY_AUDIENCE,
+): Promise<string> {
+  const args = [
+    "create",
+    "token",
+    "default",
+    "-n",
+    NS,
+    "--audience",
+    audience,
+    "--duration",
+    "10m",
+  ];
+  if (podName) args.push("--bound-object-kind", "Pod", "--bound-object-name", podName);
+  return (await cp.kubectlOk(args)).trim();
+}
+
+async function exchange(token: string, name = MODEL) {
+  return exchangeDeviceToken(
+    { client, model: (ns, n) => models.get(`${ns}/${n}`) },
+    KEY,
+    token,
+    name,
+  );
+}
+
+async function refusal(token: string, name = MODEL): Promise<IdentityError> {
+  const err = await exchange(token, name).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(IdentityError);
+  return err as IdentityError;
+}
+
+beforeAll(async () => {
+  cp = await startCluster();
+  client = new KubeClient(cp.kubeConfig("operator"), "ddnn-identity-test");
+  // No controller manager here: the namespace's default ServiceAccount is made by hand.
+  await cp.kubectlOk(["create", "serviceaccount", "default", "-n", NS]);
+  for (const node of NODES)
+    await cp.kubectlOk(["apply", "-f", "-"], {
+      input: JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: node } }),
+    });
+  for (const m of [model(MODEL, true), model("open", false)]) {
+    const out = await cp.kubectlOk(["apply", "-o", "json", "-f", "-"], {
+      input: JSON.stringify(m),
+    });
+    const obj = JSON.parse(out) as KubeObject;
+    models.set(`${NS}/${obj.metadata!.name}`, obj);
+  }
+  for (const [name, node, owner] of [
+    ["agent-a", "board-a", undefined],
+    ["agent-b", "board-b", undefined],
+    ["intruder", "board-b", "someone-else"],
+  ] as const) {
+    const out = await cp.kubectlOk(["apply", "-o", "json", "-f", "-"], {
+      input: JSON.stringify(pod(name, node, owner)),
+    });
+    uids.set(name, (JSON.parse(out) as KubeObject).metadata!.uid!);
+  }
+  dir = mkdtempSync(join(tmpdir(), "ddnn-identity-"));
+  const tls = makeTestPki();
+  caFile = tls.caFile;
+  server = new DeviceIdentityServer({
+    kube: { client, model: (ns, n) => models.get(`${ns}/${n}`) },
+    brokerKey: KEY,
+    port: 0,
+    host: "127.0.0.1",
+    tls: { certFile: tls.certFile, keyFile: tls.keyFile },
+    log: { info: (m) => logs.push(m), warn: (m) => logs.push(m) },
+  });
+  endpoint = `https://127.0.0.1:${await server.start()}`;
+}, 240_000);
+
+afterAll(async () => {
+  await server?.stop();
+  client?.close();
+  await cp?.stop();
+});
+
+describe("device identity exchange (real kube-apiserver, operator RBAC)", () => {
+  it("a device agent's Pod gets its own node's identity, and only that", async () => {
+    for (const [p, node] of [
+      ["agent-a", "board-a"],
+      ["agent-b", "board-b"],
+    ] as const) {
+      const creds = await exchange(await tokenFor(p));
+      const username = identityName(REF, "device", node);
+      expect(creds).toEqual({ username, password: identityPassword(KEY, username), node });
+    }
+  });
+
+  it("refuses what is not this model's device agent, naming the problem", async () => {
+    expect((await refusal("not-a-token")).status).toBe(401);
+    const other = await refusal(await tokenFor("agent-a", "some-other-audience"));
+    expect(other.status).toBe(401);
+    expect(other.message).toContain(`audience ${IDENTITY_AUDIENCE}`);
+    const unbound = await refusal(await tokenFor(undefined));
+    expect([unbound.status, unbound.message]).toEqual([
+      403,
+      "the token is not bound to a Pod (use a projected token)",
+    ]);
+    const intruder = await refusal(await tokenFor("intruder"));
+    expect(intruder.status).toBe(403);
+    expect(intruder.message).toContain("is not a device agent of DDNNModel fog/cams");
+    const open = await refusal(await tokenFor("agent-a"), "open");
+    expect([open.status, open.message]).toEqual([
+      409,
+      "DDNNModel fog/open has no broker.managed.auth: its broker takes no identities",
+    ]);
+    expect((await refusal(await tokenFor("agent-a"), "missing")).status).toBe(404);
+    const keyless = await exchangeDeviceToken(
+      { client, model: (ns, n) => models.get(`${ns}/${n}`) },
+      undefined,
+      await tokenFor("agent-a"),
+      MODEL,
+    ).catch((e: IdentityError) => e);
+    expect((keyless as IdentityError).status).toBe(503);
+  });
+
+  it("a token outlives nothing: once its Pod is deleted it is refused", async () => {
+    await cp.kubectlOk(["apply", "-f", "-"], {
+      input: JSON.stringify(pod("agent-gone", "board-a")),
+    });
+    const token = await tokenFor("agent-gone");
+    expect((await exchange(token)).node).toBe("board-a");
+    await cp.kubectlOk(["delete", "pod", "-n", NS, "agent-gone", "--wait=false"]);
+    // A Pod without a kubelet has no finalizer to wait for: it is gone at once.
+    const gone = await refusal(token);
+    expect([401, 403]).toContain(gone.status);
+  });
+
+  it("the agent's client gets the identity over HTTPS; the broker takes it and no other node's", async () => {
+    const tokenFile = join(dir, "token");
+    writeFileSync(tokenFile, await tokenFor("agent-a"));
+    const grant = await fetchDeviceIdentity({
+      url: endpoint,
+      tokenFile,
+      caFile,
+      model: MODEL,
+      deviceId: "board-a",
+      retryForMs: 0,
+    });
+    expect(grant.username).toBe(identityName(REF, "device", "board-a"));
+    // The same token for another device id: the client refuses rather than use a wrong identity.
+    await expect(
+      fetchDeviceIdentity({
+        url: endpoint,
+        tokenFile,
+        caFile,
+        model: MODEL,
+        deviceId: "board-b",
+        retryForMs: 0,
+      }),
+    ).rejects.toThrow("which is not device board-b");
+    // The operator's refusal reaches the agent in words.
+    writeFileSync(tokenFile, await tokenFor("intruder"));
+    await expect(
+      fetchDeviceIdentity({
+        url: endpoint,
+        tokenFile,
+        caFile,
+        model: MODEL,
+        deviceId: "board-b",
+        retryForMs: 0,
+      }),
+    ).rejects.toThrow(
+      /refused this device's identity: 403: Pod fog\/intruder is not a device agent/,
+    );
+    // Plaintext to another host is refused before anything is sent.
+    await expect(
+      fetchDeviceIdentity({
+        url: "http://ddnn-operator.ddnn-system.svc:8444",
+        tokenFile,
+        model: MODEL,
+        deviceId: "board-a",
+      }),
+    ).rejects.toThrow("refusing a plaintext identity endpoint");
+
+    const plan = { device: ["device"], edge: ["edge"], server: ["server"] };
+    const file = join(dir, "passwd");
+    writeFileSync(file, passwordFile(KEY, brokerIdentities(REF, plan, NODES)));
+    // Mosquitto reads it after dropping root for its own user.
+    chmodSync(dir, 0o755);
+    chmodSync(file, 0o644);
+    const broker: Mosquitto = await startMosquitto({ passwordFile: file });
+    try {
+      const connect = (username: string, password: string) =>
+        new Promise<string>((resolve) => {
+          const c = mqtt.connect(broker.url, {
+            username,
+            password,
+            reconnectPeriod: 0,
+            connectTimeout: 5000,
+          });
+          c.once("connect", () => {
+            c.end(true);
+            resolve("connected");
+          });
+          c.once("error", (e) => {
+            c.end(true);
+            resolve(e.message);
+          });
+        });
+      expect(await connect(grant.username, grant.password)).toBe("connected");
+      expect(await connect(identityName(REF, "device", "board-b"), grant.password)).toMatch(
+        /Not authorized|Bad User Name or Password/,
+      );
+    } finally {
+      await broker.stop();
+    }
+    // Nothing logged holds a password or a token.
+    const tokens = [readFileSync(tokenFile, "utf8")];
+    for (const line of logs) {
+      expect(line).not.toContain(grant.password);
+      for (const t of tokens) expect(line).not.toContain(t);
+    }
+    expect(logs.some((l) => l.includes(`issued broker identity ${grant.username}`))).toBe(true);
+  });
+});
