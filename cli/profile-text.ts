@@ -73,11 +73,11 @@ export function renderViewsAccuracy(
       ["accuracy", "distributed run", "exit rate", "accuracy (exited)", "in process"],
       [
         ...v.devices.map((d) => [
-          `view ${d.view}'s device alone (Overall with only its view ${percent(d.aloneOverall)})`,
+          `view ${d.view}'s device alone`,
           dash,
           dash,
           dash,
-          percent(d.aloneAccuracy),
+          `${percent(d.aloneAccuracy)} (Overall with only this view ${percent(d.aloneOverall)})`,
         ]),
         ...exits.map((e, s) => [
           s === 0

@@ -177,7 +177,13 @@ export function viewsAccuracySpec(rows: readonly ViewsAccuracyRow[]): TopLevelSp
     data: { values },
     mark: { type: "bar" },
     encoding: {
-      y: { field: "name", type: "nominal", title: null, sort: rows.map((r) => r.name) },
+      y: {
+        field: "name",
+        type: "nominal",
+        title: null,
+        sort: rows.map((r) => r.name),
+        axis: { labelLimit: 320 },
+      },
       yOffset: { field: "source", type: "nominal" },
       x: {
         field: "accuracy",

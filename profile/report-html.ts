@@ -176,7 +176,11 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
           ],
           note: r.capacity.note,
         }
-      : { notMeasured: "no --slo-ms given: no capacity ramp" },
+      : {
+          notMeasured: r.views
+            ? "no capacity ramp for a multi-view bundle yet"
+            : "no --slo-ms given: no capacity ramp",
+        },
     advice: r.advice
       ? {
           summary: r.advice.summary,
@@ -194,7 +198,11 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
             : {}),
           patchYaml: r.advice.patchYaml,
         }
-      : { notMeasured: "no sample had every exit's answer and path time" },
+      : {
+          notMeasured: r.views
+            ? "no advice for a multi-view bundle yet"
+            : "no sample had every exit's answer and path time",
+        },
   };
 }
 
