@@ -26,9 +26,10 @@ import {
 } from "../core/config.js";
 import { parseModelRef } from "../core/topics.js";
 import { agentConfig } from "../device-agent/config.js";
+import { gatewayConfig } from "../gateway/config.js";
 import { serverConfig } from "../server/config.js";
 import { aclFile, brokerIdentities, identityPassword, passwordFile } from "./broker-auth.js";
-import type { BundleFacts, TierPlan } from "./placement.js";
+import { type BundleFacts, type TierPlan, viewCount } from "./placement.js";
 import {
   API_VERSION,
   type DDNNModel,
@@ -37,6 +38,7 @@ import {
   NODE_PROBLEM_TOLERATION_SECONDS,
   type Tier,
   tierNodeLabel,
+  VIEW_NODE_LABEL,
 } from "./spec.js";
 
 /**
@@ -49,6 +51,8 @@ export const MANAGED_BY = "ddnn-operator";
 export const MODEL_LABEL = "fog.ddnn.io/model";
 export const COMPONENT_LABEL = "app.kubernetes.io/component";
 export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
+/** On a multi-view model's device DaemonSets and their Pods: the view they run ("0", "1", ...). */
+export const VIEW_LABEL = VIEW_NODE_LABEL;
 /** sha256 of the applied object, so a reconcile can tell "already applied" without a request. */
 export const APPLIED_HASH_ANNOTATION = "fog.ddnn.io/applied-sha256";
 
@@ -199,6 +203,40 @@ export function objectName(model: Pick<DDNNModel, "metadata">, component: Compon
   return `${model.metadata.name}-${component}`;
 }
 
+/** The device DaemonSet of view `view` of a multi-view model: `<name>-device-view<view>`. */
+export function deviceViewName(model: Pick<DDNNModel, "metadata">, view: number): string {
+  return `${objectName(model, "device")}-view${view}`;
+}
+
+/** A view's placement, with the defaults of tiers.device.views filled in. */
+export type ViewPlacement = NonNullable<DDNNModelSpec["tiers"]["device"]["views"]>[number];
+
+/**
+ * The views the operator runs, in view order: tiers.device.views for a multi-view bundle (the
+ * placement check made sure they are its views 0..K-1), none for a one-view bundle.
+ */
+export function placedViews(input: Pick<BuildInput, "model" | "bundle">): ViewPlacement[] {
+  if (viewCount(input.bundle) === 1) return [];
+  return [...(input.model.spec.tiers.device.views ?? [])].sort((a, b) => a.view - b.view);
+}
+
+/** A multi-view model's gateway fuses the views of every capture, edge stage or not. */
+const fuses = (input: Pick<BuildInput, "bundle">) => viewCount(input.bundle) > 1;
+
+/**
+ * The nodes that see a view: the device tier's nodeSelector with the view's own added, by default
+ * the view label (`fog.ddnn.io/view: "<view>"`).
+ */
+export function viewNodeSelector(
+  device: Pick<DDNNModelSpec["tiers"]["device"], "nodeSelector">,
+  placement: ViewPlacement,
+): Record<string, string> {
+  return {
+    ...device.nodeSelector,
+    ...(placement.nodeSelector ?? { [VIEW_NODE_LABEL]: String(placement.view) }),
+  };
+}
+
 export function selectorLabels(
   model: Pick<DDNNModel, "metadata">,
   component: Component,
@@ -206,20 +244,25 @@ export function selectorLabels(
   return { [MODEL_LABEL]: model.metadata.name, [COMPONENT_LABEL]: component };
 }
 
-function labels(model: DDNNModel, component: Component): Record<string, string> {
+function labels(
+  model: DDNNModel,
+  component: Component,
+  extra: Record<string, string> = {},
+): Record<string, string> {
   return {
     "app.kubernetes.io/name": "ddnn-fog",
     "app.kubernetes.io/instance": model.metadata.name,
     [MANAGED_BY_LABEL]: MANAGED_BY,
     ...selectorLabels(model, component),
+    ...extra,
   };
 }
 
-function metadata(model: DDNNModel, component: Component) {
+function metadata(model: DDNNModel, component: Component, extra: Record<string, string> = {}) {
   return {
     name: objectName(model, component),
     namespace: model.metadata.namespace,
-    labels: labels(model, component),
+    labels: labels(model, component, extra),
     ownerReferences: [
       {
         apiVersion: API_VERSION,
@@ -301,14 +344,19 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
     env(TIER_ENV.model, `${model.metadata.namespace}/${model.metadata.name}`),
     env(TIER_ENV.bundle, bundleLocation(spec)),
     env(TIER_ENV.bundleDigest, bundle.digest),
-    env(TIER_ENV.stages, plan[tier].join(",")),
   ];
+  // A multi-view bundle's gateway may run no stage at all: it fuses the views (and then runs
+  // only what DDNN_STAGES names, so it is left out rather than empty).
+  if (plan[tier].length > 0) out.push(env(TIER_ENV.stages, plan[tier].join(",")));
   if (spec.bundle.url) out.push(env(TIER_ENV.bundleCache, BUNDLE_CACHE_MOUNT));
   // Only the device and the edge send features; the server answers.
   if (tier !== "server" && spec.wire?.dtype) out.push(env(ENCODING_ENV.dtype, spec.wire.dtype));
   if (tier !== "server" && spec.wire?.compression)
     out.push(env(ENCODING_ENV.compression, spec.wire.compression));
-  const t = thresholds(spec, plan[tier]);
+  // The fusing gateway's local aggregate exits at stage 0's threshold (docs/bundle-views.md).
+  const exitsHere =
+    tier === "edge" && fuses(input) ? [bundle.stages[0]!, ...plan.edge] : plan[tier];
+  const t = thresholds(spec, exitsHere);
   if (t !== "") out.push(env(TIER_ENV.threshold, t));
   out.push(env(TIER_ENV.broker, brokerUrl(model)));
   const secret = spec.broker.external?.secretRef;
@@ -454,6 +502,7 @@ function tierPod(
     nodeSelector?: Record<string, string>;
     tolerations?: V1Toleration[];
     resources?: V1ResourceRequirements;
+    labels?: Record<string, string>;
   },
 ): V1PodTemplateSpec {
   const { model } = input;
@@ -531,7 +580,7 @@ function tierPod(
   if (tolerations && tolerations.length > 0) podSpec.tolerations = tolerations;
   return {
     metadata: {
-      labels: labels(model, tier),
+      labels: labels(model, tier, options.labels),
       annotations: {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": String(options.httpPort),
@@ -583,18 +632,29 @@ export function buildServerService(input: BuildInput): V1Service {
   };
 }
 
+/**
+ * The gateway: the edge stages, and for a multi-view bundle the fusion of every capture's views
+ * (then it runs even when no stage is placed on the edge, as `ddnn up --views` starts it).
+ */
 export function buildEdgeDeployment(input: BuildInput): V1Deployment {
   const { model } = input;
   const edge = model.spec.tiers.edge;
+  const extraEnv: V1EnvVar[] = [];
+  if (fuses(input) && edge.fusionWindowMs !== undefined)
+    extraEnv.push(env(gatewayConfig.env.fusionWindowMs, edge.fusionWindowMs));
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",
     metadata: metadata(model, "edge"),
     spec: {
       replicas: edge.replicas,
+      // Every gateway receives every view (plain subscriptions): two at once during a rolling
+      // update would answer each capture twice, so the old one goes first.
+      ...(fuses(input) ? { strategy: { type: "Recreate" } } : {}),
       selector: { matchLabels: selectorLabels(model, "edge") },
       template: tierPod(input, "edge", "gateway", {
         httpPort: HTTP_PORT,
+        extraEnv,
         nodeSelector: edge.nodeSelector,
         tolerations: edge.tolerations,
         resources: resources(edge.resources),
@@ -605,28 +665,51 @@ export function buildEdgeDeployment(input: BuildInput): V1Deployment {
 
 /** One device agent per device node, its device id the node's name. */
 export function buildDeviceDaemonSet(input: BuildInput): V1DaemonSet {
+  return deviceDaemonSet(input, undefined);
+}
+
+/**
+ * A multi-view model's devices: one DaemonSet per view (`<name>-device-view<v>`), its agents
+ * started with `--view v` on the nodes that see view v.
+ */
+export function buildDeviceViewDaemonSets(input: BuildInput): V1DaemonSet[] {
+  return placedViews(input).map((placement) => deviceDaemonSet(input, placement));
+}
+
+function deviceDaemonSet(input: BuildInput, placement: ViewPlacement | undefined): V1DaemonSet {
   const { model } = input;
   const device = model.spec.tiers.device;
-  const source = device.source;
+  const source = placement?.source ?? device.source;
   const httpPort = source.http?.port ?? HTTP_PORT;
   const names = agentConfig.env;
   const extraEnv: V1EnvVar[] = [
     {
       name: names.deviceId,
-      valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+      // A view's agent is named by its Pod (<name>-device-view<v>-xxxxx): one node may hold
+      // several views (a lab node), and each agent needs its own MQTT client id and reply topic.
+      valueFrom: {
+        fieldRef: { apiVersion: "v1", fieldPath: placement ? "metadata.name" : "spec.nodeName" },
+      },
     },
     env(names.source, source.http ? "http" : source.mqtt ? "mqtt" : "replay"),
     // Only the device waits for upstream answers; the server and gateway answer what they get.
     env(names.deadlineMs, model.spec.deadlineMs),
   ];
   if (source.replay) extraEnv.push(env(names.replayImages, source.replay.path));
+  if (placement) {
+    extraEnv.push(env(names.view, placement.view));
+    if (device.captureSlotMs !== undefined)
+      extraEnv.push(env(names.captureSlotMs, device.captureSlotMs));
+  }
+  const view = placement ? { [VIEW_LABEL]: String(placement.view) } : undefined;
   const template = tierPod(input, "device", "agent", {
     httpPort,
     hostPort: source.http ? httpPort : undefined,
     extraEnv,
-    nodeSelector: device.nodeSelector,
+    nodeSelector: placement ? viewNodeSelector(device, placement) : device.nodeSelector,
     tolerations: device.tolerations,
     resources: resources(device.resources),
+    ...(view ? { labels: view } : {}),
   });
   if (source.replay) {
     // Mount the file itself: a file at / would otherwise mount the node's root over the container's.
@@ -641,9 +724,13 @@ export function buildDeviceDaemonSet(input: BuildInput): V1DaemonSet {
   return {
     apiVersion: "apps/v1",
     kind: "DaemonSet",
-    metadata: metadata(model, "device"),
+    metadata: placement
+      ? { ...metadata(model, "device", view), name: deviceViewName(model, placement.view) }
+      : metadata(model, "device"),
     spec: {
-      selector: { matchLabels: selectorLabels(model, "device") },
+      // A view's selector has the view label, so the DaemonSets of a model's views never adopt
+      // each other's Pods.
+      selector: { matchLabels: { ...selectorLabels(model, "device"), ...view } },
       updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1 } },
       template,
     },
@@ -814,8 +901,11 @@ export function buildOwnedObjects(input: BuildInput): OwnedObject[] {
   }
   if (input.plan.server.length > 0)
     out.push(buildServerDeployment(input), buildServerService(input));
-  if (input.plan.edge.length > 0) out.push(buildEdgeDeployment(input));
-  if (input.plan.device.length > 0) out.push(buildDeviceDaemonSet(input));
+  if (input.plan.edge.length > 0 || fuses(input)) out.push(buildEdgeDeployment(input));
+  if (input.plan.device.length > 0) {
+    if (fuses(input)) out.push(...buildDeviceViewDaemonSets(input));
+    else out.push(buildDeviceDaemonSet(input));
+  }
   return out;
 }
 

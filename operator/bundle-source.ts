@@ -1,7 +1,8 @@
 import { BundleDownloadError, downloadBundle, maskUrl } from "../core/bundle/download.js";
-import { BundleError } from "../core/bundle/manifest.js";
-import { readBundleArchive } from "../core/bundle/read.js";
+import { BundleError, MANIFEST_FILE, type Manifest } from "../core/bundle/manifest.js";
+import { readBundleArchive, sha256Hex } from "../core/bundle/read.js";
 import type { BundleSourceOptions } from "../core/bundle/source.js";
+import { readTarGz } from "../core/bundle/tar.js";
 import { type KubeClient, KubeError } from "./kube.js";
 import { type BundleFacts, bundleFacts } from "./placement.js";
 import type { BundleSource } from "./spec.js";
@@ -134,11 +135,50 @@ export class BundleVerifier {
           message: `${where}: ddnn.json hashes to ${bundle.digest} but spec.bundle.sha256 is ${source.sha256}`,
         };
       }
+      await verifyViewFiles(bytes, where, bundle.manifest, this.options.limits);
       return { ok: true, facts: bundleFacts(bundle.manifest, bundle.digest) };
     } catch (err) {
       const message =
         err instanceof BundleError || err instanceof Error ? err.message : String(err);
       return { ok: false, reason: "InvalidBundle", message };
     }
+  }
+}
+
+/**
+ * A multi-view bundle's other views (views.devices[1..K-1]) are not stage files, so the archive
+ * reader does not look at them; each view's agent would fail on a missing or altered one. Checks
+ * them as core/views.ts `readViewsBundle` does, beside ddnn.json in the same archive, with the
+ * same messages.
+ */
+async function verifyViewFiles(
+  archive: Uint8Array,
+  where: string,
+  manifest: Manifest,
+  limits: BundleSourceOptions | undefined,
+): Promise<void> {
+  if (!manifest.views) return;
+  const files = await readTarGz(archive, where, limits);
+  const nested = [...files.keys()].find(
+    (f) => f.endsWith(`/${MANIFEST_FILE}`) && f.split("/").length === 2,
+  );
+  const prefix = files.has(MANIFEST_FILE) || !nested ? "" : nested.slice(0, -MANIFEST_FILE.length);
+  for (const [v, device] of manifest.views.devices.entries()) {
+    if (v === 0) continue;
+    const label = `${where}[${prefix}${device.file}]`;
+    const bytes = files.get(prefix + device.file);
+    if (bytes === undefined)
+      throw new BundleError(
+        label,
+        undefined,
+        `missing (named by ${MANIFEST_FILE} views.devices[${v}].file)`,
+      );
+    const actual = sha256Hex(bytes);
+    if (actual !== device.sha256)
+      throw new BundleError(
+        label,
+        undefined,
+        `sha256 mismatch: ${MANIFEST_FILE} views.devices[${v}].sha256 is ${device.sha256}, the file hashes to ${actual}`,
+      );
   }
 }

@@ -1,18 +1,20 @@
 import type { V1DaemonSet, V1Deployment } from "@kubernetes/client-node";
 import {
   buildOwnedObjects,
+  deviceViewName,
   FIELD_MANAGER,
   type OperatorImages,
   OWNED_KINDS,
   type OwnedObject,
   objectName,
   type ProxyEnv,
+  VIEW_LABEL,
 } from "./builders.js";
 import type { BundleVerifier } from "./bundle-source.js";
 import type { EventRecorder } from "./events.js";
 import { type Informer, objectKey } from "./informer.js";
 import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
-import { planTiers } from "./placement.js";
+import { planTiers, viewCount } from "./placement.js";
 import type { ReconcileResult } from "./queue.js";
 import { isApplied, withAppliedHash } from "./semantic.js";
 import {
@@ -89,7 +91,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     const plan = planTiers(model.spec, verification.facts);
     check = plan.ok
       ? { ok: true, facts: verification.facts, plan: plan.plan }
-      : { ok: false, reason: "PlacementMismatch", message: plan.message };
+      : { ok: false, reason: plan.reason, message: plan.message };
   } else {
     check = verification;
   }
@@ -173,6 +175,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     server: live<V1Deployment>("Deployment", "server"),
     edge: live<V1Deployment>("Deployment", "edge"),
     device: live<V1DaemonSet>("DaemonSet", "device"),
+    views: observedViews(ctx, model, check, gone),
   };
   const status = desiredStatus(
     model,
@@ -188,6 +191,39 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
   if (applied.length || deleted.length)
     ctx.log.info(`${key}: applied [${applied.join(", ")}] deleted [${deleted.join(", ")}]`);
   return check.ok ? {} : { requeueAfter: ctx.retryBundleMs ?? 30_000 };
+}
+
+/**
+ * A multi-view model's view DaemonSets, one per view of the verified bundle (absent where not
+ * created yet); without a verified bundle, the view DaemonSets that run (the previous version).
+ */
+function observedViews(
+  ctx: ReconcileContext,
+  model: DDNNModel,
+  check: BundleCheck,
+  gone: ReadonlySet<string>,
+): { view: number; daemonSet?: V1DaemonSet }[] {
+  const { namespace } = model.metadata;
+  const own = (o: KubeObject | undefined) =>
+    o && controlledBy(o, model.metadata.uid) && !gone.has(`DaemonSet/${o.metadata?.name}`)
+      ? (o as V1DaemonSet)
+      : undefined;
+  if (check.ok) {
+    const k = viewCount(check.facts);
+    if (k === 1) return [];
+    return Array.from({ length: k }, (_, view) => {
+      const daemonSet = own(ctx.owned.DaemonSet.get(namespace, deviceViewName(model, view)));
+      return daemonSet ? { view, daemonSet } : { view };
+    });
+  }
+  return ctx.owned.DaemonSet.list(
+    (o) =>
+      o.metadata?.namespace === namespace &&
+      o.metadata?.labels?.[VIEW_LABEL] !== undefined &&
+      own(o) !== undefined,
+  )
+    .map((o) => ({ view: Number(o.metadata!.labels![VIEW_LABEL]), daemonSet: o as V1DaemonSet }))
+    .sort((a, b) => a.view - b.view);
 }
 
 /**

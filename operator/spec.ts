@@ -163,6 +163,63 @@ const bundleCache = described(
   "where a device agent keeps the verified bundle it fetched from bundle.url; default an emptyDir of the Pod (kept across container restarts)",
 );
 
+/**
+ * The node label that says which view of a multi-view bundle a device node sees:
+ * `fog.ddnn.io/view: "2"`. A view placed without a nodeSelector of its own runs on the device
+ * nodes that carry its index.
+ */
+export const VIEW_NODE_LABEL = `${GROUP}/view`;
+/** The most views a DDNNModel places (the agent's --view is 0..63). */
+export const MAX_VIEWS = 64;
+
+const viewsMessages = {
+  count:
+    "tiers.device.views places every view of a multi-view bundle (2 or more); leave it out for a one-view bundle",
+  distinct: "tiers.device.views: each view is placed once",
+  range:
+    "tiers.device.views: N entries place views 0..N-1, each once (a bundle of K views needs views 0..K-1)",
+} as const;
+
+const viewPlacement = z.object({
+  view: described(
+    z
+      .number()
+      .int()
+      .min(0)
+      .max(MAX_VIEWS - 1),
+    "the view's index: its place in the bundle's ddnn.json views.devices",
+  ),
+  nodeSelector: described(
+    z.record(z.string(), z.string()),
+    `node labels of the nodes that see this view, added to tiers.device.nodeSelector; default ${VIEW_NODE_LABEL}: "<view>"; {} adds none`,
+  ).optional(),
+  source: described(
+    deviceSource,
+    "this view's input in place of tiers.device.source (a replay file of its own, another port)",
+  ).optional(),
+});
+
+const views = cel(
+  described(
+    z
+      .array(viewPlacement)
+      .max(MAX_VIEWS)
+      .refine((v) => v.length >= 2, viewsMessages.count)
+      .refine(
+        (v) => v.every((p) => v.filter((q) => q.view === p.view).length === 1),
+        viewsMessages.distinct,
+      )
+      .refine((v) => v.every((p) => p.view < v.length), viewsMessages.range),
+    "multi-view bundle (ddnn.json views): which device nodes hold which view; one device DaemonSet per view, each agent started with --view, and the edge gateway fuses the views of every capture",
+  ),
+  { rule: "self.size() >= 2", message: viewsMessages.count },
+  {
+    rule: "self.all(p, self.filter(q, q.view == p.view).size() == 1)",
+    message: viewsMessages.distinct,
+  },
+  { rule: "self.all(p, p.view < self.size())", message: viewsMessages.range },
+);
+
 const deviceTier = z.object({
   nodeSelector: nodeSelector(
     'default fog.ddnn.io/device: "true" (a node may also carry the edge and server labels)',
@@ -171,6 +228,11 @@ const deviceTier = z.object({
   source: deviceSource.default({ http: { port: 8080 } }),
   resources: resources.optional(),
   bundleCache: bundleCache.optional(),
+  views: views.optional(),
+  captureSlotMs: described(
+    z.number().int().min(1).max(3_600_000),
+    "multi-view bundle: a capture that comes without an id (HTTP, MQTT) is named by its capture time in slots this long, ms, so the devices' clocks must agree well within it; default the agent's (100)",
+  ).optional(),
 });
 const edgeTier = z.object({
   replicas: z.number().int().min(0).max(100).default(1),
@@ -179,6 +241,10 @@ const edgeTier = z.object({
   ).default(onTierNodes("edge")),
   tolerations: tolerations(nodeProblems(NODE_PROBLEM_TOLERATION_SECONDS.edge)).optional(),
   resources: resources.optional(),
+  fusionWindowMs: described(
+    z.number().int().min(0).max(60_000),
+    "multi-view bundle: how long the gateway waits for the rest of a capture's views after its first, ms; default the gateway's (50)",
+  ).optional(),
 });
 const batching = z.object({
   workers: described(z.number().int().min(1).max(64), "inference workers per Pod").optional(),
@@ -321,6 +387,12 @@ const exits = cel(
   },
 ).meta({ maxProperties: 16 });
 
+const viewsNeedDeviceMessage =
+  "tiers.device.views needs the bundle's first stage on the device tier: each view's agent runs it on its own view";
+const oneGatewayMessage =
+  "with tiers.device.views, tiers.edge.replicas is 0 or 1: every gateway receives every view and fuses it, so a second one would answer each capture twice";
+const HAS_VIEWS = "has(self.tiers) && has(self.tiers.device) && has(self.tiers.device.views)";
+
 export const ddnnModelSpecSchema = cel(
   z
     .object({
@@ -368,7 +440,16 @@ export const ddnnModelSpecSchema = cel(
         message:
           "broker.managed.auth does not serve in-cluster device agents yet (docs/security.md): place no stage on the device tier, or leave auth unset",
       },
-    ),
+    )
+    .refine(
+      (spec) =>
+        !spec.tiers.device.views || Object.values(spec.placement).some((t) => t === "device"),
+      { path: ["tiers", "device", "views"], message: viewsNeedDeviceMessage },
+    )
+    .refine((spec) => !spec.tiers.device.views || spec.tiers.edge.replicas <= 1, {
+      path: ["tiers", "edge", "replicas"],
+      message: oneGatewayMessage,
+    }),
   {
     rule: "!has(self.exits) || self.exits.all(stage, stage in self.placement)",
     message: "every stage in exits must also be in placement",
@@ -381,6 +462,16 @@ export const ddnnModelSpecSchema = cel(
     message:
       "broker.managed.auth does not serve in-cluster device agents yet (docs/security.md): place no stage on the device tier, or leave auth unset",
     fieldPath: ".broker.managed.auth",
+  },
+  {
+    rule: `!(${HAS_VIEWS}) || self.placement.exists(stage, self.placement[stage] == 'device')`,
+    message: viewsNeedDeviceMessage,
+    fieldPath: ".tiers.device.views",
+  },
+  {
+    rule: `!(${HAS_VIEWS}) || !has(self.tiers.edge) || !has(self.tiers.edge.replicas) || self.tiers.edge.replicas <= 1`,
+    message: oneGatewayMessage,
+    fieldPath: ".tiers.edge.replicas",
   },
 );
 
@@ -420,6 +511,17 @@ export const ddnnModelStatusSchema = z.object({
     "device agents from the device DaemonSet",
   ).optional(),
   devicesReady: described(z.string(), "ready/desired device agents, for kubectl").optional(),
+  views: described(
+    z.array(
+      z.object({
+        view: z.number().int(),
+        desired: z.number().int(),
+        ready: z.number().int(),
+        updated: z.number().int(),
+      }),
+    ),
+    "multi-view bundle: the device agents of each view's DaemonSet (devices counts them all)",
+  ).optional(),
   bundleDigest: described(z.string(), "digest of the bundle that is rolled out").optional(),
   bundleDigestShort: described(z.string(), "first 12 characters of bundleDigest").optional(),
   bundle: described(

@@ -1,5 +1,5 @@
 import type { V1DaemonSet, V1Deployment } from "@kubernetes/client-node";
-import type { BundleFacts, TierPlan } from "./placement.js";
+import { type BundleFacts, type TierPlan, viewCount } from "./placement.js";
 import { canonicalJson } from "./semantic.js";
 import {
   CONDITION_TYPES,
@@ -26,6 +26,11 @@ export interface Observed {
   server?: V1Deployment;
   edge?: V1Deployment;
   device?: V1DaemonSet;
+  /**
+   * A multi-view model's device DaemonSets, one entry per view in view order (the DaemonSet
+   * absent where it does not exist yet); empty or absent for a one-view model.
+   */
+  views?: readonly { view: number; daemonSet?: V1DaemonSet }[];
 }
 
 /** Readiness of a Deployment as `kubectl rollout status` judges it. */
@@ -95,13 +100,13 @@ export function devicesOf(ds: V1DaemonSet | undefined): {
   };
 }
 
-function daemonSetReady(ds: V1DaemonSet | undefined): Wanted & { type: string } {
+function daemonSetReady(ds: V1DaemonSet | undefined, what = "device"): Wanted & { type: string } {
   if (!ds)
     return {
       type: "",
       status: "False",
       reason: "NotCreated",
-      message: "device DaemonSet does not exist yet",
+      message: `${what} DaemonSet does not exist yet`,
     };
   const name = ds.metadata?.name;
   if ((ds.status?.observedGeneration ?? 0) < (ds.metadata?.generation ?? 0))
@@ -142,6 +147,35 @@ function daemonSetReady(ds: V1DaemonSet | undefined): Wanted & { type: string } 
     status: "True",
     reason: "Ready",
     message: `DaemonSet ${name}: ${d.ready}/${d.desired} device agents ready`,
+  };
+}
+
+/**
+ * A multi-view model's devices are ready when every view's DaemonSet is: a view whose
+ * nodeSelector matches no node is not (its captures would be fused without it).
+ */
+function viewsReady(views: NonNullable<Observed["views"]>): Wanted & { type: string } {
+  for (const { view, daemonSet } of views) {
+    const r = daemonSetReady(daemonSet, `view ${view}'s device`);
+    if (r.status === "True" && r.reason !== "NoDeviceNodes") continue;
+    if (r.reason === "NoDeviceNodes")
+      return {
+        type: "",
+        status: "False",
+        reason: "NoViewNodes",
+        message: `view ${view}: ${r.message}, so its captures are fused without it`,
+      };
+    return { ...r, message: daemonSet ? `view ${view}: ${r.message}` : r.message };
+  }
+  const counts = views.map(({ view, daemonSet }) => {
+    const d = devicesOf(daemonSet);
+    return `view ${view} ${d.ready}/${d.desired}`;
+  });
+  return {
+    type: "",
+    status: "True",
+    reason: "Ready",
+    message: `device agents of every view ready: ${counts.join(", ")}`,
   };
 }
 
@@ -188,8 +222,15 @@ export function wantedConditions(
     : deploymentReady(observed.broker, "broker");
   out.set("BrokerReady", { ...broker, type: "BrokerReady" });
   // Without a verified plan, report the workloads that are running (the previous version).
+  const views = observed.views ?? [];
+  // A multi-view model's gateway fuses the views whether or not it runs a stage.
+  const fusing = check.ok ? viewCount(check.facts) > 1 : false;
   const has = (tier: "server" | "edge" | "device") =>
-    plan ? plan[tier].length > 0 : observed[tier] !== undefined;
+    plan
+      ? plan[tier].length > 0 || (tier === "edge" && fusing)
+      : tier === "device"
+        ? observed.device !== undefined || views.length > 0
+        : observed[tier] !== undefined;
   out.set("ServerReady", {
     ...(has("server") ? deploymentReady(observed.server, "server") : notPlaced("server")),
     type: "ServerReady",
@@ -199,7 +240,11 @@ export function wantedConditions(
     type: "EdgeReady",
   });
   out.set("DevicesReady", {
-    ...(has("device") ? daemonSetReady(observed.device) : notPlaced("device")),
+    ...(!has("device")
+      ? notPlaced("device")
+      : views.length > 0
+        ? viewsReady(views)
+        : daemonSetReady(observed.device)),
     type: "DevicesReady",
   });
   const failing = CONDITION_TYPES.filter((t) => t !== "Ready" && out.get(t)!.status !== "True");
@@ -265,12 +310,24 @@ export function desiredStatus(
       : c,
   );
   const conditions = mergeConditions(previous.conditions, wanted, model.metadata.generation, now);
-  const devices = devicesOf(observed.device);
+  const views = (observed.views ?? []).map(({ view, daemonSet }) => ({
+    view,
+    ...devicesOf(daemonSet),
+  }));
+  const devices =
+    views.length > 0
+      ? {
+          desired: views.reduce((n, v) => n + v.desired, 0),
+          ready: views.reduce((n, v) => n + v.ready, 0),
+          updated: views.reduce((n, v) => n + v.updated, 0),
+        }
+      : devicesOf(observed.device);
   const status: DDNNModelStatus = {
     observedGeneration: model.metadata.generation,
     conditions,
     devices,
     devicesReady: `${devices.ready}/${devices.desired}`,
+    ...(views.length > 0 ? { views } : {}),
   };
   const digest = check.ok ? check.facts.digest : previous.bundleDigest;
   if (digest) {

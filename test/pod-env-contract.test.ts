@@ -94,6 +94,20 @@ const fixtureSpecs: [string, DDNNModelSpecInput][] = [
     }),
   ],
   [
+    "a multi-view bundle: one DaemonSet per view (one with its own replay file), the gateway fusing",
+    {
+      bundle: exampleSpec().bundle,
+      placement: { device: "device", server: "server" },
+      tiers: {
+        device: {
+          views: [{ view: 0 }, { view: 1, source: { replay: { path: "/data/view1.idx" } } }],
+          captureSlotMs: 40,
+        },
+        edge: { fusionWindowMs: 80 },
+      },
+    },
+  ],
+  [
     "Server Only",
     variant((s) => {
       s.placement = { device: "server", edge: "server", server: "server" };
@@ -138,10 +152,14 @@ const cases: Case[] = [
   ...exampleModels(),
 ];
 
-/** The bundle a spec places: its stages in placement order, each with an exit but the last. */
+/**
+ * The bundle a spec places: its stages in placement order, each with an exit but the last, and
+ * as many views as tiers.device.views places.
+ */
 function factsFor(spec: DDNNModelSpecInput): BundleFacts {
   const stages = Object.keys(spec.placement);
-  return { ...THREE_STAGES, stages, exits: stages.slice(0, -1) };
+  const views = spec.tiers?.device?.views?.length;
+  return { ...THREE_STAGES, stages, exits: stages.slice(0, -1), ...(views ? { views } : {}) };
 }
 
 function build({ spec, name, namespace }: Case): OwnedObject[] {
@@ -177,6 +195,7 @@ function tierPods(objects: OwnedObject[]): { what: string; pod: V1PodSpec }[] {
 // --- what the kubelet would give the container ------------------------------------------------
 
 const NODE_NAME = "odroid-7";
+const POD_NAME = "pod-0";
 
 /** A variable's value as the container sees it: references resolved to sample values. */
 function resolve(e: V1EnvVar): string {
@@ -187,7 +206,7 @@ function resolve(e: V1EnvVar): string {
     return `sample-${from.configMapKeyRef.name}-${from.configMapKeyRef.key}`;
   if (from?.fieldRef?.fieldPath === "spec.nodeName") return NODE_NAME;
   if (from?.fieldRef?.fieldPath === "metadata.namespace") return "fog";
-  if (from?.fieldRef?.fieldPath === "metadata.name") return "pod-0";
+  if (from?.fieldRef?.fieldPath === "metadata.name") return POD_NAME;
   throw new Error(`${e.name}: a reference this test cannot resolve: ${JSON.stringify(from)}`);
 }
 
@@ -257,8 +276,10 @@ function problemsOf(pods: { what: string; pod: V1PodSpec }[], name: string, name
     if (config.bundleDigest !== DIGEST)
       problems.push(`${what}: bundleDigest ${config.bundleDigest}`);
     if (config.model !== `${namespace}/${name}`) problems.push(`${what}: model ${config.model}`);
-    if (command === "agent" && config.deviceId !== NODE_NAME)
-      problems.push(`${what}: deviceId ${config.deviceId}, not the node's name`);
+    // A view's agent is named by its Pod, as one node may hold several views.
+    const deviceId = config.view === undefined ? NODE_NAME : POD_NAME;
+    if (command === "agent" && config.deviceId !== deviceId)
+      problems.push(`${what}: deviceId ${config.deviceId}, not ${deviceId}`);
   }
   return problems;
 }

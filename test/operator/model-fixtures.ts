@@ -46,3 +46,20 @@ export const exampleSpec = (): DDNNModelSpecInput => ({
   },
   broker: { managed: { kind: "mosquitto" } },
 });
+
+/** A multi-view bundle like models/fashion-views3: three views' device stages, then the server. */
+export const THREE_VIEWS: BundleFacts = {
+  digest: DIGEST,
+  name: "fashion-views3",
+  version: "1.0.0",
+  stages: ["device", "server"],
+  exits: ["device"],
+  views: 3,
+};
+
+/** A DDNNModel for THREE_VIEWS: each view on the nodes labelled fog.ddnn.io/view=<v>. */
+export const viewsSpec = (): DDNNModelSpecInput => ({
+  bundle: { url: "http://models.fog.svc/fashion-views3.tar.gz", sha256: DIGEST },
+  placement: { device: "device", server: "server" },
+  tiers: { device: { views: [{ view: 0 }, { view: 1 }, { view: 2 }] } },
+});
