@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
@@ -14,7 +14,7 @@ import {
   wantsHelp,
 } from "../core/config.js";
 import { proxyEnvForPods } from "../operator/builders.js";
-import { consoleLogger, Operator } from "../operator/operator.js";
+import { consoleLogger, Operator, type OperatorOptions } from "../operator/operator.js";
 import { packageRoot } from "./paths.js";
 
 const ms = (what: string, d: number) =>
@@ -57,9 +57,13 @@ export const operatorConfig = program(
       value: "PORT",
     }),
     identityTlsDir: field(z.string().min(1).optional(), {
-      help: "directory with tls.crt and tls.key (a kubernetes.io/tls Secret, cert-manager's too) for the identity endpoint; plain HTTP without it",
+      help: "directory with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret, cert-manager's too) for the identity endpoint; its ca.crt goes to the device agents; when tls.crt is missing the endpoint is off; plain HTTP without this flag",
       value: "DIR",
       defaultText: "none: plain HTTP",
+    }),
+    identityUrl: field(z.string().url("must be a URL").optional(), {
+      help: "the identity endpoint's URL as device agents reach it (the chart's Service), written into device Pods of models with broker.managed.auth; without it such models wait with a condition saying so",
+      value: "URL",
     }),
     leaderElect: field(boolField.default(true), {
       help: "campaign for the Lease before writing",
@@ -114,6 +118,33 @@ function loadKubeConfig(path: string | undefined): KubeConfig {
   return kc;
 }
 
+/**
+ * The device identity endpoint's settings: HTTPS from --identity-tls-dir (its ca.crt handed to the
+ * device agents), plain HTTP without that flag, off when the directory has no certificate yet.
+ */
+function deviceIdentitySettings(cfg: {
+  identityPort: number;
+  identityTlsDir?: string | undefined;
+  identityUrl?: string | undefined;
+}): OperatorOptions["deviceIdentity"] {
+  const url = cfg.identityUrl;
+  if (!cfg.identityTlsDir) return { port: cfg.identityPort, ...(url ? { url } : {}) };
+  const certFile = join(cfg.identityTlsDir, "tls.crt");
+  if (!existsSync(certFile)) {
+    consoleLogger.warn(
+      `device identity endpoint off: ${certFile} does not exist (operator.identity.tlsSecret, docs/security.md); models whose device agents need it wait`,
+    );
+    return undefined;
+  }
+  const caFile = join(cfg.identityTlsDir, "ca.crt");
+  return {
+    port: cfg.identityPort,
+    tls: { certFile, keyFile: join(cfg.identityTlsDir, "tls.key") },
+    ...(url ? { url } : {}),
+    ...(existsSync(caFile) ? { caPem: readFileSync(caFile, "utf8") } : {}),
+  };
+}
+
 export async function runOperator(argv: readonly string[]): Promise<number> {
   if (wantsHelp(argv)) {
     process.stdout.write(operatorHelp);
@@ -143,6 +174,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
     consoleLogger.warn(
       `${name} holds credentials: not copied into the tier Pods; give the Pods a proxy without them or set ${name} in their image`,
     );
+  const endpoint = deviceIdentitySettings(cfg);
   const operator = new Operator({
     kubeConfig: kc,
     identity,
@@ -160,17 +192,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
         }
       : false,
     httpPort: cfg.httpPort,
-    deviceIdentity: {
-      port: cfg.identityPort,
-      ...(cfg.identityTlsDir
-        ? {
-            tls: {
-              certFile: join(cfg.identityTlsDir, "tls.crt"),
-              keyFile: join(cfg.identityTlsDir, "tls.key"),
-            },
-          }
-        : {}),
-    },
+    ...(endpoint ? { deviceIdentity: endpoint } : {}),
     workers: cfg.workers,
     resyncMs: cfg.resyncMs,
   });

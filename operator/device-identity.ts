@@ -16,11 +16,14 @@ import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as https from "node:https";
 import type { AddressInfo } from "node:net";
+import type { V1EnvVar, V1PodTemplateSpec } from "@kubernetes/client-node";
 import { parseModelRef } from "../core/topics.js";
+import { agentConfig } from "../device-agent/config.js";
 import { identityName, identityPassword } from "./broker-auth.js";
 import { COMPONENT_LABEL, MODEL_LABEL, objectName } from "./builders.js";
 import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
-import { parseModel } from "./spec.js";
+import type { TierPlan } from "./placement.js";
+import { type DDNNModel, parseModel } from "./spec.js";
 
 /** The audience the agents' projected tokens carry; a token for any other is refused. */
 export const IDENTITY_AUDIENCE = "ddnn-broker";
@@ -44,6 +47,105 @@ export interface DeviceCredentials {
   password: string;
   /** The node the identity belongs to (the agent's device id). */
   node: string;
+}
+
+/** How the operator's objects let device agents use the exchange (BuildInput.deviceIdentity). */
+export interface DeviceIdentitySettings {
+  /** The endpoint as the agents reach it (the chart's Service: https://<release>-identity.<ns>.svc:8444). */
+  url: string;
+  /** PEM of the CA that signs the endpoint's certificate; the agents get it in a ConfigMap. */
+  caPem?: string;
+}
+
+/** Where the device Pod mounts its projected token (the agent's --identity-token default). */
+export const IDENTITY_TOKEN_DIR = "/var/run/secrets/ddnn";
+/** Where the device Pod mounts the endpoint's CA. */
+export const IDENTITY_CA_DIR = "/etc/ddnn/identity-ca";
+/** Lifetime the kubelet asks for; it renews the file at 80% of it, the agent reads it per try. */
+const TOKEN_SECONDS = 3600;
+
+/** The ConfigMap with the identity endpoint's CA certificate, one per model (public data). */
+export const identityCaConfigMapName = (model: Pick<DDNNModel, "metadata">) =>
+  `${model.metadata.name}-identity-ca`;
+
+/** Whether a model's device agents get their broker identity from the exchange. */
+export function usesDeviceIdentity(model: DDNNModel, plan: TierPlan): boolean {
+  return model.spec.broker.managed?.auth !== undefined && plan.device.length > 0;
+}
+
+/**
+ * The device Pod template's part of the exchange: the projected token (audience ddnn-broker,
+ * bound to the Pod by the kubelet), the endpoint, and its CA. The Pod gets no other credential:
+ * no broker password in its environment and no API token (the agent never calls the API server).
+ */
+export function addDeviceIdentity(
+  template: V1PodTemplateSpec,
+  model: DDNNModel,
+  settings: DeviceIdentitySettings,
+): void {
+  const spec = template.spec!;
+  const container = spec.containers[0]!;
+  const names = agentConfig.env;
+  spec.automountServiceAccountToken = false;
+  spec.volumes = [
+    ...(spec.volumes ?? []),
+    {
+      name: "identity-token",
+      projected: {
+        sources: [
+          {
+            serviceAccountToken: {
+              audience: IDENTITY_AUDIENCE,
+              expirationSeconds: TOKEN_SECONDS,
+              path: "token",
+            },
+          },
+        ],
+      },
+    },
+  ];
+  container.volumeMounts = [
+    ...(container.volumeMounts ?? []),
+    { name: "identity-token", mountPath: IDENTITY_TOKEN_DIR, readOnly: true },
+  ];
+  const env: V1EnvVar[] = [
+    { name: names.identityUrl, value: settings.url },
+    { name: names.identityToken, value: `${IDENTITY_TOKEN_DIR}/token` },
+  ];
+  if (settings.caPem !== undefined) {
+    spec.volumes.push({
+      name: "identity-ca",
+      configMap: { name: identityCaConfigMapName(model) },
+    });
+    container.volumeMounts.push({
+      name: "identity-ca",
+      mountPath: IDENTITY_CA_DIR,
+      readOnly: true,
+    });
+    env.push({ name: names.identityCa, value: `${IDENTITY_CA_DIR}/ca.crt` });
+  }
+  // The identity takes the place of the credentials Secret's pair for devices.
+  container.env = [
+    ...(container.env ?? []).filter(
+      (e) => e.name !== names.brokerUsername && e.name !== names.brokerPassword,
+    ),
+    ...env,
+  ];
+}
+
+/** The device nodes whose lines the password file needs: those the device tier may run on. */
+export function deviceNodesOf(
+  nodes: readonly KubeObject[],
+  nodeSelector: Readonly<Record<string, string>>,
+): string[] {
+  return nodes
+    .filter((n) => {
+      const labels = n.metadata?.labels ?? {};
+      return Object.entries(nodeSelector).every(([k, v]) => labels[k] === v);
+    })
+    .map((n) => n.metadata?.name ?? "")
+    .filter((n) => n !== "")
+    .sort();
 }
 
 /** A refused exchange: the HTTP status and a message that names the problem (never the token). */

@@ -43,7 +43,15 @@ export interface OperatorOptions {
    * their node's broker identity (operator/device-identity.ts); every replica serves it. Off when
    * undefined.
    */
-  deviceIdentity?: { port: number; host?: string; tls?: { certFile: string; keyFile: string } };
+  deviceIdentity?: {
+    port: number;
+    host?: string;
+    tls?: { certFile: string; keyFile: string };
+    /** The endpoint as device agents reach it; without it no device Pod is told of it. */
+    url?: string;
+    /** PEM of the CA that signs the endpoint's certificate, for the device agents. */
+    caPem?: string;
+  };
   /** Watch one namespace; all namespaces when undefined. */
   namespace?: string;
   /** false: lead alone (one replica, or tests). */

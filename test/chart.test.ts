@@ -346,6 +346,8 @@ describe("helm lint and helm template", () => {
       "PodDisruptionBudget/ddnn-fog",
       "Role/ddnn-fog-leader-election",
       "RoleBinding/ddnn-fog-leader-election",
+      "Secret/ddnn-fog-identity-tls",
+      "Service/ddnn-fog-identity",
       "Service/ddnn-fog-metrics",
       "ServiceAccount/ddnn-fog",
     ]);
@@ -383,7 +385,10 @@ describe("helm lint and helm template", () => {
     );
     const c = d.spec.template.spec.containers[0]!;
     expect(c.args).toEqual(["operator"]);
-    expect(c.ports).toEqual([{ name: "http", containerPort: 9090, protocol: "TCP" }]);
+    expect(c.ports).toEqual([
+      { name: "http", containerPort: 9090, protocol: "TCP" },
+      { name: "identity", containerPort: 8444, protocol: "TCP" },
+    ]);
     expect(c.livenessProbe.httpGet).toEqual({ path: "/healthz", port: "http" });
     expect(c.readinessProbe.httpGet).toEqual({ path: "/readyz", port: "http" });
     const env = Object.fromEntries(c.env.map((e) => [e.name, e.value]));
