@@ -15,14 +15,14 @@ const dir = mkdtempSync(join(tmpdir(), "ddnn-profile-views-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const bundle = join(root, "models", "fashion-views3");
-const CAPTURES = 60;
+const CAPTURES = 45;
 // Correctness, not latency: f32 frames (what eval computes with), a deadline and a fusion window a
 // loaded machine meets, so every capture is fused from all three views in both passes.
 const exact = [
   "--limit",
   String(CAPTURES),
   "--fps",
-  "30",
+  "45",
   "--dtype",
   "f32",
   "--compression",
