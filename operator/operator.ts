@@ -102,6 +102,8 @@ export class Operator extends EventEmitter {
   private readonly elector: LeaderElector | undefined;
   private readonly http: FastifyInstance;
   private readonly identityServer: DeviceIdentityServer | undefined;
+  /** Nodes (device identity on): the device nodes' lines in a model's password file. */
+  private readonly nodes: Informer | undefined;
   private readonly abort = new AbortController();
   private readonly log: Logger;
   private readonly requests = new AsyncLocalStorage<RequestRecord[]>();
@@ -176,10 +178,35 @@ export class Operator extends EventEmitter {
         observe: (result) => this.metrics.deviceIdentities.inc({ result }),
       });
     }
+    if (options.deviceIdentity?.url) {
+      // A node that joins, leaves or changes labels changes which device nodes a model's broker
+      // must know; status heartbeats change nothing of that and enqueue nothing.
+      const seen = new Map<string, string>();
+      this.nodes = new Informer(this.client, {
+        resource: { apiVersion: "v1", plural: "nodes" },
+        ...watchOptions("nodes"),
+      }).on((event, node) => {
+        const name = node.metadata?.name ?? "";
+        const labels = event === "DELETED" ? "" : JSON.stringify(node.metadata?.labels ?? {});
+        if (seen.get(name) === labels) return;
+        if (event === "DELETED") seen.delete(name);
+        else seen.set(name, labels);
+        for (const m of this.models.list())
+          if (
+            (m.spec as { broker?: { managed?: { auth?: unknown } } } | undefined)?.broker?.managed
+              ?.auth
+          )
+            this.queue.add(objectKey(m));
+      });
+    }
     this.http = Fastify({ logger: false });
     this.http.get("/healthz", async () => ({ status: "ok" }));
     this.http.get("/readyz", async (_req, reply) => {
-      const synced = [this.models, ...Object.values(this.owned)].every((i) => i.hasSynced);
+      const synced = [
+        this.models,
+        ...Object.values(this.owned),
+        ...(this.nodes ? [this.nodes] : []),
+      ].every((i) => i.hasSynced);
       if (!synced || this.stopping) return reply.code(503).send({ status: "starting" });
       return { status: "ok", leader: this.leading };
     });
@@ -230,6 +257,7 @@ export class Operator extends EventEmitter {
     const signal = this.abort.signal;
     this.models.start(signal);
     for (const i of Object.values(this.owned)) i.start(signal);
+    this.nodes?.start(signal);
     if (this.elector) {
       this.electing = this.elector
         .run(signal)
@@ -248,6 +276,7 @@ export class Operator extends EventEmitter {
     void Promise.all([
       this.models.synced(),
       ...Object.values(this.owned).map((i) => i.synced()),
+      ...(this.nodes ? [this.nodes.synced()] : []),
     ]).then(() => {
       if (this.abort.signal.aborted) return;
       this.queue.run((key) => this.reconcileOnce(key));
@@ -328,6 +357,7 @@ export class Operator extends EventEmitter {
       await Promise.all([
         this.models.stopped(),
         ...Object.values(this.owned).map((i) => i.stopped()),
+        ...(this.nodes ? [this.nodes.stopped()] : []),
       ]);
       await this.electing;
       await this.http.close();

@@ -170,6 +170,9 @@ function neededRules(leaseName: string): Rule[] {
     // ClusterRole: TokenReviews are not namespaced) and client.get of the token's Pod.
     { apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] },
     { apiGroups: [""], resources: ["pods"], verbs: ["get"] },
+    // operator/operator.ts: the Node Informer (device nodes of models with broker auth), in the
+    // same cluster-wide ClusterRole.
+    { apiGroups: [""], resources: ["nodes"], verbs: ["list", "watch"] },
     // operator/leader.ts attempt(): client.create of the Lease when it is missing (a create has
     // no name to limit it to).
     { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["create"] },
@@ -338,9 +341,9 @@ describe("helm lint and helm template", () => {
     const objects = await template();
     expect(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
       "ClusterRole/ddnn-fog",
-      "ClusterRole/ddnn-fog-token-review",
+      "ClusterRole/ddnn-fog-device-identity",
       "ClusterRoleBinding/ddnn-fog",
-      "ClusterRoleBinding/ddnn-fog-token-review",
+      "ClusterRoleBinding/ddnn-fog-device-identity",
       "Deployment/ddnn-fog",
       "Lease/ddnn-fog",
       "PodDisruptionBudget/ddnn-fog",
@@ -524,7 +527,7 @@ describe("RBAC", () => {
   it("grants exactly the requests the operator makes, cluster-wide", async () => {
     const objects = await template();
     const role = one(objects, "ClusterRole", "ddnn-fog") as K8sObject & { rules: Rule[] };
-    const review = one(objects, "ClusterRole", "ddnn-fog-token-review") as K8sObject & {
+    const review = one(objects, "ClusterRole", "ddnn-fog-device-identity") as K8sObject & {
       rules: Rule[];
     };
     const lease = one(objects, "Role") as K8sObject & { rules: Rule[] };
@@ -550,10 +553,10 @@ describe("RBAC", () => {
     // Only TokenReview create stays cluster-wide (TokenReviews have no namespace).
     const clusterWide = objects.filter((o) => o.kind.startsWith("ClusterRole"));
     expect(clusterWide.map((o) => `${o.kind} ${o.metadata.name}`).sort()).toEqual([
-      "ClusterRole ddnn-fog-token-review",
-      "ClusterRoleBinding ddnn-fog-token-review",
+      "ClusterRole ddnn-fog-device-identity",
+      "ClusterRoleBinding ddnn-fog-device-identity",
     ]);
-    const review = one(objects, "ClusterRole", "ddnn-fog-token-review") as K8sObject & {
+    const review = one(objects, "ClusterRole", "ddnn-fog-device-identity") as K8sObject & {
       rules: Rule[];
     };
     const role = one(objects, "Role", "ddnn-fog") as K8sObject & { rules: Rule[] };
