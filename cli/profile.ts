@@ -129,7 +129,7 @@ export async function runProfile(
     out(
       programHelp(profileConfig, {
         title:
-          "ddnn profile: Table II measured on the fog, the threshold sweep, capacity and advice",
+          "ddnn profile: Table II measured on the fog, the threshold sweep, capacity and advice (a multi-view bundle: the horizontal DDNN's Table II and sweep)",
         usage: "ddnn profile [flags] [--json FILE] [--html FILE]",
       }),
     );

@@ -17,7 +17,8 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const bundle = join(root, "models", "fashion-views3");
 const CAPTURES = 45;
 // Correctness, not latency: f32 frames (what eval computes with), a deadline and a fusion window a
-// loaded machine meets, so every capture is fused from all three views in both passes.
+// loaded machine meets, so every capture is fused from all three views in both passes (the window
+// closes as soon as every view came; under load a device's first views lag by a second or more).
 const exact = [
   "--limit",
   String(CAPTURES),
@@ -30,7 +31,7 @@ const exact = [
   "--deadline-ms",
   "10000",
   "--fusion-window-ms",
-  "2000",
+  "4000",
 ];
 
 interface EvalJson {
