@@ -1,15 +1,17 @@
 /**
  * The generated C device program against onnxruntime: device-stage time per sample at batch 1
- * for the C (`ddnn-device --bench`, built with the Makefile's -O2), onnxruntime-node and
+ * for the C (`ddnn-device --bench`, built by the generated Makefile for this machine: -O3
+ * -march=native, so AVX-512's 16 lanes where the CPU has them), onnxruntime-node and
  * onnxruntime-web (WebAssembly, the 32-bit ARM path of the Node tiers), one intra-op thread each,
- * on the same preprocessed sample; plus the C's instructions per sample under callgrind and the
- * footprint of the model and layer library for 32-bit ARM (flash: code, weights and constants;
- * RAM: activations and buffers), with and without bit-packing.
+ * on the same preprocessed sample; plus the C's instructions per sample under callgrind (built
+ * -mno-avx512f: valgrind has no AVX-512) and the footprint of the model and layer library for
+ * 32-bit ARM (flash: code, weights and constants; RAM: activations and buffers), with and without
+ * bit-packing.
  *
  * Rounds alternate the order (C, node, wasm, then wasm, node, C) so drift in the machine's load hits
  * all alike; each figure is the median over rounds.
  *
- *   node dist/bench/codegen.js [--bundles fashion-deep,fashion-3tier,fashion-shallow]
+ *   node dist/bench/codegen.js [--bundles fashion-deep,fashion-3tier,fashion-shallow,fashion-views3]
  *                              [--samples 2000] [--rounds 4] [--no-callgrind] [--callgrind-wasm]
  *
  * --callgrind-wasm also counts onnxruntime-web's instructions per sample under callgrind (Node and
@@ -20,7 +22,7 @@
  */
 import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
@@ -38,7 +40,10 @@ const run = promisify(execFile);
 
 const { values } = parseArgs({
   options: {
-    bundles: { type: "string", default: "fashion-deep,fashion-3tier,fashion-shallow" },
+    bundles: {
+      type: "string",
+      default: "fashion-deep,fashion-3tier,fashion-shallow,fashion-views3",
+    },
     samples: { type: "string", default: "2000" },
     rounds: { type: "string", default: "4" },
     "no-callgrind": { type: "boolean", default: false },
@@ -151,6 +156,14 @@ await s.session.release();
   return ((await count(110)) - (await count(10))) / 100;
 }
 
+/** The vector width the row kernels get from the Makefile's build for this machine. */
+async function hostVectors(): Promise<string> {
+  const { stdout } = await run("sh", ["-c", "gcc -march=native -dM -E - </dev/null"]);
+  if (/__AVX512F__/.test(stdout)) return "AVX-512, 16 lanes";
+  if (/__AVX__/.test(stdout)) return "AVX, 8 lanes";
+  return "4 lanes";
+}
+
 const median = (v: number[]) => {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -174,6 +187,16 @@ async function benchBundle(name: string): Promise<Row> {
   await writeGenerated(generateC(bundle), join(dir, "x86"));
   await run("nice", ["make", "-s", "-C", join(dir, "x86")]);
   const program = join(dir, "x86", "ddnn-device");
+  // Valgrind has no AVX-512: callgrind counts the same program built 8 lanes wide (AVX2).
+  await writeGenerated(generateC(bundle), join(dir, "x86-avx2"));
+  await run("nice", [
+    "make",
+    "-s",
+    "-C",
+    join(dir, "x86-avx2"),
+    "ARCH_FLAGS=-march=native -mno-avx512f",
+  ]);
+  const counted = join(dir, "x86-avx2", "ddnn-device");
   const idx = await readIdx(images);
   const per = bundle.manifest.input.shape.reduce((a, b) => a * b, 1);
   const x = preprocess(bundle.manifest.input, idx.data.subarray(0, per), 1);
@@ -205,7 +228,7 @@ async function benchBundle(name: string): Promise<Row> {
     cUs: median(times.c),
     nodeUs: median(times.node),
     wasmUs: median(times.wasm),
-    cInstructions: values["no-callgrind"] ? null : await cInstructions(program),
+    cInstructions: values["no-callgrind"] ? null : await cInstructions(counted),
     wasmInstructions: values["callgrind-wasm"]
       ? await wasmInstructions(join(root, "models", name), bundle.manifest.input.shape)
       : null,
@@ -224,8 +247,14 @@ async function main(): Promise<number> {
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
+  const vectors = await hostVectors();
   console.log(
-    `device stage, batch 1, one thread, median of ${rounds} rounds of ${samples} samples (wasm: ${Math.ceil(samples / 4)}); us per sample, wall clock\n`,
+    `device stage, batch 1, one thread, median of ${rounds} rounds of ${samples} samples (wasm: ${Math.ceil(samples / 4)}); us per sample, wall clock`,
+  );
+  console.log(
+    `C: the generated Makefile's build for this machine (gcc -O3 -march=native: ${vectors}); load average ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}\n`,
   );
   console.log(
     renderTable(
@@ -236,7 +265,7 @@ async function main(): Promise<number> {
         "onnxruntime-web (wasm)",
         "node / C",
         "wasm / C",
-        "C instr/sample",
+        "C instr/sample (AVX2)",
         "wasm instr/sample",
       ],
       rows.map((r) => [
@@ -252,7 +281,7 @@ async function main(): Promise<number> {
     ),
   );
   console.log(
-    "\nfootprint of the model and layer library for 32-bit ARM (arm-linux-gnueabihf-gcc -O2, objects only):" +
+    "\nfootprint of the model and layer library for 32-bit ARM (arm-linux-gnueabihf-gcc -O3, baseline ISA, objects only):" +
       " flash = code + weights and constants; RAM = activations, buffers\n",
   );
   console.log(
@@ -295,6 +324,8 @@ async function main(): Promise<number> {
       bench: "codegen",
       samples,
       rounds,
+      vectors,
+      loadavg: loadavg(),
       rows: rows.map((r) => ({
         ...r,
         cUs: round(r.cUs, 2),

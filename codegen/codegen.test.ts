@@ -57,10 +57,12 @@ describe("ddnn codegen c", () => {
     expect(report.weightBytesUnpacked / report.weightBytes).toBeGreaterThan(20);
     const model = readFileSync(join(out, "dev_model_infer.c"), "utf8");
     expect(model).toContain("static const uint8_t L2_bits[");
-    expect(model).toContain("dnn_conv2d_block8_bits(&L2,");
+    // The binarized convolution runs from its bits, with the max pooling after it in the same pass.
+    expect(model).toContain("dnn_conv2d_rows_bits_maxpool(&L1, &L1_pool,");
     expect(model).not.toMatch(/malloc|calloc/);
     const makefile = readFileSync(join(out, "Makefile"), "utf8");
-    expect(makefile).toContain("CFLAGS = -std=c99 -Wall -Wextra -Werror -O2");
+    expect(makefile).toContain("CFLAGS = -std=c99 -Wall -Wextra -Werror -O3");
+    expect(makefile).toContain("ARCH_FLAGS :=");
   });
 
   it("keeps binarized weights as floats with --no-pack", async () => {

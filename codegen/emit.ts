@@ -3,7 +3,7 @@
  * dev_model_infer.c (weights as const arrays, one static arena, and the layers as straight-line
  * calls into dnn_c_lib). Output depends only on the graph and the options: same bundle, same bytes.
  */
-import type { Layer, LoweredGraph, Value } from "./graph.js";
+import type { ConvLayer, Layer, LoweredGraph, PoolLayer, Value } from "./graph.js";
 import { binaryMagnitudes, signBits } from "./pack.js";
 import { layerInputs, planMemory } from "./plan.js";
 
@@ -44,7 +44,7 @@ export interface EmitReport {
   readonly weightBytes: number;
   readonly weightBytesUnpacked: number;
   readonly arenaBytes: number;
-  /** Static floats the blocked convolutions use besides the arena (padded input, decoded weights). */
+  /** Static bytes the convolutions use besides the arena (padded input, decoded weights or sign groups). */
   readonly scratchBytes: number;
   readonly featuresShape: readonly number[] | undefined;
 }
@@ -125,11 +125,89 @@ function byteArray(name: string, data: Uint8Array, comment: string): string {
 
 const shapeText = (s: readonly number[]) => `[${s.join(", ")}]`;
 
+function poolStruct(name: string, layer: PoolLayer): string {
+  return `static const dnn_pool_t ${name} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .pb = ${layer.pb}, .pr = ${layer.pr}, .count_include_pad = ${layer.countIncludePad ? 1 : 0},\n};\n`;
+}
+
+/** A convolution with the max pooling after it run in the same pass (its output is the pool's). */
+interface PooledConv extends ConvLayer {
+  readonly pool: PoolLayer;
+}
+
+/** How the C target runs a convolution: its binary magnitudes (bit-packed) and its kernel. */
+function convKernel(layer: ConvLayer, options: EmitOptions) {
+  const taps = (layer.c / layer.group) * layer.kh * layer.kw;
+  const opencl = options.target === "opencl";
+  const alpha =
+    options.pack === false
+      ? undefined
+      : binaryMagnitudes(layer.weights, layer.m, (i) => Math.floor(i / taps));
+  // Horizontal stride 1: the row kernels (a vector of output pixels along a row); the float form
+  // wants blocks of 8 output channels, as the 4-pixel block8 kernel (any stride) does.
+  const block8 = !opencl && (layer.m / layer.group) % 8 === 0;
+  const rows = !opencl && layer.sw === 1 && (alpha !== undefined || block8);
+  return { taps, alpha, block8, rows };
+}
+
+/**
+ * Joins each row-kernel convolution with a max pooling that alone reads its output, when the
+ * pooling's windows lie inside that output (no padding, no dilation): the convolution's output
+ * is then never stored (it needs no arena space) and the pooling costs no pass of its own.
+ */
+function fuseConvMaxPool(graph: LoweredGraph, options: EmitOptions): LoweredGraph {
+  if (options.target === "opencl") return graph;
+  const storage = (name: string) => {
+    const v = graph.values.get(name);
+    return v?.kind === "act" ? v.storage : undefined;
+  };
+  const readers = new Map<string, number>();
+  for (const layer of graph.layers)
+    for (const i of layerInputs(layer)) {
+      const s = storage(i);
+      if (s) readers.set(s, (readers.get(s) ?? 0) + 1);
+    }
+  for (const o of graph.outputs) {
+    const s = storage(o);
+    if (s) readers.set(s, (readers.get(s) ?? 0) + 1);
+  }
+  const layers: Layer[] = [];
+  for (let i = 0; i < graph.layers.length; i++) {
+    const layer = graph.layers[i]!;
+    const next = graph.layers[i + 1];
+    if (
+      layer.op === "conv" &&
+      next?.op === "maxpool" &&
+      next.x === layer.y &&
+      readers.get(storage(layer.y) ?? "") === 1 &&
+      convKernel(layer, options).rows &&
+      next.pt === 0 &&
+      next.pl === 0 &&
+      next.pb === 0 &&
+      next.pr === 0 &&
+      next.dh === 1 &&
+      next.dw === 1 &&
+      (next.oh - 1) * next.sh + next.kh <= next.h &&
+      (next.ow - 1) * next.sw + next.kw <= next.w
+    ) {
+      const pooled: PooledConv = {
+        ...layer,
+        nodes: [...layer.nodes, ...next.nodes],
+        y: next.y,
+        pool: next,
+      };
+      layers.push(pooled);
+      i++;
+    } else layers.push(layer);
+  }
+  return { ...graph, layers };
+}
+
 export function emitModel(
-  graph: LoweredGraph,
+  lowered: LoweredGraph,
   stage: StageDescription,
   options: EmitOptions = {},
 ): { header: string; source: string; report: EmitReport } {
+  const graph = fuseConvMaxPool(lowered, options);
   const plan = planMemory(graph);
   const consts: string[] = [];
   const structs: string[] = [];
@@ -142,6 +220,10 @@ export function emitModel(
   let scratchFloats = 0;
   /** Floats of the zero-padded input copy of the largest blocked convolution. */
   let paddedFloats = 0;
+  /** Entries of the row kernel's decoded sign groups (bit-packed convolutions, 2 bytes each). */
+  let pickEntries = 0;
+  /** Floats of the rows a fused max pooling reduces its windows into. */
+  let poolRowFloats = 0;
   const constNames = new Map<string, string>();
 
   const addFloats = (name: string, data: Float32Array, comment: string) => {
@@ -175,12 +257,11 @@ export function emitModel(
   graph.layers.forEach((layer, index) => {
     const id = `L${index}`;
     const nodes = layer.nodes.map((n) => n || "(unnamed)").join(" + ");
-    layerReport.push({ op: layer.op, nodes });
+    const op = "pool" in layer ? "conv+maxpool" : layer.op;
+    layerReport.push({ op, nodes });
     const inShapes = layerInputs(layer).map((i) => shapeText(graph.values.get(i)!.shape));
     const outShape = shapeText(graph.values.get(layer.y)!.shape);
-    calls.push(
-      `    /* ${id} ${commentText(nodes)}: ${layer.op} ${inShapes.join(" ")} -> ${outShape} */`,
-    );
+    calls.push(`    /* ${id} ${commentText(nodes)}: ${op} ${inShapes.join(" ")} -> ${outShape} */`);
     calls.push(`    ${emitLayer(layer, id)}`);
   });
 
@@ -193,37 +274,69 @@ export function emitModel(
           ? addFloats(`${id}_bias`, layer.bias, `${id} bias [${layer.m}]`)
           : "NULL";
         const cg = layer.c / layer.group;
-        const taps = cg * layer.kh * layer.kw;
-        // The padded plane block8 reads: the input with its padding, and the columns the last
-        // 4-pixel tile of a row reaches.
+        const { taps, alpha, block8, rows } = convKernel(layer, options);
+        const shape = `[${layer.m}][${cg}][${layer.kh}][${layer.kw}]`;
+        const opencl = options.target === "opencl";
+        const pool = "pool" in layer ? (layer as PooledConv).pool : undefined;
+        // The padded plane the row and block8 kernels read: the input with its padding, and the
+        // rows and columns the taps reach (block8: up to the end of the last 4-pixel tile).
         const hp = Math.max(
           layer.h + layer.pt,
           (layer.oh - 1) * layer.sh + (layer.kh - 1) * layer.dh + 1,
         );
+        const tileWidth = rows ? layer.ow : Math.ceil(layer.ow / 4) * 4;
         const wp = Math.max(
           layer.w + layer.pl,
-          (Math.ceil(layer.ow / 4) * 4 - 1) * layer.sw + (layer.kw - 1) * layer.dw + 1,
+          (tileWidth - 1) * layer.sw + (layer.kw - 1) * layer.dw + 1,
         );
-        const shape = `[${layer.m}][${cg}][${layer.kh}][${layer.kw}]`;
-        // Blocks of 8 output channels where a group's channels divide into them.
-        const opencl = options.target === "opencl";
-        const block8 = !opencl && (layer.m / layer.group) % 8 === 0;
-        if (block8) paddedFloats = Math.max(paddedFloats, layer.c * hp * wp);
+        const padded = rows || block8;
+        if (padded) paddedFloats = Math.max(paddedFloats, layer.c * hp * wp);
         structs.push(
-          `static const dnn_conv_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .m = ${layer.m}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .hp = ${block8 ? hp : 0}, .wp = ${block8 ? wp : 0}, .group = ${layer.group}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
+          `static const dnn_conv_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .m = ${layer.m}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .hp = ${padded ? hp : 0}, .wp = ${padded ? wp : 0}, .group = ${layer.group}, .relu = ${layer.relu ? 1 : 0},\n};\n`,
         );
+        // A fused max pooling: its description, and the rows its windows reduce into.
+        let poolArgs = "";
+        let suffix = "";
+        if (pool) {
+          structs.push(poolStruct(`${id}_pool`, pool));
+          const channels = alpha ? Math.min(32, layer.m / layer.group) : 8;
+          poolRowFloats = Math.max(poolRowFloats, channels * (layer.ow + 16));
+          poolArgs = `&${id}_pool, `;
+          suffix = "_maxpool";
+        }
+        const rowsArg = pool ? "pool_rows, " : "";
         const where = block8
           ? (i: number) => {
               const m = Math.floor(i / taps);
               return (Math.floor(m / 8) * taps + (i % taps)) * 8 + (m % 8);
             }
           : (i: number) => i;
-        const alpha =
-          options.pack === false
-            ? undefined
-            : binaryMagnitudes(layer.weights, layer.m, (i) => Math.floor(i / taps));
-        const kernel = opencl ? "dnn_cl_conv2d" : block8 ? "dnn_conv2d_block8" : "dnn_conv2d";
+        const kernel = opencl
+          ? "dnn_cl_conv2d"
+          : rows
+            ? "dnn_conv2d_rows"
+            : block8
+              ? "dnn_conv2d_block8"
+              : "dnn_conv2d";
+        const bitsKernel = rows ? `${kernel}_bits${suffix}` : `${kernel}_bits`;
         if (alpha) {
+          if (rows) {
+            const rowBytes = Math.ceil(taps / 8);
+            const bits = signBits(
+              layer.weights,
+              layer.m * rowBytes,
+              (i) => Math.floor(i / taps) * rowBytes * 8 + (i % taps),
+            );
+            emitPacked(
+              id,
+              layer,
+              bits,
+              alpha,
+              `${id} weights ${shape} as sign bits, ${rowBytes} bytes per output channel (bit i = tap i > 0)`,
+            );
+            pickEntries = Math.max(pickEntries, layer.m * Math.ceil(taps / 4));
+            return `${bitsKernel}(&${id}, ${poolArgs}${x()}, ${id}_bits, ${id}_alpha, ${bias}, picks, padded, ${rowsArg}${y});`;
+          }
           const bits = signBits(layer.weights, Math.ceil(layer.weights.length / 8), where);
           emitPacked(
             id,
@@ -247,7 +360,7 @@ export function emitModel(
             ? `${id} weights ${shape} in blocks [m / 8][c][kh][kw][8]`
             : `${id} weights ${shape}`,
         );
-        return `${kernel}(&${id}, ${x()}, ${id}_weights, ${bias}, ${block8 ? "padded, " : ""}${y});`;
+        return `${kernel}${suffix}(&${id}, ${poolArgs}${x()}, ${id}_weights, ${bias}, ${padded ? "padded, " : ""}${rowsArg}${y});`;
       }
       case "gemm": {
         structs.push(
@@ -285,9 +398,7 @@ export function emitModel(
       }
       case "maxpool":
       case "avgpool":
-        structs.push(
-          `static const dnn_pool_t ${id} = {\n    .c = ${layer.c}, .h = ${layer.h}, .w = ${layer.w}, .oh = ${layer.oh}, .ow = ${layer.ow},\n    .kh = ${layer.kh}, .kw = ${layer.kw}, .sh = ${layer.sh}, .sw = ${layer.sw}, .dh = ${layer.dh}, .dw = ${layer.dw},\n    .pt = ${layer.pt}, .pl = ${layer.pl}, .pb = ${layer.pb}, .pr = ${layer.pr}, .count_include_pad = ${layer.countIncludePad ? 1 : 0},\n};\n`,
-        );
+        structs.push(poolStruct(id, layer));
         return `dnn_${layer.op}2d(&${id}, ${x()}, ${y});`;
       case "globalavgpool":
         return `dnn_global_avgpool(${layer.c}, ${layer.plane}, ${x()}, ${y});`;
@@ -341,8 +452,10 @@ export function emitModel(
     const after = bits.length + 4 * alpha.length;
     weightBytes += after;
     weightBytesUnpacked += 4 * layer.weights.length;
+    // The layer's own nodes (a fused max pooling is not part of what was packed).
+    const own = "pool" in layer ? (layer as PooledConv).pool.nodes.length : 0;
     packed.push({
-      layer: layer.nodes.join(" + "),
+      layer: layer.nodes.slice(0, layer.nodes.length - own).join(" + "),
       op: layer.op as "conv" | "gemm",
       weights: layer.weights.length,
       bytesBefore: 4 * layer.weights.length,
@@ -453,7 +566,7 @@ ${consts.join("\n")}
 ${structs.join("\n")}
 /* Every activation lives here; offsets were planned at generation time. */
 static float arena[${Math.max(1, plan.arenaFloats)}];
-${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}${paddedFloats ? `\n/* A convolution's input with its padding as zeros (the blocked kernels read it unchecked). */\nstatic float padded[${paddedFloats}];\n` : ""}
+${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}${paddedFloats ? `\n/* A convolution's input with its padding as zeros (the blocked and row kernels read it unchecked; a row's last vector reads up to DNN_MAX_LANES floats past it). */\nstatic float padded[${paddedFloats} + DNN_MAX_LANES];\n` : ""}${pickEntries ? `\n/* Per output channel and group of 4 taps of a bit-packed convolution: the signed sum its bits pick. */\nstatic uint16_t picks[${pickEntries}];\n` : ""}${poolRowFloats ? `\n/* A convolution's output rows, reduced down the windows of the max pooling fused after it. */\nstatic float pool_rows[${poolRowFloats}];\n` : ""}
 void dev_model_infer(const float *input, float *features, float *logits)
 {
 ${calls.join("\n")}
@@ -469,7 +582,9 @@ ${outputCopies.join("\n")}
       weightBytes,
       weightBytesUnpacked,
       arenaBytes: 4 * plan.arenaFloats,
-      scratchBytes: 4 * (scratchFloats + paddedFloats),
+      scratchBytes:
+        4 * (scratchFloats + (paddedFloats ? paddedFloats + 16 : 0) + poolRowFloats) +
+        2 * pickEntries,
       featuresShape,
     },
   };

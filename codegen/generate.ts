@@ -172,10 +172,15 @@ function makefile(stage: StageDescription, target: "c" | "opencl"): string {
 #   make ZLIB=0             without zlib (plain idx files only)
 #   make MQTT=1             with the MQTT side (ddnn-device --broker): libmosquitto, cJSON, zlib
 #   make CC=arm-linux-gnueabihf-gcc LDFLAGS=-static ZLIB=0    a static 32-bit ARM program
+#   make ARCH_FLAGS=-mcpu=cortex-a15   for a named CPU (cross builds: the board's)
 # The model and the layer library need libc and libm only.
 
 CC = gcc
-CFLAGS = -std=c99 -Wall -Wextra -Werror -O2
+CFLAGS = -std=c99 -Wall -Wextra -Werror -O3
+# The instruction set: -march=native (this machine's vector units) when CC builds for the machine
+# make runs on, else the compiler's baseline. -std=c99 keeps multiply-adds unfused, so every
+# build computes the same floats.
+ARCH_FLAGS := $(if $(findstring $(shell uname -m),$(shell $(CC) -dumpmachine)),-march=native,)
 LDFLAGS =
 ZLIB = 1
 
@@ -204,7 +209,7 @@ ddnn-device: $(OBJS)
 \t$(CC) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
 
 %.o: %.c $(HEADERS)
-\t$(CC) $(CFLAGS) $(DEFS) -c $< -o $@
+\t$(CC) $(CFLAGS) $(ARCH_FLAGS) $(DEFS) -c $< -o $@
 
 # The model alone, for linking into another program.
 model: $(MODEL_OBJS)

@@ -1,4 +1,4 @@
-/** Bit-packed binarized layers: 1 bit per weight plus one float per channel, same results as floats. */
+/** Bit-packed binarized layers: 1 bit per weight plus one float per channel, the floats' results. */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -22,7 +22,7 @@ describe("bit-packing", () => {
     expect(Array.from(signBits(w, 2, (i) => i))).toEqual([0b00101101, 0b00111011]);
   });
 
-  it("fashion-shallow gives the same bytes of features and logits packed and unpacked", async () => {
+  it("fashion-shallow gives the same labels and exits packed and unpacked, outputs within 1e-5", async () => {
     const work = tempDir("ddnn-codegen-pack-");
     const bundle = join(root, "models/fashion-shallow");
     const images = join(root, "models/eval/fashion-mnist-t10k-2000-images-idx3-ubyte.gz");
@@ -33,8 +33,19 @@ describe("bit-packing", () => {
     expect(floats.generated.report.packed).toHaveLength(0);
     const a = await runDevice(packed.program, images, labels, packed.dir, ["--limit", "300"]);
     const b = await runDevice(floats.program, images, labels, floats.dir, ["--limit", "300"]);
-    expect(Buffer.from(a.outputs.buffer).equals(Buffer.from(b.outputs.buffer))).toBe(true);
-    expect(a.predictions).toEqual(b.predictions);
+    // The bits run as alpha * (sum of +-x), the floats as sum of (+-alpha) * x: the last bits differ.
+    expect(a.outputs.length).toBe(b.outputs.length);
+    let worst = 0;
+    for (let i = 0; i < a.outputs.length; i++) {
+      const d = Math.abs(a.outputs[i]! - b.outputs[i]!) / Math.max(1, Math.abs(b.outputs[i]!));
+      worst = Math.max(worst, d);
+    }
+    expect(worst).toBeLessThan(1e-5);
+    expect(a.predictions.map((p) => [p.index, p.exited, p.label])).toEqual(
+      b.predictions.map((p) => [p.index, p.exited, p.label]),
+    );
+    for (let i = 0; i < a.predictions.length; i++)
+      expect(Math.abs(a.predictions[i]!.entropy! - b.predictions[i]!.entropy!)).toBeLessThan(1e-5);
     // The model's constant data shrinks from about 99 KiB to under 5 KiB.
     const size = (dir: string) => readFileSync(join(dir, "dev_model_infer.c"), "utf8").length;
     expect(size(packed.dir)).toBeLessThan(size(floats.dir) / 5);

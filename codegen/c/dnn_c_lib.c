@@ -98,16 +98,14 @@ void dnn_conv2d_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits, c
 static void pad_input(const dnn_conv_t *p, const float *x, float *padded)
 {
     const size_t plane = (size_t)p->hp * p->wp;
-    int c, iy, ix;
+    int c, iy;
     for (c = 0; c < p->c; c++) {
         float *out = padded + (size_t)c * plane;
         const float *in = x + (size_t)c * p->h * p->w;
-        size_t i;
-        for (i = 0; i < plane; i++)
-            out[i] = 0.0f;
+        memset(out, 0, sizeof(float) * plane);
         for (iy = 0; iy < p->h; iy++)
-            for (ix = 0; ix < p->w; ix++)
-                out[(size_t)(iy + p->pt) * p->wp + ix + p->pl] = in[(size_t)iy * p->w + ix];
+            memcpy(out + (size_t)(iy + p->pt) * p->wp + p->pl, in + (size_t)iy * p->w,
+                   sizeof(float) * (size_t)p->w);
     }
 }
 
@@ -282,7 +280,506 @@ void dnn_conv2d_block8_bits(const dnn_conv_t *p, const float *x, const uint8_t *
     conv_block8(p, x, NULL, bits, alpha, bias, scratch, padded, y);
 }
 
-/* sum_k x[k * stride] * w[k] in 8 interleaved partial sums (contiguous x) or in order. */
+/*
+ * The row kernels: one output value per vector lane, the lanes along an output row. A lane's
+ * arithmetic is the same whatever the vector's width (16 lanes with AVX-512, 8 with AVX, 4 with
+ * SSE, NEON, or plain C under DNN_PORTABLE), so every build computes the same floats.
+ */
+#if defined(__GNUC__) && !defined(DNN_PORTABLE)
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+
+static inline vf vload(const float *v)
+{
+    vf r;
+    memcpy(&r, v, sizeof r);
+    return r;
+}
+
+static inline void vstore(float *v, vf a)
+{
+    memcpy(v, &a, sizeof a);
+}
+
+static inline vf vsplat(float s)
+{
+#if LANES == 16
+    const vf r = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#elif LANES == 8
+    const vf r = {s, s, s, s, s, s, s, s};
+#else
+    const vf r = {s, s, s, s};
+#endif
+    return r;
+}
+static inline vf vadd(vf a, vf b)
+{
+    return a + b;
+}
+
+static inline vf vsub(vf a, vf b)
+{
+    return a - b;
+}
+
+static inline vf vmul(vf a, vf b)
+{
+    return a * b;
+}
+
+static inline vf vneg(vf a)
+{
+    return -a;
+}
+
+static inline float vlane(vf a, int i)
+{
+    return a[i];
+}
+
+/* b > a ? b : a, lane by lane (max2's rule). */
+static inline vf vmax(vf a, vf b)
+{
+    const vi m = b > a;
+    return (vf)(((vi)b & m) | ((vi)a & ~m));
+}
+
+/* a < 0 ? 0 : a, lane by lane (the scalar ReLU's rule, -0 and NaN kept). */
+static inline vf vrelu(vf a)
+{
+    const vf zero = {0};
+    return (vf)((vi)a & ~(a < zero));
+}
+#else
+#define LANES 4
+typedef struct {
+    float f[LANES];
+} vf;
+
+static vf vload(const float *v)
+{
+    vf r;
+    memcpy(r.f, v, sizeof r.f);
+    return r;
+}
+
+static void vstore(float *v, vf a)
+{
+    memcpy(v, a.f, sizeof a.f);
+}
+
+static vf vsplat(float s)
+{
+    vf r;
+    int i;
+    for (i = 0; i < LANES; i++)
+        r.f[i] = s;
+    return r;
+}
+
+static vf vadd(vf a, vf b)
+{
+    int i;
+    for (i = 0; i < LANES; i++)
+        a.f[i] += b.f[i];
+    return a;
+}
+
+static vf vsub(vf a, vf b)
+{
+    int i;
+    for (i = 0; i < LANES; i++)
+        a.f[i] -= b.f[i];
+    return a;
+}
+
+static vf vmul(vf a, vf b)
+{
+    int i;
+    for (i = 0; i < LANES; i++)
+        a.f[i] *= b.f[i];
+    return a;
+}
+
+static vf vneg(vf a)
+{
+    int i;
+    for (i = 0; i < LANES; i++)
+        a.f[i] = -a.f[i];
+    return a;
+}
+
+static float vlane(vf a, int i)
+{
+    return a.f[i];
+}
+
+static vf vmax(vf a, vf b)
+{
+    int i;
+    for (i = 0; i < LANES; i++)
+        a.f[i] = b.f[i] > a.f[i] ? b.f[i] : a.f[i];
+    return a;
+}
+
+static vf vrelu(vf a)
+{
+    int i;
+    for (i = 0; i < LANES; i++)
+        a.f[i] = a.f[i] < 0.0f ? 0.0f : a.f[i];
+    return a;
+}
+#endif
+
+#if LANES > DNN_MAX_LANES
+#error "dnn_c_lib: the padded buffers leave DNN_MAX_LANES floats for the last row's vector"
+#endif
+
+static inline vf vzero(void)
+{
+    return vsplat(0.0f);
+}
+
+/*
+ * The first vector of an output row starts at 0, the next LANES further on, and the last one ends
+ * at the row's end (overlapping the one before: those pixels are computed twice, alike), so every
+ * store is a whole vector; a row narrower than a vector stores its n pixels one by one.
+ */
+static int next_tile(int ox0, int ow)
+{
+    if (ox0 + LANES >= ow)
+        return ow;
+    return ox0 + 2 * LANES <= ow ? ox0 + LANES : ow - LANES;
+}
+
+/*
+ * Output pixels [ox0, ox0 + n) of `count` channels, planes `plane` apart; `at` is the pixels'
+ * offset in their plane. Where a whole vector still ends inside the plane it is stored whole:
+ * the lanes past the row land on pixels the kernel writes later.
+ */
+static void store_lanes(const vf *v, int count, float *out, size_t plane, size_t at, int n)
+{
+    const int whole = n == LANES || at + LANES <= plane;
+    int j, i;
+    for (j = 0; j < count; j++, out += plane) {
+        if (whole) {
+            vstore(out, v[j]);
+        } else {
+            for (i = 0; i < n; i++)
+                out[i] = vlane(v[j], i);
+        }
+    }
+}
+
+/* acc[j] = acc[j] + bias[j] (bias may be NULL), then ReLU when asked. */
+static void finish_lanes(vf *acc, int count, const float *bias, int relu)
+{
+    int j;
+    for (j = 0; j < count; j++) {
+        if (bias)
+            acc[j] = vadd(acc[j], vsplat(bias[j]));
+        if (relu)
+            acc[j] = vrelu(acc[j]);
+    }
+}
+
+#define LOOKUP_GROUPS 8     /* groups of 4 taps whose signed sums are held at once */
+#define LOOKUP_CHANNELS 32  /* output channels accumulated at once */
+
+static void window_max(const dnn_pool_t *p, const float *column, float *o);
+
+/*
+ * Where a row kernel's output goes: straight into y, or (a max pooling fused after it, the
+ * pooled layout in y) each pooling window's rows reduced as they are computed, in the pooling's
+ * order (down the window's rows, then across), into `rows` (count x (ow + DNN_MAX_LANES)
+ * floats) and from there across the windows' columns into y.
+ */
+typedef struct {
+    const dnn_conv_t *p;
+    const dnn_pool_t *pool;
+    float *rows;
+} row_sink;
+
+typedef void (*row_tile_fn)(const void *kernel, int oy, int ox0, vf *acc);
+
+/* Runs `tile` over the output rows and their vectors for `count` channels from `first`. */
+static void run_rows(const row_sink *s, const void *kernel, row_tile_fn tile, int first,
+                     int count, float *y)
+{
+    const dnn_conv_t *p = s->p;
+    int oy, ox0, r, j;
+    vf acc[LOOKUP_CHANNELS], best[LOOKUP_CHANNELS];
+    if (!s->pool) {
+        const size_t plane = (size_t)p->oh * p->ow;
+        for (oy = 0; oy < p->oh; oy++) {
+            for (ox0 = 0; ox0 < p->ow; ox0 = next_tile(ox0, p->ow)) {
+                const size_t at = (size_t)oy * p->ow + ox0;
+                tile(kernel, oy, ox0, acc);
+                store_lanes(acc, count, y + (size_t)first * plane + at, plane, at,
+                            p->ow - ox0 < LANES ? p->ow - ox0 : LANES);
+            }
+        }
+    } else {
+        const dnn_pool_t *q = s->pool;
+        const size_t stride = (size_t)p->ow + DNN_MAX_LANES;
+        const size_t plane = (size_t)q->oh * q->ow;
+        int py;
+        for (py = 0; py < q->oh; py++) {
+            for (ox0 = 0; ox0 < p->ow; ox0 = next_tile(ox0, p->ow)) {
+                tile(kernel, py * q->sh, ox0, best);
+                for (r = 1; r < q->kh; r++) {
+                    tile(kernel, py * q->sh + r, ox0, acc);
+                    for (j = 0; j < count; j++)
+                        best[j] = vmax(best[j], acc[j]);
+                }
+                for (j = 0; j < count; j++)
+                    vstore(s->rows + (size_t)j * stride + ox0, best[j]);
+            }
+            for (j = 0; j < count; j++)
+                window_max(q, s->rows + (size_t)j * stride,
+                           y + (size_t)(first + j) * plane + (size_t)py * q->ow);
+        }
+    }
+}
+
+typedef struct {
+    const dnn_conv_t *p;
+    const float *xg; /* the padded input of the block's group */
+    const float *w;  /* the block's weights, [taps][8] */
+    const float *bias;
+} float_rows;
+
+/* The 8 output channels of one block at output pixels (oy, ox0 ..), + bias, ReLU. */
+static void float_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
+{
+    const float_rows *k = (const float_rows *)kernel;
+    const dnn_conv_t *p = k->p;
+    const size_t in_plane = (size_t)p->hp * p->wp;
+    const int cg = p->c / p->group;
+    const float *wv = k->w;
+    int c, ky, kx, j;
+    vf a[8];
+    for (j = 0; j < 8; j++)
+        a[j] = vzero();
+    for (c = 0; c < cg; c++) {
+        for (ky = 0; ky < p->kh; ky++) {
+            const float *row =
+                k->xg + (size_t)c * in_plane + (size_t)(oy * p->sh + ky * p->dh) * p->wp + ox0;
+            for (kx = 0; kx < p->kw; kx++, wv += 8) {
+                const vf xv = vload(row + kx * p->dw);
+                for (j = 0; j < 8; j++)
+                    a[j] = vadd(a[j], vmul(xv, vsplat(wv[j])));
+            }
+        }
+    }
+    for (j = 0; j < 8; j++)
+        acc[j] = a[j];
+    finish_lanes(acc, 8, k->bias, p->relu);
+}
+
+static void conv_rows(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
+                      const float *w, const float *bias, float *padded, float *rows, float *y)
+{
+    const int cg = p->c / p->group;
+    const int mg = p->m / p->group;
+    const size_t taps = (size_t)cg * p->kh * p->kw;
+    const row_sink sink = {p, pool, rows};
+    int mb;
+    pad_input(p, x, padded);
+    for (mb = 0; mb < p->m / 8; mb++) {
+        float_rows k;
+        k.p = p;
+        k.xg = padded + (size_t)(mb * 8 / mg) * cg * p->hp * p->wp;
+        k.w = w + (size_t)mb * taps * 8;
+        k.bias = bias ? bias + mb * 8 : NULL;
+        run_rows(&sink, &k, float_rows_tile, mb * 8, 8, y);
+    }
+}
+
+void dnn_conv2d_rows(const dnn_conv_t *p, const float *x, const float *w, const float *bias,
+                     float *padded, float *y)
+{
+    conv_rows(p, NULL, x, w, bias, padded, NULL, y);
+}
+
+void dnn_conv2d_rows_maxpool(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
+                             const float *w, const float *bias, float *padded, float *rows,
+                             float *y)
+{
+    conv_rows(p, pool, x, w, bias, padded, rows, y);
+}
+
+/*
+ * The 16 signed sums of 4 taps' inputs: t[i] = (s0 x0 + s1 x1) + (s2 x2 + s3 x3) with s_k = +1
+ * where bit k of i is set, else -1. Each pair is one rounded addition (negation is exact).
+ */
+static void signed_sums(const vf x[4], vf t[16])
+{
+    const vf p01 = vadd(x[0], x[1]), d01 = vsub(x[0], x[1]);
+    const vf p23 = vadd(x[2], x[3]), d23 = vsub(x[2], x[3]);
+    const vf lo[4] = {vneg(p01), d01, vneg(d01), p01};
+    const vf hi[4] = {vneg(p23), d23, vneg(d23), p23};
+    int a, b;
+    for (b = 0; b < 4; b++)
+        for (a = 0; a < 4; a++)
+            t[b * 4 + a] = vadd(lo[a], hi[b]);
+}
+
+typedef struct {
+    const dnn_conv_t *p;
+    const float *xg;       /* the padded input of the channels' group */
+    const uint16_t *picks; /* the first channel's picks */
+    const float *alpha, *bias;
+    int count, taps, groups;
+} bit_rows;
+
+/* `count` output channels at output pixels (oy, ox0 ..): alpha * (sum of +-x) + bias, ReLU. */
+static void bit_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
+{
+    const bit_rows *k = (const bit_rows *)kernel;
+    const dnn_conv_t *p = k->p;
+    const size_t in_plane = (size_t)p->hp * p->wp;
+    const float *base = k->xg + (size_t)oy * p->sh * p->wp + ox0;
+    vf table[LOOKUP_GROUPS][16];
+    const char *sums = (const char *)table;
+    int c = 0, ky = 0, kx = 0, t = 0, q0, q, i, j;
+    for (j = 0; j < k->count; j++)
+        acc[j] = vzero();
+    for (q0 = 0; q0 < k->groups; q0 += LOOKUP_GROUPS) {
+        const int nq = k->groups - q0 < LOOKUP_GROUPS ? k->groups - q0 : LOOKUP_GROUPS;
+        /* The signed sums of the next nq groups of taps (missing taps read 0). */
+        for (q = 0; q < nq; q++) {
+            vf xs[4];
+            for (i = 0; i < 4; i++, t++) {
+                if (t >= k->taps) {
+                    xs[i] = vzero();
+                    continue;
+                }
+                xs[i] = vload(base + (size_t)c * in_plane + (size_t)ky * p->dh * p->wp +
+                              (size_t)kx * p->dw);
+                if (++kx == p->kw) {
+                    kx = 0;
+                    if (++ky == p->kh) {
+                        ky = 0;
+                        c++;
+                    }
+                }
+            }
+            signed_sums(xs, table[q]);
+        }
+        /* Each channel adds the sum its 4 sign bits pick, group by group. */
+        for (j = 0; j < k->count; j++) {
+            const uint16_t *pick = k->picks + (size_t)j * k->groups + q0;
+            vf a = acc[j];
+            if (nq == LOOKUP_GROUPS) {
+                for (q = 0; q < LOOKUP_GROUPS; q++)
+                    a = vadd(a, *(const vf *)(sums + pick[q]));
+            } else {
+                for (q = 0; q < nq; q++)
+                    a = vadd(a, *(const vf *)(sums + pick[q]));
+            }
+            acc[j] = a;
+        }
+    }
+    for (j = 0; j < k->count; j++)
+        acc[j] = vmul(acc[j], vsplat(k->alpha[j]));
+    finish_lanes(acc, k->count, k->bias, p->relu);
+}
+
+static void conv_rows_bits(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
+                           const uint8_t *bits, const float *alpha, const float *bias,
+                           uint16_t *picks, float *padded, float *rows, float *y)
+{
+    const int cg = p->c / p->group;
+    const int mg = p->m / p->group;
+    const int taps = cg * p->kh * p->kw;
+    const int groups = (taps + 3) / 4;
+    const size_t row_bytes = ((size_t)taps + 7) / 8;
+    const row_sink sink = {p, pool, rows};
+    int g, m0, j, q;
+    /* Where in the table of sums each channel's group of 4 sign bits points, once a call. */
+    for (j = 0; j < p->m; j++) {
+        for (q = 0; q < groups; q++) {
+            const unsigned b = bits[(size_t)j * row_bytes + q / 2] >> (q & 1) * 4 & 15u;
+            picks[(size_t)j * groups + q] = (uint16_t)(((q % LOOKUP_GROUPS) * 16 + b) * sizeof(vf));
+        }
+    }
+    pad_input(p, x, padded);
+    for (g = 0; g < p->group; g++) {
+        for (m0 = 0; m0 < mg; m0 += LOOKUP_CHANNELS) {
+            const int first = g * mg + m0;
+            bit_rows k;
+            k.p = p;
+            k.xg = padded + (size_t)g * cg * p->hp * p->wp;
+            k.picks = picks + (size_t)first * groups;
+            k.alpha = alpha + first;
+            k.bias = bias ? bias + first : NULL;
+            k.count = mg - m0 < LOOKUP_CHANNELS ? mg - m0 : LOOKUP_CHANNELS;
+            k.taps = taps;
+            k.groups = groups;
+            run_rows(&sink, &k, bit_rows_tile, first, k.count, y);
+        }
+    }
+}
+
+void dnn_conv2d_rows_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits,
+                          const float *alpha, const float *bias, uint16_t *picks, float *padded,
+                          float *y)
+{
+    conv_rows_bits(p, NULL, x, bits, alpha, bias, picks, padded, NULL, y);
+}
+
+void dnn_conv2d_rows_bits_maxpool(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
+                                  const uint8_t *bits, const float *alpha, const float *bias,
+                                  uint16_t *picks, float *padded, float *rows, float *y)
+{
+    conv_rows_bits(p, pool, x, bits, alpha, bias, picks, padded, rows, y);
+}
+
+/*
+ * sum_k x[k * stride] * w[k] in 8 interleaved partial sums (contiguous x) or in order; the
+ * weight of a bit-packed row is +a where its bit is set, else -a.
+ */
+#if defined(__GNUC__) && !defined(DNN_PORTABLE)
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+
+static float dot(const float *x, int stride, const float *w, const uint8_t *bits, float a, int k)
+{
+    const v8u lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const v8f av = {a, a, a, a, a, a, a, a};
+    v8f acc = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    float sum;
+    int i = 0;
+    if (stride == 1) {
+        for (; i + 8 <= k; i += 8) {
+            v8f xv, wv;
+            memcpy(&xv, x + i, sizeof xv);
+            if (w) {
+                memcpy(&wv, w + i, sizeof wv);
+            } else {
+                /* Bit j clear: flip the sign of lane j. */
+                const v8u b = (v8u){0, 0, 0, 0, 0, 0, 0, 0} + (uint32_t)bits[i >> 3];
+                wv = (v8f)((v8u)av ^ ((~b >> lane & 1u) << 31));
+            }
+            acc += xv * wv;
+        }
+    }
+    sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < k; i++) {
+        const float wv = w ? w[i] : ((bits[i >> 3] >> (i & 7)) & 1u ? a : -a);
+        sum += x[(size_t)i * stride] * wv;
+    }
+    return sum;
+}
+#else
 static float dot(const float *x, int stride, const float *w, const uint8_t *bits, float a, int k)
 {
     float acc[8], sum;
@@ -311,6 +808,7 @@ static float dot(const float *x, int stride, const float *w, const uint8_t *bits
     }
     return sum;
 }
+#endif
 
 static void gemm(const dnn_gemm_t *p, const float *x, const float *w, const uint8_t *bits,
                  const float *alpha_j, const float *bias, float *y)
@@ -349,6 +847,29 @@ static float max2(float a, float b)
     return b > a ? b : a;
 }
 
+/* o[ox] = the maximum of column[ox * sw .. ox * sw + kw), the usual 2 x 2 and 4 x 4 unrolled. */
+static void window_max(const dnn_pool_t *p, const float *column, float *o)
+{
+    int ox, j;
+    if (p->kw == 2 && p->sw == 2) {
+        for (ox = 0; ox < p->ow; ox++)
+            o[ox] = max2(column[2 * ox], column[2 * ox + 1]);
+    } else if (p->kw == 4 && p->sw == 4) {
+        for (ox = 0; ox < p->ow; ox++) {
+            const float *c = column + 4 * ox;
+            o[ox] = max2(max2(max2(c[0], c[1]), c[2]), c[3]);
+        }
+    } else {
+        for (ox = 0; ox < p->ow; ox++) {
+            const float *window = column + ox * p->sw;
+            float best = window[0];
+            for (j = 1; j < p->kw; j++)
+                best = max2(best, window[j]);
+            o[ox] = best;
+        }
+    }
+}
+
 /*
  * Max pooling whose windows all lie inside the input (no padding, no dilation): per output row,
  * the maximum down each input column of the window's rows, then across each window's columns.
@@ -356,26 +877,47 @@ static float max2(float a, float b)
 static void maxpool_inside(const dnn_pool_t *p, const float *x, float *y)
 {
     float column[MAXPOOL_ROW];
-    int c, oy, ox, i, j, ix;
+    int c, oy, i, ix;
     for (c = 0; c < p->c; c++) {
         const float *in = x + (size_t)c * p->h * p->w;
         float *out = y + (size_t)c * p->oh * p->ow;
         for (oy = 0; oy < p->oh; oy++) {
             const float *top = in + (size_t)oy * p->sh * p->w;
-            for (ix = 0; ix < p->w; ix++)
-                column[ix] = top[ix];
-            for (i = 1; i < p->kh; i++) {
-                const float *row = top + (size_t)i * p->w;
-                for (ix = 0; ix < p->w; ix++)
-                    column[ix] = max2(column[ix], row[ix]);
+            if (p->kh == 2 && p->kw == 2 && p->sw == 2) {
+                /* The usual 2 x 2: straight from the two rows, in the order below. */
+                const float *r0 = top, *r1 = top + p->w;
+                float *o = out + (size_t)oy * p->ow;
+                int ox;
+                for (ox = 0; ox < p->ow; ox++)
+                    o[ox] = max2(max2(r0[2 * ox], r1[2 * ox]), max2(r0[2 * ox + 1], r1[2 * ox + 1]));
+                continue;
             }
-            for (ox = 0; ox < p->ow; ox++) {
-                const float *window = column + ox * p->sw;
-                float best = window[0];
-                for (j = 1; j < p->kw; j++)
-                    best = max2(best, window[j]);
-                out[(size_t)oy * p->ow + ox] = best;
+            if (p->kh == 4 && p->kw == 4 && p->sw == 4) {
+                float *o = out + (size_t)oy * p->ow;
+                int ox, j;
+                for (ox = 0; ox < p->ow; ox++) {
+                    const float *t = top + 4 * ox;
+                    float v[4];
+                    for (j = 0; j < 4; j++)
+                        v[j] = max2(max2(max2(t[j], t[p->w + j]), t[2 * p->w + j]), t[3 * p->w + j]);
+                    o[ox] = max2(max2(max2(v[0], v[1]), v[2]), v[3]);
+                }
+                continue;
             }
+            /* Down the window's rows (whole vectors, the rest one by one), then across. */
+            for (ix = 0; ix + LANES <= p->w; ix += LANES) {
+                vf v = vload(top + ix);
+                for (i = 1; i < p->kh; i++)
+                    v = vmax(v, vload(top + (size_t)i * p->w + ix));
+                vstore(column + ix, v);
+            }
+            for (; ix < p->w; ix++) {
+                float v = top[ix];
+                for (i = 1; i < p->kh; i++)
+                    v = max2(v, top[(size_t)i * p->w + ix]);
+                column[ix] = v;
+            }
+            window_max(p, column, out + (size_t)oy * p->ow);
         }
     }
 }
