@@ -11,6 +11,7 @@ import { readBrokerCa, resolveModel } from "../core/runtime/tier.js";
 import { requestTopic, viewsTopic } from "../core/topics.js";
 import { viewsOf } from "../core/views.js";
 import { gatewayConfig } from "../gateway/gateway.js";
+import { advise } from "../profile/advise.js";
 import { PROFILE_FORMAT, type ProfileReport } from "../profile/schema.js";
 import { sweepExits } from "../profile/sweep.js";
 import {
@@ -155,7 +156,6 @@ export async function profileViews(
     cfg.attach ? "--attach" : "",
     cfg.kubeconfig !== undefined ? "--kubeconfig" : "",
     cfg.link !== undefined ? "--link" : "",
-    cfg.sloMs !== undefined ? "--slo-ms" : "",
   ].filter(Boolean);
   if (refused.length)
     throw new ConfigError(
@@ -175,12 +175,34 @@ export async function profileViews(
           method: VIEWS_SWEEP_METHOD,
         })
       : null;
+  // Thresholds only: the stages stay where they are (no placement of a view's stage is predicted).
+  const advice =
+    traces.traces.length > 0 && names.length > 1
+      ? advise(
+          traces,
+          w.manifest,
+          thresholds,
+          {
+            sloMs: cfg.sloMs ?? null,
+            bytesPerSecond: cfg.bytesPerSecond ?? null,
+            fps: cfg.fps,
+            steps: cfg.sweepSteps,
+            deviceSlowdown: cfg.deviceSlowdown,
+          },
+          {
+            path: viewsPath(traces, run.views.bytes.forwardedFrame),
+            placements: false,
+            bytesUnit: `B/s of every view and forwarded request (${run.views.count} devices)`,
+            source: "captures of the run and its probe pass",
+          },
+        )
+      : null;
   const notes: string[] = [
     `multi-view bundle: ${run.views.count} devices, one view each (--devices does not apply); a capture's answer is view 0's device's (every device got the same for ${run.views.sameAnswerOnEveryDevice} of ${run.views.captures}); Local is the gateway's local aggregate exit; each device alone is measured in process (views section)`,
     "bytes, as a subscriber on the views topic and the next stage's topic saw them: /offload is one device's view frame to the gateway; /sample is every view frame and every request the gateway forwarded, per capture",
     "T_Server holds the gateway's fusion compute; T_Comm holds the fusion window's wait for the capture's other views",
     "no Server Only rows: no server tier runs every view's device stage",
-    "no advice or capacity for a multi-view bundle yet",
+    `advice: the thresholds only, the stages where they are; --bytes-per-second bounds every view frame and forwarded request per second, all ${run.views.count} devices together; ${cfg.sloMs === undefined ? "no --slo-ms: no latency bound" : "no capacity ramp for a multi-view bundle yet (--slo-ms bounds the advice only)"}`,
   ];
   if (probe)
     notes.push(
@@ -227,7 +249,7 @@ export async function profileViews(
     ],
     sweep,
     capacity: null,
-    advice: null,
+    advice,
     link: null,
     views: run.views,
     notes,

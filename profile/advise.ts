@@ -106,29 +106,44 @@ function yaml(exits: Record<string, number>, placement: Record<string, string> |
   return `${lines.join("\n")}\n`;
 }
 
+/** How the advice reads the traces: the horizontal DDNN's paths, bytes and words. */
+export interface AdviceModel {
+  /** The paths on the current placement (default: as measured, measuredPath). */
+  readonly path?: PathModel;
+  /** Also predict other placements of the stages (default true). */
+  readonly placements?: boolean;
+  /** What `bytesPerSample x fps` is, e.g. "B/s per device". */
+  readonly bytesUnit?: string;
+  /** Where the traces came from, e.g. "samples of the probe run". */
+  readonly source?: string;
+}
+
 export function advise(
   t: Traces,
   manifest: Manifest,
   current: readonly (number | undefined)[],
   goal: AdviceGoal,
+  model: AdviceModel = {},
 ): Advice {
   const names = manifest.stages.map((s) => s.name);
   const k = names.length;
-  const now = predict(t, current);
+  const path = model.path ?? measuredPath(t);
+  const unit = model.bytesUnit ?? "B/s per device";
+  const now = predict(t, current, path);
   const constraints = [
     goal.sloMs !== null ? `p95 T_Total within ${goal.sloMs} ms` : "no latency bound (no --slo-ms)",
     goal.bytesPerSecond !== null
-      ? `uplink within ${goal.bytesPerSecond} B/s per device at ${goal.fps} frames/s`
+      ? `uplink within ${goal.bytesPerSecond} ${unit} at ${goal.fps} frames/s`
       : "no byte budget (no --bytes-per-second)",
   ].join(", ");
-  const here = best(t, k, goal, measuredPath(t));
+  const here = best(t, k, goal, path);
   const summary: string[] = [
     `Now (thresholds ${names
       .slice(0, -1)
       .map((n, i) => `${n} ${current[i]}`)
       .join(
         ", ",
-      )}): Overall ${pct(now.overallAccuracy)}, p95 T_Total ${ms(now.p95TotalMs)}, ${(now.bytesPerSample * goal.fps).toFixed(0)} B/s per device; constraints: ${constraints}; predicted from ${t.traces.length} samples of the probe run.`,
+      )}): Overall ${pct(now.overallAccuracy)}, p95 T_Total ${ms(now.p95TotalMs)}, ${(now.bytesPerSample * goal.fps).toFixed(0)} ${unit}; constraints: ${constraints}; predicted from ${t.traces.length} ${model.source ?? "samples of the probe run"}.`,
   ];
   summary.push(
     here
@@ -137,15 +152,15 @@ export function advise(
           .map((n, i) => `${n} ${here.thresholds[i]}`)
           .join(
             ", ",
-          )}: Overall ${pct(here.p.overallAccuracy)}, p95 T_Total ${ms(here.p.p95TotalMs)}, ${(here.p.bytesPerSample * goal.fps).toFixed(0)} B/s per device.`
+          )}: Overall ${pct(here.p.overallAccuracy)}, p95 T_Total ${ms(here.p.p95TotalMs)}, ${(here.p.bytesPerSample * goal.fps).toFixed(0)} ${unit}.`
       : "On the current placement no threshold setting meets the constraints.",
   );
-  const alternatives = placements(t, names, goal.deviceSlowdown)
+  const alternatives = (model.placements === false ? [] : placements(t, names, goal.deviceSlowdown))
     .map((a) => ({ ...a, c: best(t, k, goal, a.path) }))
     .filter((a) => a.c !== null);
   for (const a of alternatives)
     summary.push(
-      `With ${a.name}: best Overall ${pct(a.c!.p.overallAccuracy)} at p95 T_Total ${ms(a.c!.p.p95TotalMs)}, ${(a.c!.p.bytesPerSample * goal.fps).toFixed(0)} B/s per device.`,
+      `With ${a.name}: best Overall ${pct(a.c!.p.overallAccuracy)} at p95 T_Total ${ms(a.c!.p.p95TotalMs)}, ${(a.c!.p.bytesPerSample * goal.fps).toFixed(0)} ${unit}.`,
     );
   const moved = alternatives
     .filter(
@@ -167,7 +182,8 @@ export function advise(
       }
     : null;
   if (!chosen) {
-    summary.push("No threshold setting meets the constraints, on this placement or another.");
+    if (model.placements !== false)
+      summary.push("No threshold setting meets the constraints, on this placement or another.");
     return {
       sloMs: goal.sloMs,
       bytesPerSecondBudget: goal.bytesPerSecond,
@@ -189,7 +205,7 @@ export function advise(
       .map(([s, v]) => `${s} ${v}`)
       .join(
         ", ",
-      )}${moved ? ` with ${moved.name}` : ""}: Overall ${pct(chosen.p.overallAccuracy)} (now ${pct(now.overallAccuracy)}), p95 T_Total ${ms(chosen.p.p95TotalMs)}, ${(chosen.p.bytesPerSample * goal.fps).toFixed(0)} B/s per device.`,
+      )}${moved ? ` with ${moved.name}` : ""}: Overall ${pct(chosen.p.overallAccuracy)} (now ${pct(now.overallAccuracy)}), p95 T_Total ${ms(chosen.p.p95TotalMs)}, ${(chosen.p.bytesPerSample * goal.fps).toFixed(0)} ${unit}.`,
   );
   return {
     sloMs: goal.sloMs,

@@ -199,9 +199,7 @@ export function htmlInput(r: ProfileReport): ProfileHtmlInput {
           patchYaml: r.advice.patchYaml,
         }
       : {
-          notMeasured: r.views
-            ? "no advice for a multi-view bundle yet"
-            : "no sample had every exit's answer and path time",
+          notMeasured: "no sample had every exit's answer and path time",
         },
   };
 }

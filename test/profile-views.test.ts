@@ -140,6 +140,13 @@ describe("ddnn profile on a multi-view bundle", () => {
     expect(at(0).overallAccuracy).toBe(e.stages[1]!.accuracyAll);
     expect(at(0).bytesPerSample).toBeGreaterThan(at(1).bytesPerSample);
 
+    // The advice moves thresholds only: with no latency bound, the sweep's most accurate setting.
+    expect(p.advice?.placement).toBeNull();
+    expect(Object.keys(p.advice?.bestHere?.thresholds ?? {})).toEqual(["device"]);
+    expect(p.advice?.bestHere?.overallAccuracy).toBe(
+      Math.max(...sweep.points.map((x) => x.overallAccuracy)),
+    );
+
     // The text and HTML forms carry the horizontal section.
     expect(profiled.stdout).toMatch(/local aggregate of 3 views/);
     expect(profiled.stdout).toMatch(/view 2's device alone/);
