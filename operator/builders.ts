@@ -649,8 +649,13 @@ export function buildEdgeDeployment(input: BuildInput): V1Deployment {
     spec: {
       replicas: edge.replicas,
       // Every gateway receives every view (plain subscriptions): two at once during a rolling
-      // update would answer each capture twice, so the old one goes first.
-      ...(fuses(input) ? { strategy: { type: "Recreate" } } : {}),
+      // update would answer each capture twice, so the old one goes first (maxSurge 0). Not
+      // Recreate: a Deployment made RollingUpdate keeps its defaulted rollingUpdate under apply,
+      // which the API server refuses beside Recreate, so a model whose bundle gains views could
+      // not update its gateway.
+      ...(fuses(input)
+        ? { strategy: { type: "RollingUpdate", rollingUpdate: { maxSurge: 0, maxUnavailable: 1 } } }
+        : {}),
       selector: { matchLabels: selectorLabels(model, "edge") },
       template: tierPod(input, "edge", "gateway", {
         httpPort: HTTP_PORT,

@@ -205,7 +205,10 @@ describe("builders of a multi-view model", () => {
     expect(edge.spec!.template.spec!.containers[0]!.args).toEqual(["gateway"]);
     expect(e).not.toHaveProperty("DDNN_STAGES");
     expect(e).toMatchObject({ DDNN_THRESHOLDS: "device=0.35", DDNN_FUSION_WINDOW_MS: "80" });
-    expect(edge.spec!.strategy).toEqual({ type: "Recreate" });
+    expect(edge.spec!.strategy).toEqual({
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: 0, maxUnavailable: 1 },
+    });
     expect(edge.spec!.template.spec!.nodeSelector).toEqual({ "fog.ddnn.io/edge": "true" });
     const view1 = named(objs, "DaemonSet", "demo-device-view1") as V1DaemonSet;
     expect(envOf(view1)).toMatchObject({ DDNN_CAPTURE_SLOT_MS: "40" });

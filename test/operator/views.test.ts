@@ -81,14 +81,14 @@ const deployment = get<Workload>("apps/v1", "deployments");
 const daemonSet = get<Workload>("apps/v1", "daemonsets");
 const model = get<Model>("fog.ddnn.io/v1alpha1", "ddnnmodels");
 
-async function warnings(reason: string): Promise<string[]> {
+async function warnings(reason: string, of = NAME): Promise<string[]> {
   const out = await cp.kubectlOk([
     "get",
     "events",
     "-n",
     NS,
     "--field-selector",
-    `involvedObject.name=${NAME},reason=${reason}`,
+    `involvedObject.name=${of},reason=${reason}`,
     "-o",
     "json",
   ]);
@@ -176,7 +176,10 @@ describe("a multi-view DDNNModel against a real kube-apiserver", () => {
     expect(edge.spec.template.spec.containers[0]!.args).toEqual(["gateway"]);
     expect(env(edge)).not.toHaveProperty("DDNN_STAGES");
     expect(env(edge)).toMatchObject({ DDNN_THRESHOLDS: "device=0.4", DDNN_FUSION_WINDOW_MS: "50" });
-    expect(edge.spec.strategy).toEqual({ type: "Recreate" });
+    expect(edge.spec.strategy).toEqual({
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: 0, maxUnavailable: 1 },
+    });
     const server = await waitFor("the server Deployment", () => deployment(`${NAME}-server`));
     expect(env(server)).toMatchObject({ DDNN_STAGES: "server" });
 
@@ -304,5 +307,83 @@ describe("a multi-view DDNNModel against a real kube-apiserver", () => {
     expect(cond(m, "BundleVerified")!.message).toContain(
       "[device-view2.onnx]: missing (named by ddnn.json views.devices[2].file)",
     );
+  });
+
+  it("a model whose bundle gains views swaps its device DaemonSet for one per view and updates its gateway in place; and back", async () => {
+    const name = "views-switch";
+    const demo = parse(
+      readFileSync(join(REPO_ROOT, "examples", "ddnnmodel.yaml"), "utf8").split(/^---$/m)[1]!,
+    ) as { spec: { bundle: { sha256: string } } };
+    const oneView = {
+      apiVersion: "fog.ddnn.io/v1alpha1",
+      kind: "DDNNModel",
+      metadata: { name, namespace: NS },
+      spec: {
+        bundle: { url: DEMO_DIGEST_URL, sha256: demo.spec.bundle.sha256 },
+        placement: { device: "device", edge: "edge", server: "server" },
+      },
+    };
+    await cp.kubectlOk(["apply", "-f", "-"], { input: JSON.stringify(oneView) });
+    await waitFor("the one-view device DaemonSet", () => daemonSet(`${name}-device`));
+    const before = await waitFor("the edge Deployment", () => deployment(`${name}-edge`));
+    expect(env(before)).toMatchObject({ DDNN_STAGES: "edge" });
+
+    const switchTo = (ops: object[]) =>
+      cp.kubectlOk(["patch", "ddnn", "-n", NS, name, "--type=json", "-p", JSON.stringify(ops)]);
+    await switchTo([
+      { op: "replace", path: "/spec/bundle", value: example.spec.bundle },
+      { op: "replace", path: "/spec/placement", value: { device: "device", server: "server" } },
+      {
+        op: "add",
+        path: "/spec/tiers/device/views",
+        value: [{ view: 0 }, { view: 1 }, { view: 2 }],
+      },
+    ]);
+    await Promise.all(
+      [0, 1, 2].map((v) => waitFor(`view ${v}`, () => daemonSet(`${name}-device-view${v}`))),
+    );
+    await waitFor(
+      "the one-view DaemonSet to go",
+      async () => (await daemonSet(`${name}-device`)) === undefined,
+    );
+    const fusing = await waitFor("the gateway updated to fuse", async () => {
+      const d = await deployment(`${name}-edge`);
+      return d && !("DDNN_STAGES" in env(d)) ? d : undefined;
+    });
+    // The same Deployment, updated in place (a rolling update that stops the old gateway first).
+    expect(fusing.metadata.uid).toBe(before.metadata.uid);
+    expect(fusing.spec.strategy).toEqual({
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: 0, maxUnavailable: 1 },
+    });
+    const m = await waitFor("BundleVerified=True for the views", async () => {
+      const x = await model(name);
+      return cond(x, "BundleVerified")?.status === "True" &&
+        x?.status?.observedGeneration === x?.metadata.generation
+        ? x
+        : undefined;
+    });
+    expect(cond(m, "Ready")?.reason).not.toBe("ApplyFailed");
+    expect(await warnings("ApplyFailed", name)).toEqual([]);
+
+    await switchTo([
+      { op: "replace", path: "/spec/bundle", value: oneView.spec.bundle },
+      { op: "replace", path: "/spec/placement", value: oneView.spec.placement },
+      { op: "remove", path: "/spec/tiers/device/views" },
+    ]);
+    await waitFor("the one-view DaemonSet back", () => daemonSet(`${name}-device`));
+    await waitFor("the view DaemonSets to go", async () => {
+      const left = await Promise.all([0, 1, 2].map((v) => daemonSet(`${name}-device-view${v}`)));
+      return left.every((d) => d === undefined);
+    });
+    const back = await waitFor("the gateway running the edge stage again", async () => {
+      const d = await deployment(`${name}-edge`);
+      return d && env(d).DDNN_STAGES === "edge" ? d : undefined;
+    });
+    expect(back.spec.strategy).toEqual({
+      type: "RollingUpdate",
+      rollingUpdate: { maxSurge: "25%", maxUnavailable: "25%" },
+    });
+    await cp.kubectlOk(["delete", "ddnn", "-n", NS, name]);
   });
 });
