@@ -1,4 +1,11 @@
-import type { V1DaemonSet, V1Deployment, V1EnvVar, V1PodSpec } from "@kubernetes/client-node";
+import type {
+  V1ConfigMap,
+  V1DaemonSet,
+  V1Deployment,
+  V1EnvVar,
+  V1PodSpec,
+  V1Secret,
+} from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "../test/operator/model-fixtures.js";
 import {
@@ -588,9 +595,61 @@ describe("managed broker with broker.managed.tls and broker.managed.auth", () =>
     expect(() => buildOwnedObjects(input(secured()))).toThrow(/DDNN_BROKER_KEY/);
   });
 
-  it("auth is refused for in-cluster device agents (no per-node Secret for a DaemonSet yet)", () => {
+  it("in-cluster device agents with auth: the Pod exchanges its token; the broker knows each device node", () => {
     const spec = secured();
     spec.placement = { device: "device", edge: "edge", server: "server" };
-    expect(() => modelOf(spec)).toThrow(/does not serve in-cluster device agents/);
+    const model = modelOf(spec);
+    const plan = planTiers(model.spec, THREE_STAGES);
+    if (!plan.ok) throw new Error(plan.message);
+    const base = {
+      model,
+      bundle: THREE_STAGES,
+      plan: plan.plan,
+      images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
+      brokerKey: new Uint8Array(32).fill(1),
+    };
+    // Without the endpoint the model cannot be built, and the error says what is missing.
+    expect(() => buildOwnedObjects(base)).toThrow(/device identity endpoint \(DDNN_IDENTITY_URL/);
+    const objects = buildOwnedObjects({
+      ...base,
+      deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444", caPem: "PEM" },
+      deviceNodes: ["board-a", "board-b"],
+    });
+    const ds = objects.find((o) => o.kind === "DaemonSet") as V1DaemonSet;
+    const pod = ds.spec!.template.spec!;
+    const c = pod.containers[0]!;
+    expect(pod.automountServiceAccountToken).toBe(false);
+    expect(pod.volumes).toContainEqual({
+      name: "identity-token",
+      projected: {
+        sources: [
+          {
+            serviceAccountToken: {
+              audience: "ddnn-broker",
+              expirationSeconds: 3600,
+              path: "token",
+            },
+          },
+        ],
+      },
+    });
+    const vars = Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value]));
+    expect(vars).toMatchObject({
+      DDNN_IDENTITY_URL: "https://ddnn-fog-identity.ddnn-system.svc:8444",
+      DDNN_IDENTITY_TOKEN: "/var/run/secrets/ddnn/token",
+      DDNN_IDENTITY_CA: "/etc/ddnn/identity-ca/ca.crt",
+    });
+    expect(vars.DDNN_BROKER_PASSWORD).toBeUndefined();
+    const ca = objects.find((o) => o.metadata?.name === "demo-identity-ca") as V1ConfigMap;
+    expect(ca.data).toEqual({ "ca.crt": "PEM" });
+    const secret = objects.find((o) => o.metadata?.name === "demo-broker-auth") as V1Secret;
+    const passwd = Buffer.from(secret.data!.passwd!, "base64").toString("utf8");
+    expect(passwd).toContain("fog/demo/device/board-a:$7$");
+    expect(passwd).toContain("fog/demo/device/board-b:$7$");
+    // A multi-view model's agents are named by their Pods: not yet with auth.
+    const views = secured();
+    views.placement = { device: "device", edge: "edge", server: "server" };
+    views.tiers = { ...views.tiers, device: { views: [{ view: 0 }, { view: 1 }] } };
+    expect(() => modelOf(views)).toThrow(/does not serve the agents of tiers.device.views yet/);
   });
 });

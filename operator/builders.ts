@@ -29,6 +29,12 @@ import { agentConfig } from "../device-agent/config.js";
 import { gatewayConfig } from "../gateway/config.js";
 import { serverConfig } from "../server/config.js";
 import { aclFile, brokerIdentities, identityPassword, passwordFile } from "./broker-auth.js";
+import {
+  addDeviceIdentity,
+  type DeviceIdentitySettings,
+  identityCaConfigMapName,
+  usesDeviceIdentity,
+} from "./device-identity.js";
 import { type BundleFacts, type TierPlan, viewCount } from "./placement.js";
 import {
   API_VERSION,
@@ -90,6 +96,14 @@ export interface BuildInput {
    * derived from it (operator/broker-auth.ts). Such a model cannot be built without it.
    */
   brokerKey?: Uint8Array;
+  /**
+   * The operator's device identity endpoint (operator/device-identity.ts): device agents of a
+   * model with broker.managed.auth get their node's identity there. Such a model cannot be built
+   * without it.
+   */
+  deviceIdentity?: DeviceIdentitySettings;
+  /** The nodes the device tier may run on (their identities go in the password file). */
+  deviceNodes?: readonly string[];
 }
 
 /** Proxy variables by their conventional upper-case names. */
@@ -304,7 +318,10 @@ function identitiesOf(input: BuildInput) {
   const ref = parseModelRef(`${input.model.metadata.namespace}/${input.model.metadata.name}`);
   return {
     key: input.brokerKey,
-    ids: brokerIdentities(ref, input.plan, managed.auth.devices ?? []),
+    ids: brokerIdentities(ref, input.plan, [
+      ...(managed.auth.devices ?? []),
+      ...(usesDeviceIdentity(input.model, input.plan) ? (input.deviceNodes ?? []) : []),
+    ]),
   };
 }
 
@@ -716,6 +733,13 @@ function deviceDaemonSet(input: BuildInput, placement: ViewPlacement | undefined
     resources: resources(device.resources),
     ...(view ? { labels: view } : {}),
   });
+  if (usesDeviceIdentity(model, input.plan)) {
+    if (!input.deviceIdentity)
+      throw new Error(
+        "broker.managed.auth with device agents in the cluster needs the operator's device identity endpoint (DDNN_IDENTITY_URL, set by the Helm chart; docs/security.md), which is not set",
+      );
+    addDeviceIdentity(template, model, input.deviceIdentity);
+  }
   if (source.replay) {
     // Mount the file itself: a file at / would otherwise mount the node's root over the container's.
     const path = source.replay.path;
@@ -903,6 +927,17 @@ export function buildOwnedObjects(input: BuildInput): OwnedObject[] {
     const credentials = buildBrokerCredentialsSecret(input);
     if (auth) out.push(auth);
     if (credentials) out.push(credentials);
+    const ca = input.deviceIdentity?.caPem;
+    if (ca !== undefined && usesDeviceIdentity(input.model, input.plan))
+      out.push({
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        metadata: {
+          ...metadata(input.model, "device"),
+          name: identityCaConfigMapName(input.model),
+        },
+        data: { "ca.crt": ca },
+      });
   }
   if (input.plan.server.length > 0)
     out.push(buildServerDeployment(input), buildServerService(input));

@@ -301,6 +301,17 @@ export class Operator extends EventEmitter {
             images: this.options.images,
             ...(this.options.proxy ? { proxy: this.options.proxy } : {}),
             ...(this.options.brokerKey ? { brokerKey: this.options.brokerKey } : {}),
+            ...(this.nodes && this.options.deviceIdentity?.url
+              ? {
+                  deviceIdentity: {
+                    url: this.options.deviceIdentity.url,
+                    ...(this.options.deviceIdentity.caPem !== undefined
+                      ? { caPem: this.options.deviceIdentity.caPem }
+                      : {}),
+                  },
+                  nodes: this.nodes,
+                }
+              : {}),
             events: this.events,
             log: this.log,
             retryBundleMs: this.options.retryBundleMs,

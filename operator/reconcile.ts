@@ -11,6 +11,7 @@ import {
   VIEW_LABEL,
 } from "./builders.js";
 import type { BundleVerifier } from "./bundle-source.js";
+import { type DeviceIdentitySettings, deviceNodesOf } from "./device-identity.js";
 import type { EventRecorder } from "./events.js";
 import { type Informer, objectKey } from "./informer.js";
 import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
@@ -52,6 +53,10 @@ export interface ReconcileContext {
   proxy?: ProxyEnv;
   /** The key every managed broker password is derived from (operator/broker-auth.ts). */
   brokerKey?: Uint8Array;
+  /** The device identity endpoint, for models with broker auth and in-cluster devices. */
+  deviceIdentity?: DeviceIdentitySettings;
+  /** The Node cache (with the device identity endpoint): which nodes the device tier may use. */
+  nodes?: Informer;
   events: EventRecorder;
   log: Logger;
   now?: () => Date;
@@ -111,6 +116,10 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
         images: ctx.images,
         ...(ctx.proxy ? { proxy: ctx.proxy } : {}),
         ...(ctx.brokerKey ? { brokerKey: ctx.brokerKey } : {}),
+        ...(ctx.deviceIdentity ? { deviceIdentity: ctx.deviceIdentity } : {}),
+        ...(ctx.nodes
+          ? { deviceNodes: deviceNodesOf(ctx.nodes.list(), model.spec.tiers.device.nodeSelector) }
+          : {}),
       }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
       for (const obj of desired) {
         const kind = obj.kind as OwnedKind;
@@ -184,7 +193,8 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     (ctx.now ?? (() => new Date()))(),
     failure === undefined ? undefined : (failure as Error).message,
   );
-  if (!sameStatus(model.status, status)) await writeStatus(ctx, namespace, name, status);
+  if (!sameStatus(model.status, status))
+    await writeStatus(ctx, namespace, name, status, model.status);
 
   if (failure !== undefined) throw failure;
   await recordEvents(ctx, model, status, applied, deleted);
@@ -267,17 +277,25 @@ async function reportInvalidSpec(
   return {};
 }
 
-/** Writes the model's status subresource and keeps the answer in the model cache. */
+/**
+ * Writes the model's status subresource and keeps the answer in the model cache. A merge patch
+ * keeps what it does not name, so a field of `previous` that `status` no longer has (status.views
+ * of a model that went back to one view) is sent as null: left, it would differ from the wanted
+ * status on every pass, and every pass would write it again.
+ */
 async function writeStatus(
   ctx: ReconcileContext,
   namespace: string,
   name: string,
   status: DDNNModelStatus,
+  previous: DDNNModelStatus = {},
 ): Promise<void> {
+  const gone = Object.keys(previous).filter((k) => !(k in status));
+  const patch = { ...status, ...Object.fromEntries(gone.map((k) => [k, null])) };
   await ctx.models.write(namespace, name, () =>
     ctx.client.mergePatch(
       { apiVersion: API_VERSION, plural: PLURAL, namespace, name, subresource: "status" },
-      { status },
+      { status: patch },
       FIELD_MANAGER,
     ),
   );

@@ -220,6 +220,9 @@ const views = cel(
   { rule: "self.all(p, p.view < self.size())", message: viewsMessages.range },
 );
 
+const AUTH_VIEWS_MESSAGE =
+  "broker.managed.auth does not serve the agents of tiers.device.views yet (docs/security.md): leave auth unset for a multi-view model";
+
 const deviceTier = z.object({
   nodeSelector: nodeSelector(
     'default fog.ddnn.io/device: "true" (a node may also carry the edge and server labels)',
@@ -432,15 +435,10 @@ export const ddnnModelSpecSchema = cel(
         }),
       broker: broker.default({ managed: { kind: "mosquitto" } }),
     })
-    .refine(
-      (spec) =>
-        !spec.broker.managed?.auth || Object.values(spec.placement).every((t) => t !== "device"),
-      {
-        path: ["broker", "managed", "auth"],
-        message:
-          "broker.managed.auth does not serve in-cluster device agents yet (docs/security.md): place no stage on the device tier, or leave auth unset",
-      },
-    )
+    .refine((spec) => !spec.broker.managed?.auth || !spec.tiers.device.views, {
+      path: ["broker", "managed", "auth"],
+      message: AUTH_VIEWS_MESSAGE,
+    })
     .refine(
       (spec) =>
         !spec.tiers.device.views || Object.values(spec.placement).some((t) => t === "device"),
@@ -456,11 +454,10 @@ export const ddnnModelSpecSchema = cel(
     fieldPath: ".exits",
   },
   {
-    // The device DaemonSet cannot give each node's Pod its own Secret; per-node identities for
-    // the agents come with the token exchange (docs/security.md), not yet built.
-    rule: "!has(self.broker) || !has(self.broker.managed) || !has(self.broker.managed.auth) || self.placement.all(stage, self.placement[stage] != 'device')",
-    message:
-      "broker.managed.auth does not serve in-cluster device agents yet (docs/security.md): place no stage on the device tier, or leave auth unset",
+    // In-cluster device agents get their node's identity from the token exchange
+    // (docs/security.md); a view's agent is named by its Pod, not its node, so not yet views.
+    rule: `!has(self.broker) || !has(self.broker.managed) || !has(self.broker.managed.auth) || !(${HAS_VIEWS})`,
+    message: AUTH_VIEWS_MESSAGE,
     fieldPath: ".broker.managed.auth",
   },
   {

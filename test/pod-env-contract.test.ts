@@ -63,6 +63,12 @@ const fixtureSpecs: [string, DDNNModelSpecInput][] = [
     }),
   ],
   [
+    "a managed broker with auth and device agents in the cluster (the token exchange)",
+    variant((s) => {
+      s.broker = { managed: { tls: { secretName: "demo-tls" }, auth: {} } };
+    }),
+  ],
+  [
     "a ConfigMap bundle",
     variant((s) => {
       s.bundle = { configMap: { name: "demo-bundle" }, sha256: DIGEST };
@@ -174,6 +180,9 @@ function build({ spec, name, namespace }: Case): OwnedObject[] {
     images,
     proxy,
     brokerKey: new Uint8Array(32).fill(1),
+    // The chart's operator: the device identity endpoint on (used by models with auth only).
+    deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444", caPem: "PEM" },
+    deviceNodes: [NODE_NAME],
   };
   return buildOwnedObjects(input);
 }
