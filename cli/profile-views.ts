@@ -34,6 +34,9 @@ import {
 } from "./local-fog.js";
 import type { ProfileConfig } from "./profile.js";
 
+/** The least deadline of the probe pass's captures, ms. */
+const PROBE_DEADLINE_MS = 10_000;
+
 /**
  * Counts the bytes of every frame published on `topics` while it runs (a plain subscriber: it
  * sees what the broker carried, a view frame whose answer came too late included).
@@ -132,7 +135,13 @@ export async function runHorizontal(
       "probe pass: the same captures with the aggregator's threshold 0, so every capture goes on (the later exits' answers for Ideal and the sweep)",
     );
     const never = Object.fromEntries(w.names.slice(0, -1).map((n) => [n, 0]));
-    probe = await pass({ ...cfg, threshold: { ...cfg.threshold, ...never } });
+    // A measurement, not an answer anyone waits for: late is still useful, lost is not (the
+    // deadline of the one-view probe requests, device-agent/agent.ts).
+    probe = await pass({
+      ...cfg,
+      threshold: { ...cfg.threshold, ...never },
+      deadlineMs: Math.max(cfg.deadlineMs, PROBE_DEADLINE_MS),
+    });
   }
   const run = horizontalRun({
     main,
