@@ -23,6 +23,7 @@ import {
   getOrUndefined,
   markDaemonSetReady,
   markDeploymentReady,
+  sleep,
   startCluster,
   waitFor,
 } from "./harness.js";
@@ -384,6 +385,21 @@ describe("a multi-view DDNNModel against a real kube-apiserver", () => {
       type: "RollingUpdate",
       rollingUpdate: { maxSurge: "25%", maxUnavailable: "25%" },
     });
+    // The per-view status goes with the views, and the status then stays as it is.
+    const settled = await waitFor(
+      "a status without views",
+      async () => {
+        const x = await model(name);
+        return x?.status?.views === undefined &&
+          cond(x, "BundleVerified")?.status === "True" &&
+          x?.status?.observedGeneration === x?.metadata.generation
+          ? x
+          : undefined;
+      },
+      10_000,
+    );
+    await sleep(1500);
+    expect((await model(name))!.metadata.resourceVersion).toBe(settled.metadata.resourceVersion);
     await cp.kubectlOk(["delete", "ddnn", "-n", NS, name]);
   });
 });
