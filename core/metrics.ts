@@ -145,6 +145,12 @@ export function tierMetrics(tier: string, model: string) {
       labelNames: ["stage", "code"] as const,
       registers: [registry],
     }),
+    refusals: new Counter({
+      name: "ddnn_refusals_total",
+      help: "Requests answered overloaded, by stage and reason: client_limit (the client already had --max-in-flight-per-client requests in flight), queue_full (--max-queue requests waiting), shutting_down",
+      labelNames: ["stage", "reason"] as const,
+      registers: [registry],
+    }),
     framesDropped: new Counter({
       name: "ddnn_frames_dropped_total",
       help: "Frames that could not be answered (no readable id or replyTo), by reason",

@@ -147,6 +147,8 @@ export const inferencePlugin =
               data: x.slice(i * perSample, (i + 1) * perSample),
               dims: [1, ...inputShape],
               ignoreExits,
+              // One caller's samples take one place per turn in a batch, like one device's.
+              client: `http ${req.ip}`,
             }),
           ),
         );
@@ -185,7 +187,10 @@ export const inferencePlugin =
         };
       } catch (err) {
         const code = err instanceof PoolError ? err.code : "internal";
-        o.metrics.errors.inc({ stage: manifest.stages[0]?.name ?? "0", code });
+        const stage = manifest.stages[0]?.name ?? "0";
+        o.metrics.errors.inc({ stage, code });
+        if (err instanceof PoolError && err.reason)
+          o.metrics.refusals.inc({ stage, reason: err.reason });
         return reply
           .code(status[code] ?? 500)
           .send({ error: `${code}: ${(err as Error).message}` });

@@ -3,7 +3,7 @@ import { type FixtureStage, writeBundle } from "../../test/support/bundle-fixtur
 import { BundleError } from "../bundle/manifest.js";
 import { readBundle } from "../bundle/read.js";
 import { isForward, Pipeline } from "../pipeline.js";
-import { type PoolError, WorkerPool } from "./worker-pool.js";
+import { type PoolError, Turns, WorkerPool } from "./worker-pool.js";
 
 const stages: FixtureStage[] = [
   {
@@ -251,5 +251,58 @@ describe("WorkerPool", () => {
     expect(exits).toEqual([3]);
     const again = await pool.submit({ from: 1, to: 1, data: inputs[0]!, dims: [1, 32] });
     expect(again.result.stage).toBe(1);
+  });
+
+  it("gives each client one place per turn in a batch, so a burst does not go first", async () => {
+    const { pool, batches } = await start({ workers: 1, maxBatch: 4, maxDelayMs: 5 });
+    const inputs = features(23);
+    const order: string[] = [];
+    const submit = (client: string, data: Float32Array) =>
+      pool.submit({ from: 1, to: 1, data, dims: [1, 32], client }).then(() => order.push(client));
+    // A burst of 20 from one client, then one request from each of three others.
+    const all = [
+      ...inputs.slice(0, 20).map((d) => submit("flood", d)),
+      ...["a", "b", "c"].map((c, i) => submit(c, inputs[20 + i]!)),
+    ];
+    await Promise.all(all);
+    expect(batches.slice(0, 2)).toEqual([4, 4]);
+    // The burst's first four filled the idle worker's batch; the others queued behind the rest of
+    // the burst, yet the next batch held them and one of the burst (in queue order: the last one).
+    expect(order.slice(0, 4)).toEqual(["flood", "flood", "flood", "flood"]);
+    expect(order.slice(4, 8).sort()).toEqual(["a", "b", "c", "flood"]);
+    expect(order.filter((c) => c === "flood")).toHaveLength(20);
+  });
+});
+
+describe("Turns", () => {
+  const q = (...clients: (string | undefined)[]) =>
+    clients.map((client, i) => ({ i, job: client === undefined ? {} : { client } }));
+  const ids = (ps: { i: number }[]) => ps.map((p) => p.i);
+
+  it("is the queue's order when one client (or none) is waiting", () => {
+    expect(ids(new Turns().take(q("x", "x", "x", "x"), 3))).toEqual([0, 1, 2]);
+    expect(ids(new Turns().take(q(undefined, undefined), 8))).toEqual([0, 1]);
+  });
+
+  it("takes one of each client per turn, clients in the order of their oldest request", () => {
+    // x x x x y z y  ->  turn 0: x0 y4 z5, turn 1: x1 y6, turn 2: x2, turn 3: x3
+    const queued = q("x", "x", "x", "x", "y", "z", "y");
+    expect(ids(new Turns().take(queued, 7))).toEqual([0, 4, 5, 1, 6, 2, 3]);
+    expect(ids(new Turns().take(queued, 4))).toEqual([0, 4, 5, 1]);
+    // Requests without a client share one turn.
+    expect(ids(new Turns().take(q(undefined, undefined, "x"), 2))).toEqual([0, 2]);
+  });
+
+  it("goes on from batch to batch with the client served longest ago, even one place at a time", () => {
+    const turns = new Turns();
+    // A burst of x, then y and z: batches of one still alternate instead of draining x first.
+    const queued = q("x", "x", "x", "x", "y", "z");
+    const order: number[] = [];
+    for (let left = [...queued]; left.length > 0; ) {
+      const [p] = turns.take(left, 1);
+      order.push(p!.i);
+      left = left.filter((r) => r !== p);
+    }
+    expect(order).toEqual([0, 4, 5, 1, 2, 3]);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * A pool of inference worker threads with micro-batching. Requests for the same stage range queue
  * together; an idle worker takes up to `maxBatch` of them once the batch is full or the oldest has
- * waited `maxDelayMs`. The queue is bounded (overloaded beyond it), requests past their deadline
+ * waited `maxDelayMs`, one request of each client in turn, so one client's burst does not fill the
+ * batches while others wait. The queue is bounded (overloaded beyond it), requests past their deadline
  * are answered without computing, and a worker that dies is replaced while the requests in its
  * hands are retried once.
  */
@@ -43,10 +44,20 @@ export type WorkerReply =
 
 export type PoolErrorCode = "overloaded" | "deadline_exceeded" | "internal";
 
+/**
+ * Why a request was answered `overloaded` (the ddnn_refusals_total label): its client had its
+ * limit of requests in flight (the stage service's per-client cap), the queue was full, or the
+ * tier was shutting down.
+ */
+export const overloadReasons = ["client_limit", "queue_full", "shutting_down"] as const;
+export type OverloadReason = (typeof overloadReasons)[number];
+
 export class PoolError extends Error {
   constructor(
     readonly code: PoolErrorCode,
     message: string,
+    /** Set for `overloaded`. */
+    readonly reason?: OverloadReason,
   ) {
     super(message);
     this.name = "PoolError";
@@ -69,6 +80,8 @@ export interface PoolOptions {
    * queued, `maxDelayMs` 0): a lone request then skips the round trip to a worker thread (~0.3 ms
    * on 2 cores: postMessage, the worker's wake-up, and back). The thread blocks for the stage's
    * compute (~0.1-0.4 ms). Default: on when `maxDelayMs` is 0; a pool with a max delay batches.
+   * Only after `INLINE_QUIET_MS` without a request that had to queue: under load (a device
+   * flooding) the calling thread, which reads MQTT and answers refusals, computes nothing.
    */
   readonly inline?: boolean;
   /** Called after every batch (for metrics). */
@@ -87,6 +100,11 @@ export interface Job {
   readonly deadline?: number;
   /** Run to the last stage of the range and answer there (the Server Only configuration). */
   readonly ignoreExits?: boolean;
+  /**
+   * Who asked (an MQTT request's reply topic, an HTTP caller's address): a batch takes one request
+   * of each client in turn. Requests without one share one turn.
+   */
+  readonly client?: string;
 }
 
 export interface JobResult {
@@ -126,9 +144,18 @@ function workerFile(): string {
   return built;
 }
 
+/**
+ * A lone request runs on the calling thread only when none has queued for this long: a pool that
+ * is idle between the batches of a flood would otherwise compute one request at a time on the
+ * thread that reads MQTT, while the workers wait and the other devices' requests pile up
+ * (test/flood.test.ts measured queue waits of 200 ms instead of 4 ms).
+ */
+const INLINE_QUIET_MS = 100;
+
 export class WorkerPool {
   private readonly slots: Slot[] = [];
   private readonly queue: Pending[] = [];
+  private readonly turns = new Turns();
   private timer: NodeJS.Timeout | undefined;
   private nextBatch = 1;
   private closing = false;
@@ -142,6 +169,8 @@ export class WorkerPool {
   /** The stages opened on the calling thread for lone requests (options.inline). */
   private inline: { pipeline: Pipeline; noEarlyExit: ExitPolicy } | undefined;
   private inlineBusy = false;
+  /** When a request last had to queue (performance.now()). */
+  private queuedAt = Number.NEGATIVE_INFINITY;
   /** Requests that ran on the calling thread (options.inline). */
   inlineRuns = 0;
 
@@ -228,7 +257,8 @@ export class WorkerPool {
       !this.inlineBusy &&
       !this.closing &&
       this.queue.length === 0 &&
-      this.slots.every((s) => !s.busy)
+      this.slots.every((s) => !s.busy) &&
+      performance.now() - this.queuedAt >= INLINE_QUIET_MS
     );
   }
 
@@ -258,7 +288,8 @@ export class WorkerPool {
   }
 
   submit(job: Job): Promise<JobResult> {
-    if (this.closing) return Promise.reject(new PoolError("overloaded", "shutting down"));
+    if (this.closing)
+      return Promise.reject(new PoolError("overloaded", "shutting down", "shutting_down"));
     if (job.deadline !== undefined && job.deadline <= Date.now()) {
       return Promise.reject(
         new PoolError("deadline_exceeded", "deadline passed before the request was queued"),
@@ -266,10 +297,15 @@ export class WorkerPool {
     }
     if (this.queue.length >= this.options.maxQueue) {
       return Promise.reject(
-        new PoolError("overloaded", `queue is full (${this.options.maxQueue} requests waiting)`),
+        new PoolError(
+          "overloaded",
+          `queue is full (${this.options.maxQueue} requests waiting)`,
+          "queue_full",
+        ),
       );
     }
     if (this.idleForInline) return this.runInline(job);
+    this.queuedAt = performance.now();
     return new Promise((resolve, reject) => {
       this.queue.push({ job, enqueued: performance.now(), retried: false, resolve, reject });
       this.pump();
@@ -448,8 +484,11 @@ export class WorkerPool {
         this.timer = setTimeout(() => this.pump(), Math.max(0, this.options.maxDelayMs - waited));
         return;
       }
-      const jobs = same.slice(0, this.options.maxBatch);
-      for (const p of jobs) this.queue.splice(this.queue.indexOf(p), 1);
+      const jobs = this.turns.take(same, this.options.maxBatch);
+      const taken = new Set(jobs);
+      let kept = 0;
+      for (const p of this.queue) if (!taken.has(p)) this.queue[kept++] = p;
+      this.queue.length = kept;
       this.dispatch(idle, jobs);
     }
   }
@@ -489,6 +528,47 @@ export class WorkerPool {
       dims: [jobs.length, ...first.dims.slice(1)],
     };
     slot.worker.postMessage(msg, [data.buffer as ArrayBuffer]);
+  }
+}
+
+/**
+ * Round robin over clients, across batches: a batch takes one request of each waiting client in
+ * turn, the client served longest ago first (one never served, or back after its queue emptied,
+ * before any other; ties in queue order), so a client with a burst queued gets one place per turn
+ * like any other. With one client (or none named) it is the queue's order.
+ */
+export class Turns {
+  /** When each waiting client was last given a place (a sequence number). */
+  private readonly last = new Map<string | undefined, number>();
+  private seq = 0;
+
+  /** Up to `max` of `queued` (in queue order). */
+  take<P extends { readonly job: Pick<Job, "client"> }>(queued: readonly P[], max: number): P[] {
+    const lanes = new Map<string | undefined, P[]>();
+    for (const p of queued) {
+      const lane = lanes.get(p.job.client);
+      if (lane) lane.push(p);
+      else lanes.set(p.job.client, [p]);
+    }
+    const order = [...lanes].sort(
+      ([a], [b]) => (this.last.get(a) ?? -1) - (this.last.get(b) ?? -1),
+    );
+    const out: P[] = [];
+    for (let turn = 0; out.length < max; turn++) {
+      let any = false;
+      for (const [client, lane] of order) {
+        const p = lane[turn];
+        if (p === undefined) continue;
+        any = true;
+        out.push(p);
+        this.last.set(client, ++this.seq);
+        if (out.length === max) break;
+      }
+      if (!any) break;
+    }
+    // Bounded by the clients waiting: one whose queue emptied starts afresh.
+    for (const client of this.last.keys()) if (!lanes.has(client)) this.last.delete(client);
+    return out;
   }
 }
 
