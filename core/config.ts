@@ -555,6 +555,11 @@ export function poolFields(d: PoolDefaults) {
       help: "requests that may wait; beyond this they are answered overloaded",
       value: "N",
     }),
+    maxInFlightPerClient: field(intField(0, 1_000_000).optional(), {
+      help: "requests one client (its reply topic) may have in flight; beyond this they are answered overloaded (0: no limit)",
+      value: "N",
+      defaultText: "a quarter of --max-queue",
+    }),
     maxFrameBytes: field(intField(64, 256 * 1024 * 1024).default(4 * 1024 * 1024), {
       help: "largest request frame accepted, bytes",
       value: "BYTES",

@@ -4,6 +4,11 @@
  * replyTo or forwards the features to the next stage's topic, keeping id, replyTo and deadline so
  * the final answer goes straight to the device. Handlers never throw: every readable request gets
  * a reply, unreadable frames are dropped and counted.
+ *
+ * A client is the request's reply topic (one per device, and with broker auth the only topic its
+ * identity may read): it may have `maxInFlightPerClient` requests in flight here, and the pool
+ * takes one request of each client in turn, so a device that floods is answered `overloaded`
+ * while the others keep their place and their latency.
  */
 import { performance } from "node:perf_hooks";
 import type { MqttClient } from "mqtt";
@@ -22,7 +27,7 @@ import {
   type RequestHeader,
 } from "../wire/frame.js";
 import { decodeTensor, encodeTensor, type TensorEncoding } from "../wire/tensor.js";
-import { PoolError, type WorkerPool } from "./worker-pool.js";
+import { overloadReasons, PoolError, type WorkerPool } from "./worker-pool.js";
 
 /** What the service needs of a worker pool: submitting one sample. */
 export type StagePool = Pick<WorkerPool, "submit">;
@@ -44,12 +49,43 @@ export interface StageServiceOptions {
   readonly sharedSubscription: boolean;
   /** Refuse frames larger than this many bytes. */
   readonly maxFrameBytes: number;
+  /** Requests one client (reply topic) may have in flight here; more are `overloaded`. 0 or absent: no limit. */
+  readonly maxInFlightPerClient?: number;
   readonly metrics: TierMetrics;
   readonly log: Logger;
 }
 
 export class StageService {
   private readonly inFlight = new Set<Promise<void>>();
+  /** Frames read from MQTT and not handled yet, in order of arrival (from `next`). */
+  private arrived: { payload: Buffer; resolve(handled: Promise<void>): void }[] = [];
+  private next = 0;
+  private slicing = false;
+  /**
+   * Handles what arrived for up to SLICE_MS, then lets the event loop run: a burst of thousands of
+   * frames (a device flooding, read in one go after the process was starved of CPU) would
+   * otherwise hold back the workers' finished batches, and with them every device's answers.
+   */
+  private readonly slice = () => {
+    const until = performance.now() + SLICE_MS;
+    while (this.next < this.arrived.length) {
+      const { payload, resolve } = this.arrived[this.next]!;
+      this.arrived[this.next++] = undefined as never;
+      resolve(this.handle(payload));
+      if (performance.now() >= until) break;
+    }
+    if (this.next < this.arrived.length) {
+      setImmediate(this.slice);
+      return;
+    }
+    this.arrived = [];
+    this.next = 0;
+    this.slicing = false;
+  };
+  /** Accepted, unanswered requests by client (reply topic); a client leaves it at zero. */
+  private readonly perClient = new Map<string, number>();
+  /** Made once: a flood is refused thousands of times a second, and an Error's stack costs. */
+  private readonly atClientLimit: PoolError;
   private readonly topic: string;
   private readonly filter: string;
   private readonly stageName: string;
@@ -68,12 +104,19 @@ export class StageService {
       ? o.sampleShape.reduce((a, b) => a * b, 1)
       : Number.POSITIVE_INFINITY;
     this.maxElements = Math.min(known, o.maxFrameBytes);
+    this.atClientLimit = new PoolError(
+      "overloaded",
+      `this client already has ${o.maxInFlightPerClient ?? 0} requests in flight, the per-client limit (max-in-flight-per-client)`,
+      "client_limit",
+    );
     o.metrics.watchRequestsInFlight(() => this.inFlight.size);
     // Series that exist from the start: rate() and increase() miss the first event of a series
     // that appears with it (an error, or the first exit of a stage).
     for (let s = o.from; s <= o.to; s++)
       o.metrics.exits.inc({ stage: o.bundle.manifest.stages[s]?.name ?? String(s) }, 0);
     for (const code of errorCodes) o.metrics.errors.inc({ stage: this.stageName, code }, 0);
+    for (const reason of overloadReasons)
+      o.metrics.refusals.inc({ stage: this.stageName, reason }, 0);
   }
 
   /** The subscription filter this service listens on. */
@@ -86,8 +129,14 @@ export class StageService {
     const { client, log } = this.o;
     client.on("message", (topic, payload) => {
       if (topic !== this.topic || this.stopped) return;
-      const task = this.handle(payload).finally(() => this.inFlight.delete(task));
+      const task = new Promise<void>((resolve) => {
+        this.arrived.push({ payload, resolve });
+      }).finally(() => this.inFlight.delete(task));
       this.inFlight.add(task);
+      if (!this.slicing) {
+        this.slicing = true;
+        setImmediate(this.slice);
+      }
     });
     const subscribe = () => {
       if (this.stopped) return;
@@ -135,10 +184,31 @@ export class StageService {
     return this.inFlight.size;
   }
 
+  /** Clients with requests in flight. */
+  get clients(): number {
+    return this.perClient.size;
+  }
+
+  /** Counts a request against its client's limit; false when the client is at its limit. */
+  private admit(client: string): boolean {
+    const held = this.perClient.get(client) ?? 0;
+    const limit = this.o.maxInFlightPerClient ?? 0;
+    if (limit > 0 && held >= limit) return false;
+    this.perClient.set(client, held + 1);
+    return true;
+  }
+
+  private release(client: string): void {
+    const held = this.perClient.get(client) ?? 0;
+    if (held <= 1) this.perClient.delete(client);
+    else this.perClient.set(client, held - 1);
+  }
+
   private async handle(payload: Buffer): Promise<void> {
     const started = performance.now();
     const { metrics } = this.o;
     let header: RequestHeader | undefined;
+    let admitted: string | undefined;
     try {
       if (payload.length > this.o.maxFrameBytes) {
         throw new FrameError(
@@ -156,6 +226,9 @@ export class StageService {
           Math.max(0, Date.now() - header.sentAt) / 1000,
         );
       this.check(header);
+      // Before the body is decoded: refusing a flood costs the header's parse only.
+      if (!this.admit(header.replyTo)) throw this.atClientLimit;
+      admitted = header.replyTo;
       const data = decodeTensor(header, decoded.body, this.maxElements);
       const { result, queueMs } = await this.o.pool.submit({
         from: this.o.from,
@@ -165,6 +238,7 @@ export class StageService {
         ...(header.deadline !== undefined ? { deadline: header.deadline } : {}),
         // A probe measures every exit: run to the end of this range without exiting early.
         ...(header.probe === true ? { ignoreExits: true } : {}),
+        client: header.replyTo,
       });
       // Along a probe, every exit's answer so far travels on, and comes back in the reply.
       const exits =
@@ -224,6 +298,8 @@ export class StageService {
       metrics.requestSeconds.observe((performance.now() - started) / 1000);
     } catch (err) {
       await this.fail(err, header);
+    } finally {
+      if (admitted !== undefined) this.release(admitted);
     }
   }
 
@@ -271,6 +347,7 @@ export class StageService {
       replyTo ??= err.replyTo;
     } else if (err instanceof PoolError) {
       code = err.code;
+      if (err.reason) metrics.refusals.inc({ stage: this.stageName, reason: err.reason });
     } else {
       log.error({ err }, "request failed");
       message = `internal error: ${message}`;
@@ -294,6 +371,9 @@ export class StageService {
     await this.o.client.publishAsync(topic, Buffer.from(encodeFrame(header)), { qos: 1 });
   }
 }
+
+/** Longest run of request handling before the event loop gets a turn, ms. */
+const SLICE_MS = 4;
 
 /** Best effort: id and replyTo from a frame too large to process, so the sender still hears back. */
 function readableIds(payload: Buffer): [string?, string?] {

@@ -34,6 +34,8 @@ export interface StageTierConfig extends TierBasics {
   maxBatch: number;
   maxDelayMs: number;
   maxQueue: number;
+  /** Absent: a quarter of maxQueue. 0: no limit. */
+  maxInFlightPerClient?: number | undefined;
   maxFrameBytes: number;
 }
 
@@ -124,6 +126,8 @@ export function startStageTier(
       forward: { dtype: config.dtype, compression: config.compression },
       sharedSubscription: config.sharedSubscriptions,
       maxFrameBytes: config.maxFrameBytes,
+      // One client may hold a quarter of the queue: it takes four flooding at once to fill it.
+      maxInFlightPerClient: config.maxInFlightPerClient ?? Math.ceil(config.maxQueue / 4),
       metrics,
       log,
     });
