@@ -1,8 +1,15 @@
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { KubeConfig } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openBundleSource } from "../core/bundle/source.js";
+import { readViewsBundle } from "../core/views.js";
+import { REPO_ROOT } from "../test/cluster/control-plane.js";
 import { packedSmallBundle } from "../test/support/bundle-fixture.js";
 import { type ForwardProxy, startForwardProxy } from "../test/support/http-proxy.js";
 import { BundleVerifier } from "./bundle-source.js";
@@ -121,5 +128,71 @@ describe("the operator's verifier and the tiers' loader", () => {
     expect(op.ok).toBe(false);
     expect(!op.ok && op.message).toContain("http://***@127.0.0.1");
     expect(!op.ok && op.message).not.toContain("s3cret");
+  });
+});
+
+describe("a multi-view bundle", () => {
+  const dir = join(REPO_ROOT, "models", "fashion-views3");
+  const digest = createHash("sha256")
+    .update(readFileSync(join(dir, "ddnn.json")))
+    .digest("hex");
+  const files = ["ddnn.json", "server.onnx", "device-view0.onnx", "device-view1.onnx"];
+
+  /** A .tar.gz of the shipped multi-view bundle with `view2` as its view 2 file (none: left out). */
+  function archiveWith(view2: Uint8Array | undefined, nested: boolean): string {
+    const work = mkdtempSync(join(tmpdir(), "ddnn-views-"));
+    const root = join(work, nested ? "fashion-views3" : "bundle");
+    mkdirSync(root);
+    for (const f of files) copyFileSync(join(dir, f), join(root, f));
+    if (view2) writeFileSync(join(root, "device-view2.onnx"), view2);
+    const out = join(work, "bundle.tar.gz");
+    if (nested) execFileSync("tar", ["-czf", out, "-C", work, "fashion-views3"]);
+    else execFileSync("tar", ["-czf", out, "-C", root, "."]);
+    return out;
+  }
+
+  /** The operator's verdict on an archive, and the agents' (core/views.ts readViewsBundle). */
+  async function verdicts(path: string) {
+    const bytes = new Uint8Array(readFileSync(path));
+    const operator = await new BundleVerifier({ client, fetch: async () => bytes }).verify("fog", {
+      url: "http://models.fog.svc/fashion-views3.tar.gz",
+      sha256: digest,
+    });
+    let agents: Verdict;
+    try {
+      await readViewsBundle(path);
+      agents = { ok: true };
+    } catch (err) {
+      agents = { ok: false, message: (err as Error).message };
+    }
+    return { operator, agents };
+  }
+
+  const view2 = new Uint8Array(readFileSync(join(dir, "device-view2.onnx")));
+
+  it.each([false, true])(
+    "is verified with every view's file (nested folder: %s), reporting K",
+    async (nested) => {
+      const { operator, agents } = await verdicts(archiveWith(view2, nested));
+      expect(agents).toEqual({ ok: true });
+      expect(operator).toMatchObject({
+        ok: true,
+        facts: { views: 3, stages: ["device", "server"] },
+      });
+    },
+  );
+
+  it.each([
+    ["missing", undefined, "missing (named by ddnn.json views.devices[2].file)"],
+    [
+      "altered",
+      new Uint8Array([...view2.subarray(0, -1), view2.at(-1)! ^ 1]),
+      "sha256 mismatch: ddnn.json views.devices[2].sha256 is",
+    ],
+  ])("with view 2's file %s is refused as the agents refuse it", async (_, file, message) => {
+    const { operator, agents } = await verdicts(archiveWith(file, false));
+    expect(operator).toMatchObject({ ok: false, reason: "InvalidBundle" });
+    expect(!operator.ok && operator.message).toContain(`[device-view2.onnx]: ${message}`);
+    expect(!agents.ok && agents.message).toContain(`[device-view2.onnx]: ${message}`);
   });
 });
