@@ -9,8 +9,10 @@
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { V1ConfigMap, V1DaemonSet, V1Secret } from "@kubernetes/client-node";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
 import { parseModelRef } from "../core/topics.js";
 import { fetchDeviceIdentity } from "../device-agent/identity.js";
 import {
@@ -27,11 +29,20 @@ import {
   IdentityError,
 } from "../operator/device-identity.js";
 import { KubeClient, type KubeObject } from "../operator/kube.js";
+import { Operator } from "../operator/operator.js";
 import { API_VERSION, type DDNNModel, KIND } from "../operator/spec.js";
-import type { ControlPlane } from "./cluster/control-plane.js";
-import { startCluster } from "./operator/harness.js";
+import { type ControlPlane, REPO_ROOT } from "./cluster/control-plane.js";
+import {
+  adminClient,
+  BundleServer,
+  DEMO_DIGEST_URL,
+  demoBundleBytes,
+  getOrUndefined,
+  startCluster,
+  waitFor,
+} from "./operator/harness.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
-import { makeTestPki } from "./support/tls.js";
+import { makeTestPki, type TestPki } from "./support/tls.js";
 
 const NS = "fog";
 const MODEL = "cams";
@@ -47,6 +58,7 @@ const logs: string[] = [];
 let server: DeviceIdentityServer;
 let endpoint = "";
 let caFile = "";
+let pki: TestPki;
 let dir = "";
 
 const model = (name: string, auth: boolean) => ({
@@ -155,6 +167,7 @@ beforeAll(async () => {
   }
   dir = mkdtempSync(join(tmpdir(), "ddnn-identity-"));
   const tls = makeTestPki();
+  pki = tls;
   caFile = tls.caFile;
   server = new DeviceIdentityServer({
     kube: { client, model: (ns, n) => models.get(`${ns}/${n}`) },
@@ -311,5 +324,144 @@ describe("device identity exchange (real kube-apiserver, operator RBAC)", () => 
       for (const t of tokens) expect(line).not.toContain(t);
     }
     expect(logs.some((l) => l.includes(`issued broker identity ${grant.username}`))).toBe(true);
+  });
+});
+
+describe("the operator wires the exchange into a model's objects (real kube-apiserver)", () => {
+  const bundles = new BundleServer();
+  let operator: Operator;
+  let admin: KubeClient;
+  const saved = process.env.HTTP_PROXY;
+  const secretText = async (name: string, key: string) => {
+    const s = await getOrUndefined<V1Secret>(admin, {
+      apiVersion: "v1",
+      plural: "secrets",
+      namespace: NS,
+      name,
+    });
+    const v = s?.data?.[key];
+    return v === undefined ? undefined : Buffer.from(v, "base64").toString("utf8");
+  };
+  const label = (node: string) =>
+    cp.kubectlOk(["label", "node", node, "fog.ddnn.io/tier=device", "--overwrite"]);
+
+  beforeAll(async () => {
+    admin = adminClient(cp);
+    process.env.HTTP_PROXY = await bundles.start();
+    bundles.files.set(DEMO_DIGEST_URL, demoBundleBytes());
+    operator = new Operator({
+      kubeConfig: cp.kubeConfig("operator"),
+      identity: "identity-test",
+      images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
+      leaderElection: false,
+      httpPort: 0,
+      httpHost: "127.0.0.1",
+      resyncMs: 3_600_000,
+      brokerKey: KEY,
+      deviceIdentity: {
+        port: 0,
+        host: "127.0.0.1",
+        url: "https://ddnn-fog-identity.ddnn-system.svc:8444",
+        tls: { certFile: pki.certFile, keyFile: pki.keyFile },
+        caPem: readFileSync(caFile, "utf8"),
+      },
+      log: { info: (m) => logs.push(m), warn: (m) => logs.push(m) },
+    });
+    await operator.start();
+  }, 60_000);
+
+  afterAll(async () => {
+    await operator?.stop();
+    await bundles.stop();
+    admin?.close();
+    if (saved === undefined) delete process.env.HTTP_PROXY;
+    else process.env.HTTP_PROXY = saved;
+  });
+
+  it("device Pods get the token and the endpoint; the broker learns each device node as it is labelled", async () => {
+    // The example model (device stage on nodes labelled fog.ddnn.io/tier=device), with auth.
+    const example = parseAllDocuments(
+      readFileSync(join(REPO_ROOT, "examples", "ddnnmodel.yaml"), "utf8"),
+    )
+      .map((d) => d.toJS() as { kind: string; spec: { broker?: unknown } })
+      .find((d) => d.kind === "DDNNModel")!;
+    example.spec.broker = { managed: { auth: {} } };
+    await label("board-a");
+    await cp.kubectlOk(["apply", "-f", "-"], { input: JSON.stringify(example) });
+    const lines = () =>
+      secretText("demo-broker-auth", "passwd").then((p) =>
+        (p ?? "")
+          .split("\n")
+          .filter((l) => l.startsWith("fog/demo/device/"))
+          .map((l) => l.split(":")[0]),
+      );
+    await waitFor("board-a in the password file", async () =>
+      (await lines()).join(",") === "fog/demo/device/board-a" ? true : undefined,
+    );
+    await label("board-b");
+    await waitFor("board-b in the password file too", async () =>
+      (await lines()).join(",") === "fog/demo/device/board-a,fog/demo/device/board-b"
+        ? true
+        : undefined,
+    );
+    const acl = (await secretText("demo-broker-auth", "acl")) ?? "";
+    expect(acl).toContain("user fog/demo/device/board-b\ntopic read ddnn/fog/demo/reply/board-b");
+    const ds = await waitFor("the device DaemonSet", () =>
+      getOrUndefined<V1DaemonSet>(admin, {
+        apiVersion: "apps/v1",
+        plural: "daemonsets",
+        namespace: NS,
+        name: "demo-device",
+      }),
+    );
+    const template = ds.spec!.template.spec!;
+    expect(template.automountServiceAccountToken).toBe(false);
+    expect(template.volumes?.find((v) => v.name === "identity-token")?.projected?.sources).toEqual([
+      {
+        serviceAccountToken: {
+          audience: IDENTITY_AUDIENCE,
+          expirationSeconds: 3600,
+          path: "token",
+        },
+      },
+    ]);
+    const vars = Object.fromEntries(
+      (template.containers[0]!.env ?? []).map((e) => [e.name, e.value]),
+    );
+    expect(vars.DDNN_IDENTITY_URL).toBe("https://ddnn-fog-identity.ddnn-system.svc:8444");
+    expect(vars.DDNN_IDENTITY_CA).toBe("/etc/ddnn/identity-ca/ca.crt");
+    const ca = await getOrUndefined<V1ConfigMap>(admin, {
+      apiVersion: "v1",
+      plural: "configmaps",
+      namespace: NS,
+      name: "demo-identity-ca",
+    });
+    expect(ca?.data?.["ca.crt"]).toBe(readFileSync(caFile, "utf8"));
+
+    // A Pod of that DaemonSet on board-b, and its token at the operator's own endpoint.
+    await cp.kubectlOk(["apply", "-f", "-"], {
+      input: JSON.stringify({
+        ...pod("demo-agent-b", "board-b", "demo-device"),
+        metadata: {
+          ...pod("demo-agent-b", "board-b", "demo-device").metadata,
+          labels: { [MODEL_LABEL]: "demo", [COMPONENT_LABEL]: "device" },
+        },
+      }),
+    });
+    const tokenFile = join(dir, "token-demo");
+    writeFileSync(tokenFile, await tokenFor("demo-agent-b"));
+    const grant = await fetchDeviceIdentity({
+      url: `https://127.0.0.1:${operator.identityPort()}`,
+      tokenFile,
+      caFile,
+      model: "demo",
+      deviceId: "board-b",
+      retryForMs: 0,
+    });
+    expect(grant.username).toBe("fog/demo/device/board-b");
+    expect(grant.password).toBe(identityPassword(KEY, "fog/demo/device/board-b"));
+    const metrics = await (await fetch(`http://127.0.0.1:${operator.port()}/metrics`)).text();
+    expect(metrics).toMatch(/ddnn_operator_device_identities_total\{result="issued"\} 1/);
+    expect(metrics).not.toContain(grant.password);
   });
 });
