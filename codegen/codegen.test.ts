@@ -61,7 +61,7 @@ describe("ddnn codegen c", () => {
     expect(model).toContain("dnn_conv2d_rows_bits_maxpool(&L1, &L1_pool,");
     expect(model).not.toMatch(/malloc|calloc/);
     const makefile = readFileSync(join(out, "Makefile"), "utf8");
-    expect(makefile).toContain("CFLAGS = -std=c99 -Wall -Wextra -Werror -O3");
+    expect(makefile).toContain("CFLAGS = -std=c99 -ffp-contract=off -Wall -Wextra -Werror -O3");
     expect(makefile).toContain("ARCH_FLAGS :=");
   });
 

@@ -23,7 +23,7 @@ const work = tempDir("ddnn-codegen-cross-");
 // x86-64 is built for this machine (-march=native: 16 lanes with AVX-512), for the baseline
 // instruction set (4 lanes), and as plain C loops (DNN_PORTABLE): the kernels' floats must not
 // depend on the vector width.
-const strict = "-std=c99 -Wall -Wextra -Werror -O3";
+const strict = "-std=c99 -ffp-contract=off -Wall -Wextra -Werror -O3";
 const targets = [
   { name: "x86-64", cc: "gcc", runner: [] as string[], make: [] as string[] },
   { name: "x86-64-baseline", cc: "gcc", runner: [], make: ["ARCH_FLAGS="] },

@@ -220,8 +220,10 @@ export function emitModel(
   let scratchFloats = 0;
   /** Floats of the zero-padded input copy of the largest blocked convolution. */
   let paddedFloats = 0;
-  /** Entries of the row kernel's decoded sign groups (bit-packed convolutions, 2 bytes each). */
+  /** Entries of the row kernels' decoded sign groups (bit-packed convolutions, 2 bytes each). */
   let pickEntries = 0;
+  const picks: string[] = [];
+  const pickDecodes: string[] = [];
   /** Floats of the rows a fused max pooling reduces its windows into. */
   let poolRowFloats = 0;
   const constNames = new Map<string, string>();
@@ -334,8 +336,11 @@ export function emitModel(
               alpha,
               `${id} weights ${shape} as sign bits, ${rowBytes} bytes per output channel (bit i = tap i > 0)`,
             );
-            pickEntries = Math.max(pickEntries, layer.m * Math.ceil(taps / 4));
-            return `${bitsKernel}(&${id}, ${poolArgs}${x()}, ${id}_bits, ${id}_alpha, ${bias}, picks, padded, ${rowsArg}${y});`;
+            const entries = layer.m * Math.ceil(taps / 4);
+            pickEntries += entries;
+            picks.push(`static uint16_t ${id}_picks[${entries}];`);
+            pickDecodes.push(`dnn_conv2d_rows_picks(&${id}, ${id}_bits, ${id}_picks);`);
+            return `${bitsKernel}(&${id}, ${poolArgs}${x()}, ${id}_alpha, ${bias}, ${id}_picks, padded, ${rowsArg}${y});`;
           }
           const bits = signBits(layer.weights, Math.ceil(layer.weights.length / 8), where);
           emitPacked(
@@ -566,10 +571,10 @@ ${consts.join("\n")}
 ${structs.join("\n")}
 /* Every activation lives here; offsets were planned at generation time. */
 static float arena[${Math.max(1, plan.arenaFloats)}];
-${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}${paddedFloats ? `\n/* A convolution's input with its padding as zeros (the blocked and row kernels read it unchecked; a row's last vector reads up to DNN_MAX_LANES floats past it). */\nstatic float padded[${paddedFloats} + DNN_MAX_LANES];\n` : ""}${pickEntries ? `\n/* Per output channel and group of 4 taps of a bit-packed convolution: the signed sum its bits pick. */\nstatic uint16_t picks[${pickEntries}];\n` : ""}${poolRowFloats ? `\n/* A convolution's output rows, reduced down the windows of the max pooling fused after it. */\nstatic float pool_rows[${poolRowFloats}];\n` : ""}
+${scratchFloats ? `\n/* The weights of one block of 8 output channels of a bit-packed convolution, decoded. */\nstatic float scratch[${scratchFloats}];\n` : ""}${paddedFloats ? `\n/* A convolution's input with its padding as zeros (the blocked and row kernels read it unchecked; a row's last vector reads up to DNN_MAX_LANES floats past it). */\nstatic float padded[${paddedFloats} + DNN_MAX_LANES];\n` : ""}${picks.length ? `\n/* Per output channel and group of 4 taps of a bit-packed convolution: the signed sum its bits pick (decoded at the first call). */\n${picks.join("\n")}\nstatic int picks_decoded;\n` : ""}${poolRowFloats ? `\n/* A convolution's output rows, reduced down the windows of the max pooling fused after it. */\nstatic float pool_rows[${poolRowFloats}];\n` : ""}
 void dev_model_infer(const float *input, float *features, float *logits)
 {
-${calls.join("\n")}
+${pickDecodes.length ? `    if (!picks_decoded) {\n${pickDecodes.map((d) => `        ${d}\n`).join("")}        picks_decoded = 1;\n    }\n` : ""}${calls.join("\n")}
 ${outputCopies.join("\n")}
 }
 `;

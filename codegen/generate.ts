@@ -176,10 +176,11 @@ function makefile(stage: StageDescription, target: "c" | "opencl"): string {
 # The model and the layer library need libc and libm only.
 
 CC = gcc
-CFLAGS = -std=c99 -Wall -Wextra -Werror -O3
-# The instruction set: -march=native (this machine's vector units) when CC builds for the machine
-# make runs on, else the compiler's baseline. -std=c99 keeps multiply-adds unfused, so every
+# -ffp-contract=off: multiply-adds stay unfused (GCC's -std=c99 default, not Clang's), so every
 # build computes the same floats.
+CFLAGS = -std=c99 -ffp-contract=off -Wall -Wextra -Werror -O3
+# The instruction set: -march=native (this machine's vector units) when CC builds for the machine
+# make runs on, else the compiler's baseline.
 ARCH_FLAGS := $(if $(findstring $(shell uname -m),$(shell $(CC) -dumpmachine)),-march=native,)
 LDFLAGS =
 ZLIB = 1

@@ -679,8 +679,15 @@ static void bit_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
             const uint16_t *pick = k->picks + (size_t)j * k->groups + q0;
             vf a = acc[j];
             if (nq == LOOKUP_GROUPS) {
-                for (q = 0; q < LOOKUP_GROUPS; q++)
-                    a = vadd(a, *(const vf *)(sums + pick[q]));
+                /* Four picks a load. */
+                for (q = 0; q < LOOKUP_GROUPS; q += 4) {
+                    uint64_t four;
+                    memcpy(&four, pick + q, sizeof four);
+                    a = vadd(a, *(const vf *)(sums + (four & 0xffffu)));
+                    a = vadd(a, *(const vf *)(sums + (four >> 16 & 0xffffu)));
+                    a = vadd(a, *(const vf *)(sums + (four >> 32 & 0xffffu)));
+                    a = vadd(a, *(const vf *)(sums + (four >> 48)));
+                }
             } else {
                 for (q = 0; q < nq; q++)
                     a = vadd(a, *(const vf *)(sums + pick[q]));
@@ -693,24 +700,30 @@ static void bit_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
     finish_lanes(acc, k->count, k->bias, p->relu);
 }
 
-static void conv_rows_bits(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
-                           const uint8_t *bits, const float *alpha, const float *bias,
-                           uint16_t *picks, float *padded, float *rows, float *y)
+void dnn_conv2d_rows_picks(const dnn_conv_t *p, const uint8_t *bits, uint16_t *picks)
 {
-    const int cg = p->c / p->group;
-    const int mg = p->m / p->group;
-    const int taps = cg * p->kh * p->kw;
+    const int taps = p->c / p->group * p->kh * p->kw;
     const int groups = (taps + 3) / 4;
     const size_t row_bytes = ((size_t)taps + 7) / 8;
-    const row_sink sink = {p, pool, rows};
-    int g, m0, j, q;
-    /* Where in the table of sums each channel's group of 4 sign bits points, once a call. */
+    int j, q;
     for (j = 0; j < p->m; j++) {
         for (q = 0; q < groups; q++) {
             const unsigned b = bits[(size_t)j * row_bytes + q / 2] >> (q & 1) * 4 & 15u;
             picks[(size_t)j * groups + q] = (uint16_t)(((q % LOOKUP_GROUPS) * 16 + b) * sizeof(vf));
         }
     }
+}
+
+static void conv_rows_bits(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
+                           const float *alpha, const float *bias, const uint16_t *picks,
+                           float *padded, float *rows, float *y)
+{
+    const int cg = p->c / p->group;
+    const int mg = p->m / p->group;
+    const int taps = cg * p->kh * p->kw;
+    const int groups = (taps + 3) / 4;
+    const row_sink sink = {p, pool, rows};
+    int g, m0;
     pad_input(p, x, padded);
     for (g = 0; g < p->group; g++) {
         for (m0 = 0; m0 < mg; m0 += LOOKUP_CHANNELS) {
@@ -729,18 +742,17 @@ static void conv_rows_bits(const dnn_conv_t *p, const dnn_pool_t *pool, const fl
     }
 }
 
-void dnn_conv2d_rows_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits,
-                          const float *alpha, const float *bias, uint16_t *picks, float *padded,
-                          float *y)
+void dnn_conv2d_rows_bits(const dnn_conv_t *p, const float *x, const float *alpha,
+                          const float *bias, const uint16_t *picks, float *padded, float *y)
 {
-    conv_rows_bits(p, NULL, x, bits, alpha, bias, picks, padded, NULL, y);
+    conv_rows_bits(p, NULL, x, alpha, bias, picks, padded, NULL, y);
 }
 
 void dnn_conv2d_rows_bits_maxpool(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
-                                  const uint8_t *bits, const float *alpha, const float *bias,
-                                  uint16_t *picks, float *padded, float *rows, float *y)
+                                  const float *alpha, const float *bias, const uint16_t *picks,
+                                  float *padded, float *rows, float *y)
 {
-    conv_rows_bits(p, pool, x, bits, alpha, bias, picks, padded, rows, y);
+    conv_rows_bits(p, pool, x, alpha, bias, picks, padded, rows, y);
 }
 
 /*

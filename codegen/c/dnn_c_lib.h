@@ -52,19 +52,19 @@ void dnn_conv2d_block8_bits(const dnn_conv_t *p, const float *x, const uint8_t *
  * The input is copied into `padded` as for block8, with hp x wp the padded input plane; the
  * buffer holds DNN_MAX_LANES floats more, which the last row's vector reads and discards.
  * dnn_conv2d_rows takes the block8 weight layout (output channels per group a multiple of 8).
- * In dnn_conv2d_rows_bits, output channel m's signs are ceil(taps / 8) bytes (taps = c / group *
- * kh * kw, in ONNX order; bit i: tap i is +alpha[m], else -alpha[m]); each group of 4 taps' 16
- * signed input sums is computed once per row and each channel adds the one its 4 bits pick
- * (`picks`: m * ceil(taps / 4) entries, where each channel's bits point, decoded at each call), so
- * y[m] = alpha[m] * (sum of +-x) + bias[m] (the floats differ from the float weights' in the last
- * bits).
+ * The bit-packed form runs from `picks`, which dnn_conv2d_rows_picks decodes from the sign bits
+ * once (m * ceil(taps / 4) entries; taps = c / group * kh * kw): output channel m's signs are
+ * ceil(taps / 8) bytes, in ONNX order, bit i set where tap i is +alpha[m], else -alpha[m]. Each
+ * group of 4 taps' 16 signed input sums is computed once per row vector and each channel adds
+ * the one its 4 bits pick, so y[m] = alpha[m] * (sum of +-x) + bias[m] (the floats differ from
+ * the float weights' in the last bits).
  */
 #define DNN_MAX_LANES 16
 void dnn_conv2d_rows(const dnn_conv_t *p, const float *x, const float *w, const float *bias,
                      float *padded, float *y);
-void dnn_conv2d_rows_bits(const dnn_conv_t *p, const float *x, const uint8_t *bits,
-                          const float *alpha, const float *bias, uint16_t *picks, float *padded,
-                          float *y);
+void dnn_conv2d_rows_picks(const dnn_conv_t *p, const uint8_t *bits, uint16_t *picks);
+void dnn_conv2d_rows_bits(const dnn_conv_t *p, const float *x, const float *alpha,
+                          const float *bias, const uint16_t *picks, float *padded, float *y);
 
 /*
  * y[r][j] = alpha * sum_k x[r * row_stride + k * k_stride] * w[j][k] + bias[r][j] (bias may be
@@ -102,8 +102,8 @@ void dnn_conv2d_rows_maxpool(const dnn_conv_t *p, const dnn_pool_t *pool, const 
                              const float *w, const float *bias, float *padded, float *rows,
                              float *y);
 void dnn_conv2d_rows_bits_maxpool(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
-                                  const uint8_t *bits, const float *alpha, const float *bias,
-                                  uint16_t *picks, float *padded, float *rows, float *y);
+                                  const float *alpha, const float *bias, const uint16_t *picks,
+                                  float *padded, float *rows, float *y);
 void dnn_avgpool2d(const dnn_pool_t *p, const float *x, float *y);
 
 /* y[c] = mean of the plane x[c][0 .. plane). */
