@@ -184,11 +184,6 @@ export class StageService {
     return this.inFlight.size;
   }
 
-  /** Clients with requests in flight. */
-  get clients(): number {
-    return this.perClient.size;
-  }
-
   /** Counts a request against its client's limit; false when the client is at its limit. */
   private admit(client: string): boolean {
     const held = this.perClient.get(client) ?? 0;
