@@ -11,6 +11,7 @@ import { describe, expect, it } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { readBundleArchive } from "../core/bundle/read.js";
 import { readTarGz } from "../core/bundle/tar.js";
+import { readViewsBundle } from "../core/views.js";
 import { ddnnModelSpecSchema } from "../operator/spec.js";
 import { tempDir } from "../test/support/bundle-fixture.js";
 import { ddnn, root } from "../test/support/run.js";
@@ -122,6 +123,24 @@ describe("ddnn bundle pack", () => {
     // Ready as printed: the operator's own schema takes it.
     const spec = ddnnModelSpecSchema.safeParse(model.spec);
     expect(spec.success, spec.error?.message).toBe(true);
+  });
+
+  it("packs a multi-view bundle (models/fashion-views3) with every view's device stage, as the tiers read it", async () => {
+    const r = await ddnn(["bundle", "pack", "models/fashion-views3", "--namespace", "fog"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain("device-view1.onnx, device-view2.onnx");
+    const cm = parse(r.stdout) as ConfigMap;
+    const archive = Buffer.from(cm.binaryData["bundle.tar.gz"]!, "base64");
+    expect(archive.length).toBeLessThan(CONFIGMAP_MAX_BYTES);
+    const dir = tempDir("ddnn-pack-views-");
+    const file = join(dir, "bundle.tar.gz");
+    writeFileSync(file, archive);
+    // What an agent of view 2 and the operator's verifier read: every view's file, sha256 checked.
+    const views = await readViewsBundle(file);
+    expect(views.deviceBytes.map((b) => sha256(b))).toEqual(
+      views.views.devices.map((d) => d.sha256),
+    );
+    expect(views.deviceBytes).toHaveLength(3);
   });
 
   it("writes the same bytes on every run, and GNU tar reads the archive", async () => {

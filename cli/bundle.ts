@@ -10,6 +10,7 @@ import { stringify } from "yaml";
 import { z } from "zod";
 import { MANIFEST_FILE, type Manifest } from "../core/bundle/manifest.js";
 import { readBundle, readBundleArchive, type VerifiedBundle } from "../core/bundle/read.js";
+import { readViewsBundle, type VerifiedViewsBundle, viewsOf } from "../core/views.js";
 import {
   ConfigError,
   type ConfigOf,
@@ -80,7 +81,7 @@ export const bundleHelp = programHelp(packConfig, {
   title: "ddnn bundle: prepare a model bundle for a cluster",
   usage: "ddnn bundle pack DIR [--name NAME] [--namespace NS] [--out FILE] [--archive FILE]",
   after: `pack verifies the bundle DIR (ddnn.json and the sha256 of every stage file; a .tar.gz works
-too) and packs ddnn.json and the stage files it names, nothing else, as a reproducible .tar.gz
+too) and packs ddnn.json and the stage files it names (a multi-view bundle's view files too), nothing else, as a reproducible .tar.gz
 (sorted names, owner 0:0, mtime 0, gzip without name or time: the same bundle always gives the
 same bytes). When that is at most 1 MiB (the most a ConfigMap holds) it writes a ConfigMap
 manifest with the archive under binaryData key bundle.tar.gz; larger bundles are served over
@@ -129,7 +130,10 @@ async function runPack(
   }
   const flags = loadConfig(packConfig, argv);
   const bundle = await readBundle(flags.dir);
-  const files = bundleFiles(bundle);
+  // A multi-view bundle's other views' device stages are named by its views block: verified and
+  // packed too, or the packed bundle would be refused by every tier that reads it.
+  const views = viewsOf(bundle.manifest).count > 1 ? await readViewsBundle(flags.dir) : undefined;
+  const files = bundleFiles(bundle, views);
   const archive = packReproducibly(files);
   const { manifest, digest } = bundle;
   // Read back as the operator and the tiers will, so a name tar cannot carry as the manifest
@@ -190,11 +194,17 @@ export interface ArchiveFile {
   readonly bytes: Uint8Array;
 }
 
-/** ddnn.json and the stage files, with the bytes that were verified (never read a second time). */
-export function bundleFiles(bundle: VerifiedBundle): ArchiveFile[] {
+/**
+ * ddnn.json, the stage files and, for a multi-view bundle, every view's device stage file, with
+ * the bytes that were verified (never read a second time).
+ */
+export function bundleFiles(bundle: VerifiedBundle, views?: VerifiedViewsBundle): ArchiveFile[] {
   const files = new Map<string, Uint8Array>([[MANIFEST_FILE, bundle.manifestBytes]]);
   bundle.manifest.stages.forEach((stage, i) => {
     files.set(stage.file, bundle.stageBytes[i]!);
+  });
+  views?.views.devices.forEach((device, v) => {
+    files.set(device.file, views.deviceBytes[v]!);
   });
   return [...files].map(([name, bytes]) => ({ name, bytes }));
 }
