@@ -18,10 +18,12 @@
  * Run with `bash scripts/cluster.sh e2e` (DDNN_E2E=1, test/e2e/vitest.config.ts); skipped otherwise.
  */
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect as mqttConnect } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readIdx } from "../../core/dataset/idx.js";
 import { Cluster, clusterEnv, TIER_LABELS } from "../cluster/cluster.js";
@@ -286,6 +288,16 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
 
   it("helm install runs the operator as Pods under its ServiceAccount; one leads; both are Ready", async () => {
     const started = performance.now();
+    // The managed brokers' password key (docs/security.md; a kept cluster may have it already).
+    await cluster.kubectl(["create", "namespace", OPERATOR_NS]);
+    await cluster.kubectlOk(["apply", "-f", "-"], {
+      input: JSON.stringify({
+        apiVersion: "v1",
+        kind: "Secret",
+        metadata: { name: "ddnn-broker-key", namespace: OPERATOR_NS },
+        stringData: { "broker-key": randomBytes(32).toString("hex") },
+      }),
+    });
     const r = await helm([
       "install",
       RELEASE,
@@ -295,6 +307,8 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
       "--create-namespace",
       "--set",
       `image.repository=localhost/ddnn-fog,image.tag=${VERSION}`,
+      "--set",
+      "operator.brokerKeySecret=ddnn-broker-key",
       "--wait",
       "--timeout",
       "240s",
@@ -745,6 +759,259 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     // The edge decides on the f32 features the device sent (spec.wire): ddnn eval's exits and labels.
     expect(c.stageMismatch).toBe(0);
     expect(c.remoteMismatch).toBe(0);
+  });
+
+  it("broker.managed.auth with device agents on both nodes: each agent gets its own node's identity with its Pod's token, and no other node's", async () => {
+    // Both nodes serve the device tier for this test.
+    const second = cluster.nodes.find((n) => n.labels[TIER_LABELS.device] !== "true")!;
+    await cluster.kubectlOk(["label", "node", second.name, `${TIER_LABELS.device}=true`]);
+    try {
+      const current = await model();
+      await cluster.kubectlOk(["apply", "-f", "-"], {
+        input: JSON.stringify({
+          apiVersion: "fog.ddnn.io/v1alpha1",
+          kind: "DDNNModel",
+          metadata: { name: MODEL, namespace: NS },
+          spec: {
+            ...(current as unknown as { spec: object }).spec,
+            broker: { managed: { auth: {} } },
+          },
+        }),
+      });
+      const agents = await waitUntil(
+        "a Ready device agent with its identity on each node",
+        async () => {
+          const m = await modelReady();
+          const d = (await tierPods("device")).filter(ready);
+          const withIdentity = d.filter((p) =>
+            (p as unknown as { spec: { volumes?: { name: string }[] } }).spec.volumes?.some(
+              (v) => v.name === "identity-token",
+            ),
+          );
+          return m && withIdentity.length === 2 && d.length === 2 ? withIdentity : undefined;
+        },
+        300_000,
+      );
+      expect(new Set(agents.map((p) => p.spec.nodeName))).toEqual(
+        new Set(cluster.nodes.map((n) => n.name)),
+      );
+      // Each agent connected to the authenticated broker with its identity: its offloads are
+      // answered by the later tiers, nothing degraded.
+      for (const p of agents) {
+        const answers = await inferAll(p.status.podIP!, 40);
+        expect(answers.filter((a) => a.degraded)).toEqual([]);
+        expect(answers.some((a) => a.tier !== "device")).toBe(true);
+      }
+      const logs = await cluster.kubectlOk([
+        "logs",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        `app.kubernetes.io/instance=${RELEASE}`,
+        "--tail=-1",
+        "--prefix",
+      ]);
+      for (const p of agents)
+        expect(logs).toContain(`issued broker identity ${NS}/${MODEL}/device/${p.spec.nodeName}`);
+      // The token the kubelet gave the agent on one node names that node; the operator answers
+      // it with that node's identity, and the broker refuses that password for the other node.
+      const [a, b] = agents as [Pod, Pod];
+      const token = (
+        await cluster.kubectlOk([
+          "exec",
+          "-n",
+          NS,
+          a.metadata.name,
+          "--",
+          "cat",
+          "/var/run/secrets/ddnn/token",
+        ])
+      ).trim();
+      const review = JSON.parse(
+        await cluster.kubectlOk(["create", "-o", "json", "-f", "-"], {
+          input: JSON.stringify({
+            apiVersion: "authentication.k8s.io/v1",
+            kind: "TokenReview",
+            spec: { token, audiences: ["ddnn-broker"] },
+          }),
+        }),
+      ) as { status: { user?: { extra?: Record<string, string[]> } } };
+      expect(review.status.user?.extra?.["authentication.kubernetes.io/node-name"]).toEqual([
+        a.spec.nodeName,
+      ]);
+      const tls = await getJson<{ data: Record<string, string> }>([
+        "secret",
+        `${RELEASE}-identity-tls`,
+        "-n",
+        OPERATOR_NS,
+      ]);
+      const operatorPod = (await pods(OPERATOR_NS, `app.kubernetes.io/instance=${RELEASE}`)).find(
+        ready,
+      )!;
+      const grant = await new Promise<{ username: string; password: string }>((resolve, reject) => {
+        const req = httpsRequest(
+          {
+            host: operatorPod.status.podIP,
+            port: 8444,
+            path: "/v1/device-credentials",
+            method: "POST",
+            servername: `${RELEASE}-identity.${OPERATOR_NS}.svc`,
+            ca: Buffer.from(tls.data["ca.crt"]!, "base64"),
+            headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+          },
+          (res) => {
+            let body = "";
+            res.on("data", (c: Buffer) => {
+              body += c.toString();
+            });
+            res.on("end", () =>
+              res.statusCode === 200
+                ? resolve(JSON.parse(body))
+                : reject(new Error(`${res.statusCode}: ${body}`)),
+            );
+          },
+        );
+        req.on("error", reject);
+        req.end(JSON.stringify({ model: MODEL }));
+      });
+      expect(grant.username).toBe(`${NS}/${MODEL}/device/${a.spec.nodeName}`);
+      const broker = (await tierPods("broker")).find(ready)!;
+      const connect = (username: string) =>
+        new Promise<string>((resolve) => {
+          const c = mqttConnect(`mqtt://${broker.status.podIP}:1883`, {
+            username,
+            password: grant.password,
+            reconnectPeriod: 0,
+            connectTimeout: 10_000,
+          });
+          c.once("connect", () => {
+            c.end(true);
+            resolve("connected");
+          });
+          c.once("error", (e) => {
+            c.end(true);
+            resolve(e.message);
+          });
+        });
+      expect(await connect(grant.username)).toBe("connected");
+      expect(await connect(`${NS}/${MODEL}/device/${b.spec.nodeName}`)).toMatch(
+        /Not authorized|Bad User Name or Password/,
+      );
+      console.info(
+        `e2e: device identities by Pod token: ${agents.map((p) => p.spec.nodeName).join(", ")}; ${a.spec.nodeName}'s token gets ${grant.username} and no other`,
+      );
+    } finally {
+      await cluster.kubectlOk(["label", "node", second.name, `${TIER_LABELS.device}-`]);
+    }
+  });
+
+  it("a multi-view model places each view on its node; every capture gets the in-process multi-view answer on every view's device", async () => {
+    const VIEWS = "views";
+    const [first, second] = cluster.nodes;
+    const onNode = (n: (typeof cluster.nodes)[number] | undefined) => ({
+      "kubernetes.io/hostname": (n ?? first!).name,
+    });
+    // Views 0 and 2 on the first node, view 1 on the second (the first alone with one node); each
+    // view's agent on its own port, since a node holds several.
+    const placement = [onNode(first), onNode(second), onNode(first)];
+    await createBundleConfigMap(cluster, "fashion-views3");
+    const digest = packBundle("fashion-views3").digest;
+    await cluster.kubectlOk(["apply", "-f", "-"], {
+      input: JSON.stringify({
+        apiVersion: "fog.ddnn.io/v1alpha1",
+        kind: "DDNNModel",
+        metadata: { name: VIEWS, namespace: NS },
+        spec: {
+          bundle: { configMap: { name: "fashion-views3", key: "bundle.tar.gz" }, sha256: digest },
+          placement: { device: "device", server: "server" },
+          wire: { dtype: "f32" },
+          deadlineMs: 5000,
+          tiers: {
+            device: {
+              nodeSelector: { "kubernetes.io/os": "linux" },
+              views: placement.map((nodeSelector, view) => ({
+                view,
+                nodeSelector,
+                source: { http: { port: 8181 + view } },
+              })),
+            },
+            edge: { fusionWindowMs: 1000 },
+            server: { replicas: 1 },
+          },
+          broker: { managed: { kind: "mosquitto" } },
+        },
+      }),
+    });
+    const viewPods = (v: number) =>
+      pods(
+        NS,
+        `app.kubernetes.io/instance=${VIEWS},app.kubernetes.io/component=device,fog.ddnn.io/view=${v}`,
+      );
+    const agents = await waitUntil(
+      "the views model Ready with one agent per view",
+      async () => {
+        const m = await getJson<Model>(["ddnnmodel", VIEWS, "-n", NS]);
+        if (condition(m, "Ready")?.status !== "True") return undefined;
+        const found = await Promise.all(
+          [0, 1, 2].map(async (v) => (await viewPods(v)).filter(ready)),
+        );
+        return found.every((f) => f.length === 1) ? found.map((f) => f[0]!) : undefined;
+      },
+      300_000,
+    );
+    agents.forEach((p, v) => expect(p.spec.nodeName).toBe(placement[v]!["kubernetes.io/hostname"]));
+    const sample = (v: number) =>
+      readIdx(
+        join(
+          REPO_ROOT,
+          "models",
+          "fashion-views3",
+          "eval",
+          `fashion-mnist-views3-t10k-2000-view${v}-images-idx3-ubyte.gz`,
+        ),
+      );
+    const views = await Promise.all([0, 1, 2].map(sample));
+    const n = 60;
+    const expected = await evaluate("fashion-views3", n);
+    const answers: InferAnswer[][] = [];
+    for (let i = 0; i < n; i++) {
+      answers.push(
+        await Promise.all(
+          agents.map(async (p, v) => {
+            const res = await fetch(`http://${p.status.podIP}:${8181 + v}/v1/infer?capture=c${i}`, {
+              method: "POST",
+              headers: { "Content-Type": "application/octet-stream" },
+              body: views[v]!.data.subarray(i * 784, (i + 1) * 784),
+              signal: AbortSignal.timeout(30_000),
+            });
+            if (!res.ok)
+              throw new Error(`view ${v} /v1/infer answered ${res.status}: ${await res.text()}`);
+            return (await res.json()) as InferAnswer;
+          }),
+        ),
+      );
+    }
+    const mismatched = answers.filter((a, i) =>
+      a.some((x) => x.stage !== expected[i]!.stage || x.label !== expected[i]!.label),
+    ).length;
+    const degraded = answers.flat().filter((a) => a.degraded).length;
+    const byServer = answers.filter((a) => a[0]!.tier === "server").length;
+    console.info(
+      `e2e: views on ${agents.map((p) => p.spec.nodeName).join(", ")}: ${n} captures, ${mismatched} differ from the in-process pipeline, ${degraded} degraded, ${byServer} finished by the server`,
+    );
+    expect(degraded).toBe(0);
+    expect(mismatched).toBe(0);
+    expect(byServer).toBeGreaterThan(0);
+    await cluster.kubectlOk([
+      "delete",
+      "ddnnmodel",
+      VIEWS,
+      "-n",
+      NS,
+      "--wait=true",
+      "--timeout=120s",
+    ]);
+    await cluster.kubectlOk(["delete", "configmap", "fashion-views3", "-n", NS]);
   });
 
   it("kubectl delete of the model removes every object it owns; helm uninstall leaves no operator object", async () => {
