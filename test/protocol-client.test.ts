@@ -461,7 +461,8 @@ describe("Mosquitto's command-line clients", () => {
     sub.stdout.on("data", (d: Buffer) => {
       out += d.toString();
     });
-    const exited = new Promise<number | null>((resolve) => sub.once("exit", resolve));
+    // "close", not "exit": the process may exit before its last stdout chunk (the reply) is read.
+    const exited = new Promise<number | null>((resolve) => sub.once("close", resolve));
     await waitFor(() => out.includes("SUBACK"), 10_000, "mosquitto_sub subscribed");
     await exec("mosquitto_pub", [
       ...["-h", "127.0.0.1", "-p", port, "-q", "1"],
