@@ -54,7 +54,7 @@ const LIMIT = process.env.DDNN_FLOOD_TEST_LIMIT;
 const MAX_BATCH = 4;
 // Generous: on a 2-core machine the flood's own CPU (the worker busy all the time, the flooder's
 // frames and refusals through the broker and the server's MQTT thread) slows every process down;
-// measured here at load 7-13 in 12 runs: 10 at x1.9-x5.9 (p50) and x0.8-x13.7 (p99), two at x21
+// measured here at load 7-13 in 17 runs: 15 at x1.9-x5.9 (p50) and x0.8-x13.7 (p99), two at x21
 // and x118 (p50) while the machine starved the server for seconds (those fail). Without the round robin the fifteen
 // would wait behind the flooder's 256 queued requests: ~64 batches, a second.
 const P50_FACTOR = 15;
