@@ -507,7 +507,11 @@ typedef struct {
     float *rows;
 } row_sink;
 
-typedef void (*row_tile_fn)(const void *kernel, int oy, int ox0, vf *acc);
+/*
+ * Computes output rows oy and, when `two`, oy + 1 at pixels ox0 .. for the kernel's channels:
+ * acc[j] for row oy, acc[LOOKUP_CHANNELS + j] for row oy + 1.
+ */
+typedef void (*row_tile_fn)(const void *kernel, int oy, int two, int ox0, vf *acc);
 
 /* Runs `tile` over the output rows and their vectors for `count` channels from `first`. */
 static void run_rows(const row_sink *s, const void *kernel, row_tile_fn tile, int first,
@@ -515,15 +519,19 @@ static void run_rows(const row_sink *s, const void *kernel, row_tile_fn tile, in
 {
     const dnn_conv_t *p = s->p;
     int oy, ox0, r, j;
-    vf acc[LOOKUP_CHANNELS], best[LOOKUP_CHANNELS];
+    vf acc[2 * LOOKUP_CHANNELS], best[LOOKUP_CHANNELS];
     if (!s->pool) {
         const size_t plane = (size_t)p->oh * p->ow;
-        for (oy = 0; oy < p->oh; oy++) {
+        for (oy = 0; oy < p->oh; oy += 2) {
+            const int two = oy + 1 < p->oh;
             for (ox0 = 0; ox0 < p->ow; ox0 = next_tile(ox0, p->ow)) {
+                const int n = p->ow - ox0 < LANES ? p->ow - ox0 : LANES;
                 const size_t at = (size_t)oy * p->ow + ox0;
-                tile(kernel, oy, ox0, acc);
-                store_lanes(acc, count, y + (size_t)first * plane + at, plane, at,
-                            p->ow - ox0 < LANES ? p->ow - ox0 : LANES);
+                tile(kernel, oy, two, ox0, acc);
+                store_lanes(acc, count, y + (size_t)first * plane + at, plane, at, n);
+                if (two)
+                    store_lanes(acc + LOOKUP_CHANNELS, count,
+                                y + (size_t)first * plane + at + p->ow, plane, at + p->ow, n);
             }
         }
     } else {
@@ -533,11 +541,18 @@ static void run_rows(const row_sink *s, const void *kernel, row_tile_fn tile, in
         int py;
         for (py = 0; py < q->oh; py++) {
             for (ox0 = 0; ox0 < p->ow; ox0 = next_tile(ox0, p->ow)) {
-                tile(kernel, py * q->sh, ox0, best);
-                for (r = 1; r < q->kh; r++) {
-                    tile(kernel, py * q->sh + r, ox0, acc);
-                    for (j = 0; j < count; j++)
+                /* Down the window's rows in order, two at a time. */
+                tile(kernel, py * q->sh, q->kh > 1, ox0, acc);
+                for (j = 0; j < count; j++)
+                    best[j] = q->kh > 1 ? vmax(acc[j], acc[LOOKUP_CHANNELS + j]) : acc[j];
+                for (r = 2; r < q->kh; r += 2) {
+                    const int two = r + 1 < q->kh;
+                    tile(kernel, py * q->sh + r, two, ox0, acc);
+                    for (j = 0; j < count; j++) {
                         best[j] = vmax(best[j], acc[j]);
+                        if (two)
+                            best[j] = vmax(best[j], acc[LOOKUP_CHANNELS + j]);
+                    }
                 }
                 for (j = 0; j < count; j++)
                     vstore(s->rows + (size_t)j * stride + ox0, best[j]);
@@ -557,7 +572,7 @@ typedef struct {
 } float_rows;
 
 /* The 8 output channels of one block at output pixels (oy, ox0 ..), + bias, ReLU. */
-static void float_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
+static void float_row(const void *kernel, int oy, int ox0, vf *acc)
 {
     const float_rows *k = (const float_rows *)kernel;
     const dnn_conv_t *p = k->p;
@@ -582,6 +597,13 @@ static void float_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
     for (j = 0; j < 8; j++)
         acc[j] = a[j];
     finish_lanes(acc, 8, k->bias, p->relu);
+}
+
+static void float_rows_tile(const void *kernel, int oy, int two, int ox0, vf *acc)
+{
+    float_row(kernel, oy, ox0, acc);
+    if (two)
+        float_row(kernel, oy + 1, ox0, acc + LOOKUP_CHANNELS);
 }
 
 static void conv_rows(const dnn_conv_t *p, const dnn_pool_t *pool, const float *x,
@@ -640,64 +662,89 @@ typedef struct {
     int count, taps, groups;
 } bit_rows;
 
-/* `count` output channels at output pixels (oy, ox0 ..): alpha * (sum of +-x) + bias, ReLU. */
-static void bit_rows_tile(const void *kernel, int oy, int ox0, vf *acc)
+/* The signed sums of groups q0 .. q0 + nq of the taps of the row at `base` (missing taps read 0). */
+static void row_sums(const bit_rows *k, const float *base, int q0, int nq, vf table[][16])
+{
+    const dnn_conv_t *p = k->p;
+    const size_t in_plane = (size_t)p->hp * p->wp;
+    const int kk = p->kh * p->kw;
+    int t = 4 * q0, c = t / kk, ky = t % kk / p->kw, kx = t % p->kw, q, i;
+    for (q = 0; q < nq; q++) {
+        vf xs[4];
+        for (i = 0; i < 4; i++, t++) {
+            if (t >= k->taps) {
+                xs[i] = vzero();
+                continue;
+            }
+            xs[i] = vload(base + (size_t)c * in_plane + (size_t)ky * p->dh * p->wp +
+                          (size_t)kx * p->dw);
+            if (++kx == p->kw) {
+                kx = 0;
+                if (++ky == p->kh) {
+                    ky = 0;
+                    c++;
+                }
+            }
+        }
+        signed_sums(xs, table[q]);
+    }
+}
+
+/*
+ * `count` output channels at output pixels (oy, ox0 ..) and, when `two`, (oy + 1, ox0 ..):
+ * alpha * (sum of +-x) + bias, ReLU. Each pick serves both rows.
+ */
+static void bit_rows_tile(const void *kernel, int oy, int two, int ox0, vf *acc)
 {
     const bit_rows *k = (const bit_rows *)kernel;
     const dnn_conv_t *p = k->p;
-    const size_t in_plane = (size_t)p->hp * p->wp;
     const float *base = k->xg + (size_t)oy * p->sh * p->wp + ox0;
-    vf table[LOOKUP_GROUPS][16];
-    const char *sums = (const char *)table;
-    int c = 0, ky = 0, kx = 0, t = 0, q0, q, i, j;
+    vf table[2][LOOKUP_GROUPS][16];
+    const char *sums = (const char *)table[0];
+    const char *next = (const char *)table[1];
+    vf *acc1 = acc + LOOKUP_CHANNELS;
+    int q0, q, j;
     for (j = 0; j < k->count; j++)
-        acc[j] = vzero();
+        acc[j] = acc1[j] = vzero();
     for (q0 = 0; q0 < k->groups; q0 += LOOKUP_GROUPS) {
         const int nq = k->groups - q0 < LOOKUP_GROUPS ? k->groups - q0 : LOOKUP_GROUPS;
-        /* The signed sums of the next nq groups of taps (missing taps read 0). */
-        for (q = 0; q < nq; q++) {
-            vf xs[4];
-            for (i = 0; i < 4; i++, t++) {
-                if (t >= k->taps) {
-                    xs[i] = vzero();
-                    continue;
-                }
-                xs[i] = vload(base + (size_t)c * in_plane + (size_t)ky * p->dh * p->wp +
-                              (size_t)kx * p->dw);
-                if (++kx == p->kw) {
-                    kx = 0;
-                    if (++ky == p->kh) {
-                        ky = 0;
-                        c++;
-                    }
-                }
-            }
-            signed_sums(xs, table[q]);
-        }
+        row_sums(k, base, q0, nq, table[0]);
+        if (two)
+            row_sums(k, base + (size_t)p->sh * p->wp, q0, nq, table[1]);
         /* Each channel adds the sum its 4 sign bits pick, group by group. */
         for (j = 0; j < k->count; j++) {
             const uint16_t *pick = k->picks + (size_t)j * k->groups + q0;
-            vf a = acc[j];
-            if (nq == LOOKUP_GROUPS) {
-                /* Four picks a load. */
+            vf a = acc[j], b = acc1[j];
+            if (nq == LOOKUP_GROUPS && two) {
+                /* Four picks a load, each for both rows. */
                 for (q = 0; q < LOOKUP_GROUPS; q += 4) {
                     uint64_t four;
+                    int i;
                     memcpy(&four, pick + q, sizeof four);
-                    a = vadd(a, *(const vf *)(sums + (four & 0xffffu)));
-                    a = vadd(a, *(const vf *)(sums + (four >> 16 & 0xffffu)));
-                    a = vadd(a, *(const vf *)(sums + (four >> 32 & 0xffffu)));
-                    a = vadd(a, *(const vf *)(sums + (four >> 48)));
+                    for (i = 0; i < 4; i++, four >>= 16) {
+                        const unsigned at = (unsigned)(four & 0xffffu);
+                        a = vadd(a, *(const vf *)(sums + at));
+                        b = vadd(b, *(const vf *)(next + at));
+                    }
                 }
             } else {
-                for (q = 0; q < nq; q++)
+                for (q = 0; q < nq; q++) {
                     a = vadd(a, *(const vf *)(sums + pick[q]));
+                    if (two)
+                        b = vadd(b, *(const vf *)(next + pick[q]));
+                }
             }
             acc[j] = a;
+            acc1[j] = b;
         }
     }
-    for (j = 0; j < k->count; j++)
+    for (j = 0; j < k->count; j++) {
         acc[j] = vmul(acc[j], vsplat(k->alpha[j]));
+        acc1[j] = vmul(acc1[j], vsplat(k->alpha[j]));
+    }
     finish_lanes(acc, k->count, k->bias, p->relu);
+    if (two)
+        finish_lanes(acc1, k->count, k->bias, p->relu);
 }
 
 void dnn_conv2d_rows_picks(const dnn_conv_t *p, const uint8_t *bits, uint16_t *picks)
