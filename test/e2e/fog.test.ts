@@ -1124,11 +1124,10 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
         ]),
         "ddnnmodels/finalizers update",
         "leases create",
-        // Secrets are written only for managed brokers with broker.managed.auth, which this
-        // run's models (with device agents) cannot use yet (docs/security.md); list and watch are.
+        // Secrets are written (server-side apply: patch) for the model with broker.managed.auth;
+        // none is pruned, and apply is audited as patch.
         "secrets create",
         "secrets delete",
-        "secrets patch",
       ].sort(),
     );
   });
