@@ -1014,6 +1014,87 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     await cluster.kubectlOk(["delete", "configmap", "fashion-views3", "-n", NS]);
   });
 
+  it("a server Pod killed under load while another replica runs: the other takes over; every request is answered once, inside its deadline", async () => {
+    await cluster.kubectlOk([
+      "patch",
+      "ddnnmodel",
+      MODEL,
+      "-n",
+      NS,
+      "--type=merge",
+      "-p",
+      JSON.stringify({ spec: { tiers: { server: { replicas: 2 } } } }),
+    ]);
+    const servers = await waitUntil(
+      "two Ready server Pods",
+      async () => {
+        const ps = (await tierPods("server")).filter(ready);
+        return ps.length === 2 && (await modelReady()) ? ps : undefined;
+      },
+      180_000,
+    );
+    const device = (await tierPods("device")).find(ready)!;
+    const deadlineMs = ((await model()) as unknown as { spec: { deadlineMs: number } }).spec
+      .deadlineMs;
+    // Six requests in flight for 12 s; one server Pod is killed 2 s in.
+    const started = performance.now();
+    const killAt = started + 2000;
+    let killedAt = 0;
+    const answers: { at: number; ms: number; a: InferAnswer }[] = [];
+    let i = 0;
+    const killer = (async () => {
+      await sleep(killAt - performance.now());
+      killedAt = performance.now();
+      await cluster.kubectlOk([
+        "delete",
+        "pod",
+        servers[0]!.metadata.name,
+        "-n",
+        NS,
+        "--grace-period=0",
+        "--force",
+      ]);
+    })();
+    await Promise.all(
+      Array.from({ length: 6 }, async () => {
+        while (performance.now() - started < 12_000) {
+          const n = i++ % SAMPLES;
+          const at = performance.now();
+          const a = await infer(device.status.podIP!, n, deadlineMs + 10_000);
+          answers.push({ at, ms: performance.now() - at, a });
+        }
+      }),
+    );
+    await killer;
+    const offloaded = answers.filter((x) => x.a.tier !== "device" || x.a.degraded);
+    const degraded = answers.filter((x) => x.a.degraded);
+    // After the kill the other replica answers (the killed one's replacement takes longer).
+    const later = answers.filter(
+      (x) => x.at > killedAt + 2000 && (x.a.tier !== "device" || x.a.degraded),
+    );
+    const slowest = Math.max(...degraded.map((x) => x.ms), 0);
+    console.info(
+      `e2e: server Pod killed under load with a second replica: ${answers.length} answers, ${offloaded.length} offloaded, ${degraded.length} degraded (${[...new Set(degraded.map((x) => x.a.reason))].join(", ") || "none"}; slowest ${slowest.toFixed(0)} ms, deadline ${deadlineMs} ms), ${later.filter((x) => !x.a.degraded).length} of ${later.length} upstream answers from 2 s after the kill not degraded`,
+    );
+    expect(answers.length).toBe(i);
+    expect(offloaded.length).toBeGreaterThan(20);
+    // In flight on the killed Pod: answered locally at the deadline, never later, never twice.
+    expect(slowest).toBeLessThan(deadlineMs + 1500);
+    expect(degraded.length).toBeLessThan(offloaded.length / 4);
+    expect(later.length).toBeGreaterThan(5);
+    expect(later.filter((x) => x.a.degraded)).toEqual([]);
+    await cluster.kubectlOk([
+      "patch",
+      "ddnnmodel",
+      MODEL,
+      "-n",
+      NS,
+      "--type=merge",
+      "-p",
+      JSON.stringify({ spec: { tiers: { server: { replicas: 1 } } } }),
+    ]);
+  });
+
   it("kubectl delete of the model removes every object it owns; helm uninstall leaves no operator object", async () => {
     await cluster.kubectlOk(["delete", "ddnnmodel", MODEL, "-n", NS, "--wait=true"], {
       timeoutMs: 180_000,
