@@ -10,7 +10,6 @@ import { stringify } from "yaml";
 import { z } from "zod";
 import { MANIFEST_FILE, type Manifest } from "../core/bundle/manifest.js";
 import { readBundle, readBundleArchive, type VerifiedBundle } from "../core/bundle/read.js";
-import { readViewsBundle, type VerifiedViewsBundle, viewsOf } from "../core/views.js";
 import {
   ConfigError,
   type ConfigOf,
@@ -20,6 +19,7 @@ import {
   programHelp,
   wantsHelp,
 } from "../core/config.js";
+import { readViewsBundle, type VerifiedViewsBundle, viewsOf } from "../core/views.js";
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;

@@ -959,7 +959,9 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
       },
       300_000,
     );
-    agents.forEach((p, v) => expect(p.spec.nodeName).toBe(placement[v]!["kubernetes.io/hostname"]));
+    agents.forEach((p, v) => {
+      expect(p.spec.nodeName).toBe(placement[v]!["kubernetes.io/hostname"]);
+    });
     const sample = (v: number) =>
       readIdx(
         join(
