@@ -281,20 +281,23 @@ describe("a real Prometheus scraping a running fog", () => {
       expect(hasData(await prometheus.query(`${name}{namespace="${NAMESPACE}"}`)), name).toBe(true);
 
     // The run's own ratios against the recorded ones (rates over the same window: equal shares
-    // of the same answers, within Prometheus's extrapolation).
+    // of the same answers, within Prometheus's extrapolation). The run lasts seconds, so each
+    // counter's rate is extrapolated separately to the window's edges; with a few dozen degraded
+    // answers the ratio of two such rates was seen 1.28 times the true share (Node 22, CI). A rule
+    // with the wrong numerator or denominator is off by far more than 1.5.
     const degradedShare = answers.filter((a) => a.degraded).length / answers.length;
     const recordedShare = Number(
       (await prometheus.query("namespace_model:ddnn_degraded_ratio:rate5m"))[0]!.value,
     );
-    expect(recordedShare).toBeGreaterThan(degradedShare * 0.8);
-    expect(recordedShare).toBeLessThan(degradedShare * 1.25);
+    expect(recordedShare).toBeGreaterThan(degradedShare / 1.5);
+    expect(recordedShare).toBeLessThan(degradedShare * 1.5);
     const offloadShare =
       answers.filter((a) => a.tier !== "device" || a.degraded).length / answers.length;
     const recordedOffloads = Number(
       (await prometheus.query("namespace_model:ddnn_offload_ratio:rate5m"))[0]!.value,
     );
-    expect(recordedOffloads).toBeGreaterThan(offloadShare * 0.8);
-    expect(recordedOffloads).toBeLessThan(offloadShare * 1.25);
+    expect(recordedOffloads).toBeGreaterThan(offloadShare / 1.5);
+    expect(recordedOffloads).toBeLessThan(offloadShare * 1.5);
 
     // Alerts active now, against what the run calls for: its degraded share above the chart's
     // threshold, and no operator scraped; nothing else (latency, saturation, errors, devices).

@@ -167,6 +167,12 @@ describe("the operator's Pods of a multi-view model, started from their environm
       }
       await waitFor(() => server.service.subscribed, 10_000, "server subscribed");
       await waitFor(() => gateway.fusion?.subscribed === true, 10_000, "gateway fusing");
+      // Each agent's reply topic too: the first capture must not race the last agent's start.
+      await waitFor(
+        () => agents.every((a) => (a.views ?? a.offload).subscribed),
+        10_000,
+        "every agent subscribed to its replies",
+      );
 
       const answers: { capture: number; view: number; answer: HttpAnswer }[] = [];
       for (let i = 0; i < N; i++) {
