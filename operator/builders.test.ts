@@ -7,6 +7,7 @@ import type {
   V1Secret,
 } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
+import { loadTierConfig } from "../cli/tiers.js";
 import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "../test/operator/model-fixtures.js";
 import {
   type BuildInput,
@@ -122,6 +123,32 @@ describe("builders", () => {
       DDNN_MAX_BATCH: "32",
       DDNN_MAX_DELAY_MS: "2",
     });
+  });
+
+  it("give the server and edge Pods the spec's admission limits, read by the programs themselves", () => {
+    const spec = exampleSpec();
+    spec.tiers = {
+      ...spec.tiers,
+      server: { ...spec.tiers!.server, admission: { maxQueue: 64, maxInFlightPerClient: 8 } },
+      edge: { ...spec.tiers!.edge, admission: { maxInFlightPerClient: 0 } },
+    };
+    const objs = buildOwnedObjects(input(spec));
+    const workload = (name: string) =>
+      objs.find((o) => o.metadata!.name === name && o.kind === "Deployment") as V1Deployment;
+    const plain = (w: V1Deployment) =>
+      Object.fromEntries(
+        Object.entries(envOf(w)).filter(([, v]) => typeof v === "string"),
+      ) as Record<string, string>;
+    const server = plain(workload("demo-server"));
+    const edge = plain(workload("demo-edge"));
+    expect(server).toMatchObject({ DDNN_MAX_QUEUE: "64", DDNN_MAX_IN_FLIGHT_PER_CLIENT: "8" });
+    expect(edge.DDNN_MAX_QUEUE).toBeUndefined();
+    expect(edge.DDNN_MAX_IN_FLIGHT_PER_CLIENT).toBe("0");
+    const serverCfg = loadTierConfig("server", [], server);
+    expect([serverCfg.maxQueue, serverCfg.maxInFlightPerClient]).toEqual([64, 8]);
+    // The edge keeps its own queue default (512) and has no per-client limit.
+    const edgeCfg = loadTierConfig("gateway", [], edge);
+    expect([edgeCfg.maxQueue, edgeCfg.maxInFlightPerClient]).toEqual([512, 0]);
   });
 
   it("give each tier only its own stages' thresholds", () => {

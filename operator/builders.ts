@@ -608,6 +608,20 @@ function tierPod(
   };
 }
 
+/** A stage tier's admission limits (spec.tiers.<tier>.admission) as the program's environment. */
+function admissionEnv(
+  admission:
+    | { maxQueue?: number | undefined; maxInFlightPerClient?: number | undefined }
+    | undefined,
+  names: { readonly maxQueue: string; readonly maxInFlightPerClient: string },
+): V1EnvVar[] {
+  const out: V1EnvVar[] = [];
+  if (admission?.maxQueue !== undefined) out.push(env(names.maxQueue, admission.maxQueue));
+  if (admission?.maxInFlightPerClient !== undefined)
+    out.push(env(names.maxInFlightPerClient, admission.maxInFlightPerClient));
+  return out;
+}
+
 export function buildServerDeployment(input: BuildInput): V1Deployment {
   const { model } = input;
   const server = model.spec.tiers.server;
@@ -616,6 +630,7 @@ export function buildServerDeployment(input: BuildInput): V1Deployment {
   const extraEnv: V1EnvVar[] = [];
   if (batching.workers !== undefined) extraEnv.push(env(names.workers, batching.workers));
   extraEnv.push(env(names.maxBatch, batching.maxBatch), env(names.maxDelayMs, batching.maxDelayMs));
+  extraEnv.push(...admissionEnv(server.admission, names));
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",
@@ -659,6 +674,7 @@ export function buildEdgeDeployment(input: BuildInput): V1Deployment {
   const extraEnv: V1EnvVar[] = [];
   if (fuses(input) && edge.fusionWindowMs !== undefined)
     extraEnv.push(env(gatewayConfig.env.fusionWindowMs, edge.fusionWindowMs));
+  extraEnv.push(...admissionEnv(edge.admission, gatewayConfig.env));
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",

@@ -237,6 +237,18 @@ const deviceTier = z.object({
     "multi-view bundle: a capture that comes without an id (HTTP, MQTT) is named by its capture time in slots this long, ms, so the devices' clocks must agree well within it; default the agent's (100)",
   ).optional(),
 });
+/** What one Pod of a stage tier takes before it answers `overloaded` (issue 11: a flooding device). */
+const admission = (queueDefault: number) =>
+  z.object({
+    maxQueue: described(
+      z.number().int().min(1).max(1_000_000),
+      `requests that may wait in one Pod; beyond this they are answered overloaded; default ${queueDefault}`,
+    ).optional(),
+    maxInFlightPerClient: described(
+      z.number().int().min(0).max(1_000_000),
+      "requests one client (one reply topic: a device, or a gateway for all its devices) may have in flight in one Pod; beyond this they are answered overloaded so a flooding client cannot fill the queue; 0: no limit; default a quarter of maxQueue",
+    ).optional(),
+  });
 const edgeTier = z.object({
   replicas: z.number().int().min(0).max(100).default(1),
   nodeSelector: nodeSelector(
@@ -244,6 +256,7 @@ const edgeTier = z.object({
   ).default(onTierNodes("edge")),
   tolerations: tolerations(nodeProblems(NODE_PROBLEM_TOLERATION_SECONDS.edge)).optional(),
   resources: resources.optional(),
+  admission: admission(512).optional(),
   fusionWindowMs: described(
     z.number().int().min(0).max(60_000),
     "multi-view bundle: how long the gateway waits for the rest of a capture's views after its first, ms; default the gateway's (50)",
@@ -262,6 +275,7 @@ const batching = z.object({
 const serverTier = z.object({
   replicas: z.number().int().min(0).max(100).default(1),
   batching: batching.default({ maxBatch: 32, maxDelayMs: 2 }),
+  admission: admission(1024).optional(),
   nodeSelector: nodeSelector(
     'default none: any node, preferring those labelled fog.ddnn.io/server: "true"',
   ).optional(),
