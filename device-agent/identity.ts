@@ -80,11 +80,26 @@ export async function fetchDeviceIdentity(req: IdentityRequest): Promise<BrokerI
   }
 }
 
+/**
+ * One POST of `token` to the endpoint at `url` (its full URL, path included) for `model`'s
+ * identity. `servername` names the endpoint's certificate where `url` holds an address (a test
+ * that reaches the operator's Pod by its IP). Rejects with the operator's message on a 4xx.
+ */
+export function requestDeviceIdentity(
+  url: URL,
+  token: string,
+  model: string,
+  tls: { ca?: Buffer | undefined; servername?: string } = {},
+): Promise<BrokerIdentityGrant> {
+  return post(url, token, model, tls.ca, tls.servername);
+}
+
 function post(
   url: URL,
   token: string,
   model: string,
   ca: Buffer | undefined,
+  servername?: string,
 ): Promise<BrokerIdentityGrant> {
   const body = JSON.stringify({ model });
   const options: https.RequestOptions = {
@@ -96,6 +111,7 @@ function post(
     },
     timeout: 10_000,
     ...(ca ? { ca } : {}),
+    ...(servername ? { servername } : {}),
   };
   const send = url.protocol === "https:" ? https.request : http.request;
   return new Promise((resolve, reject) => {

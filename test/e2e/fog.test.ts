@@ -20,12 +20,12 @@
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { request as httpsRequest } from "node:https";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as mqttConnect } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readIdx } from "../../core/dataset/idx.js";
+import { requestDeviceIdentity } from "../../device-agent/identity.js";
 import { Cluster, clusterEnv, TIER_LABELS } from "../cluster/cluster.js";
 import { REPO_ROOT } from "../cluster/control-plane.js";
 
@@ -848,32 +848,15 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
       const operatorPod = (await pods(OPERATOR_NS, `app.kubernetes.io/instance=${RELEASE}`)).find(
         ready,
       )!;
-      const grant = await new Promise<{ username: string; password: string }>((resolve, reject) => {
-        const req = httpsRequest(
-          {
-            host: operatorPod.status.podIP,
-            port: 8444,
-            path: "/v1/device-credentials",
-            method: "POST",
-            servername: `${RELEASE}-identity.${OPERATOR_NS}.svc`,
-            ca: Buffer.from(tls.data["ca.crt"]!, "base64"),
-            headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-          },
-          (res) => {
-            let body = "";
-            res.on("data", (c: Buffer) => {
-              body += c.toString();
-            });
-            res.on("end", () =>
-              res.statusCode === 200
-                ? resolve(JSON.parse(body))
-                : reject(new Error(`${res.statusCode}: ${body}`)),
-            );
-          },
-        );
-        req.on("error", reject);
-        req.end(JSON.stringify({ model: MODEL }));
-      });
+      const grant = await requestDeviceIdentity(
+        new URL("/v1/device-credentials", `https://${operatorPod.status.podIP}:8444`),
+        token,
+        MODEL,
+        {
+          ca: Buffer.from(tls.data["ca.crt"]!, "base64"),
+          servername: `${RELEASE}-identity.${OPERATOR_NS}.svc`,
+        },
+      );
       expect(grant.username).toBe(`${NS}/${MODEL}/device/${a.spec.nodeName}`);
       const broker = (await tierPods("broker")).find(ready)!;
       const connect = (username: string) =>
