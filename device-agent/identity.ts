@@ -59,7 +59,7 @@ export async function fetchDeviceIdentity(req: IdentityRequest): Promise<BrokerI
     try {
       const token = (await readFile(req.tokenFile, "utf8")).trim();
       if (token === "") throw new Refused(`${req.tokenFile} is empty`);
-      const grant = await post(url, token, req.model, ca);
+      const grant = await requestDeviceIdentity(url, token, req.model, { ca });
       if (grant.username.split("/").at(-1) !== req.deviceId)
         throw new ConfigError(
           `the operator issued ${grant.username}, which is not device ${req.deviceId}: the device id must be the node's name`,
@@ -89,17 +89,7 @@ export function requestDeviceIdentity(
   url: URL,
   token: string,
   model: string,
-  tls: { ca?: Buffer | undefined; servername?: string } = {},
-): Promise<BrokerIdentityGrant> {
-  return post(url, token, model, tls.ca, tls.servername);
-}
-
-function post(
-  url: URL,
-  token: string,
-  model: string,
-  ca: Buffer | undefined,
-  servername?: string,
+  { ca, servername }: { ca?: Buffer | undefined; servername?: string } = {},
 ): Promise<BrokerIdentityGrant> {
   const body = JSON.stringify({ model });
   const options: https.RequestOptions = {

@@ -610,9 +610,7 @@ function tierPod(
 
 /** A stage tier's admission limits (spec.tiers.<tier>.admission) as the program's environment. */
 function admissionEnv(
-  admission:
-    | { maxQueue?: number | undefined; maxInFlightPerClient?: number | undefined }
-    | undefined,
+  admission: DDNNModelSpec["tiers"]["server" | "edge"]["admission"],
   names: { readonly maxQueue: string; readonly maxInFlightPerClient: string },
 ): V1EnvVar[] {
   const out: V1EnvVar[] = [];

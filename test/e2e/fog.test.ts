@@ -26,6 +26,7 @@ import { connect as mqttConnect } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readIdx } from "../../core/dataset/idx.js";
 import { requestDeviceIdentity } from "../../device-agent/identity.js";
+import { IDENTITY_PATH } from "../../operator/device-identity.js";
 import { Cluster, clusterEnv, TIER_LABELS } from "../cluster/cluster.js";
 import { REPO_ROOT } from "../cluster/control-plane.js";
 
@@ -849,7 +850,7 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
         ready,
       )!;
       const grant = await requestDeviceIdentity(
-        new URL("/v1/device-credentials", `https://${operatorPod.status.podIP}:8444`),
+        new URL(IDENTITY_PATH, `https://${operatorPod.status.podIP}:8444`),
         token,
         MODEL,
         {
