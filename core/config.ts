@@ -476,6 +476,11 @@ export const tierFields = {
     value: "PATH",
     defaultText: "Node's bundled CAs",
   }),
+  brokerTlsName: field(z.string().min(1).max(253).optional(), {
+    help: "the name an mqtts:// broker's certificate must carry when the URL's host is another (an IP address, a port-forward to the broker's Service)",
+    value: "NAME",
+    defaultText: "the URL's host",
+  }),
   insecure: field(boolField.default(false), {
     switch: true,
     help: "accept a broker connection that is not both TLS (mqtts://) and authenticated, to a host other than loopback; without it such a combination stops the tier",

@@ -21,9 +21,15 @@ export interface BrokerOptions {
   readonly will?: IClientOptions["will"];
   /** PEM certificates of the CAs that sign an mqtts:// broker's certificate (default: Node's bundled CAs). */
   readonly ca?: string;
+  /** The name the broker's certificate must carry, when it is not the URL's host (SNI too). */
+  readonly servername?: string;
 }
 
-function streamFor(url: URL, ca: string | undefined): () => net.Socket {
+function streamFor(
+  url: URL,
+  ca: string | undefined,
+  servername: string | undefined,
+): () => net.Socket {
   const port = Number(url.port || (url.protocol === "mqtts:" ? 8883 : 1883));
   const host = url.hostname.replace(/^\[|\]$/g, "");
   if (url.protocol === "mqtts:") {
@@ -31,7 +37,8 @@ function streamFor(url: URL, ca: string | undefined): () => net.Socket {
       const socket = tls.connect({
         host,
         port,
-        servername: net.isIP(host) ? undefined : host,
+        // Node checks the certificate against servername when there is one, else against host.
+        servername: servername ?? (net.isIP(host) ? undefined : host),
         ...(ca !== undefined ? { ca } : {}),
       });
       socket.setNoDelay(true);
@@ -44,6 +51,7 @@ function streamFor(url: URL, ca: string | undefined): () => net.Socket {
     );
   }
   if (ca !== undefined) refuseCa(url.protocol);
+  if (servername !== undefined) refuseTlsName(url.protocol);
   return () =>
     coalesceWrites(
       // writableHighWaterMark reaches the stream constructor; @types/node does not list it here.
@@ -94,6 +102,11 @@ export function refuseCa(scheme: string): never {
   throw new ConfigError(`a broker CA only applies to mqtts:// brokers, not ${scheme}//`);
 }
 
+/** A certificate name only means something to a TLS connection, as a CA does. */
+export function refuseTlsName(scheme: string): never {
+  throw new ConfigError(`a broker TLS name only applies to mqtts:// brokers, not ${scheme}//`);
+}
+
 /** Connects (and keeps reconnecting) to a broker. Resolves once the client object exists, not when connected. */
 export function connectBroker(options: BrokerOptions): MqttClient {
   const url = new URL(options.url);
@@ -103,7 +116,7 @@ export function connectBroker(options: BrokerOptions): MqttClient {
     options.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
   const password =
     options.password ?? (url.password ? decodeURIComponent(url.password) : undefined);
-  const client = new MqttClient(streamFor(url, options.ca), {
+  const client = new MqttClient(streamFor(url, options.ca, options.servername), {
     protocolVersion: 4,
     clientId: options.clientId,
     clean: options.clean ?? true,
@@ -112,6 +125,10 @@ export function connectBroker(options: BrokerOptions): MqttClient {
     connectTimeout: options.connectTimeoutMs ?? 5_000,
     // Each service subscribes again on every connection itself (clean sessions keep nothing).
     resubscribe: false,
+    // A refused login is retried with the same backoff: a new identity reaches the broker's
+    // password file some seconds after its Pod starts (the kubelet updates the mounted Secret,
+    // then the broker reloads it), and rotated credentials come the same way.
+    reconnectOnConnackError: true,
     queueQoSZero: false,
     // Credentials from the configuration win; mqtt://user:pass@host is the fallback.
     ...(username ? { username } : {}),

@@ -86,6 +86,7 @@ export interface TierBasics {
   brokerUsername?: string | undefined;
   brokerPassword?: string | undefined;
   brokerCa?: string | undefined;
+  brokerTlsName?: string | undefined;
   threshold: Record<string, number>;
   /** Accept a plaintext or anonymous broker connection to another machine. */
   insecure?: boolean | undefined;

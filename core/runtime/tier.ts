@@ -8,7 +8,7 @@ import type { Manifest } from "../bundle/manifest.js";
 import { ConfigError, fieldName, tierFields } from "../config.js";
 import type { TierMetrics } from "../metrics.js";
 import { type ModelRef, parseModelRef } from "../topics.js";
-import { connectBroker, refuseCa, safeBrokerUrl } from "./mqtt.js";
+import { connectBroker, refuseCa, refuseTlsName, safeBrokerUrl } from "./mqtt.js";
 
 /** Resolves stage names to a contiguous index range; `fallback` when no names are given. */
 export function stageRange(
@@ -80,9 +80,14 @@ export function readBrokerCa(path: string): string {
  * Refuses broker settings that are wrong without connecting (a CA for a non-TLS URL, an unreadable
  * or corrupt CA file), so a tier stops before it loads a model or starts workers.
  */
-export function checkBrokerConfig(config: { broker: string; brokerCa?: string | undefined }): void {
-  if (config.brokerCa === undefined) return;
+export function checkBrokerConfig(config: {
+  broker: string;
+  brokerCa?: string | undefined;
+  brokerTlsName?: string | undefined;
+}): void {
   const scheme = config.broker.slice(0, config.broker.indexOf(":") + 1);
+  if (config.brokerTlsName !== undefined && scheme !== "mqtts:") refuseTlsName(scheme);
+  if (config.brokerCa === undefined) return;
   if (scheme !== "mqtts:") refuseCa(scheme);
   readBrokerCa(config.brokerCa);
 }
@@ -107,6 +112,7 @@ export function connectTierBroker(
     brokerUsername?: string | undefined;
     brokerPassword?: string | undefined;
     brokerCa?: string | undefined;
+    brokerTlsName?: string | undefined;
   },
   clientIdPrefix: string,
   metrics: TierMetrics,
@@ -119,6 +125,7 @@ export function connectTierBroker(
     ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
     ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
     ...(config.brokerCa !== undefined ? { ca: readBrokerCa(config.brokerCa) } : {}),
+    ...(config.brokerTlsName !== undefined ? { servername: config.brokerTlsName } : {}),
   });
   // Causes already logged since the last successful connection: retries do not repeat them.
   const logged = new Set<string>();
