@@ -72,6 +72,13 @@ export const localFogFields = {
   brokerCa: tierFields.brokerCa.with({
     help: "with an mqtts:// --broker: PEM file of the CA(s) that sign its certificate",
   }),
+  brokerTlsName: tierFields.brokerTlsName.with({
+    help: "with an mqtts:// --broker: the name its certificate carries, when the URL's host is another",
+  }),
+  brokerUsername: tierFields.brokerUsername.with({
+    help: "with --broker: the MQTT user name of every tier and device started here",
+  }),
+  brokerPassword: tierFields.brokerPassword.with({ help: "with --broker: its MQTT password" }),
   insecure: tierFields.insecure.with({
     help: "with --broker or --attach: accept a plaintext or anonymous broker on another host (the tiers' --insecure)",
   }),
@@ -118,6 +125,9 @@ export interface LocalFogConfig {
   labels?: string | undefined;
   broker?: string | undefined;
   brokerCa?: string | undefined;
+  brokerTlsName?: string | undefined;
+  brokerUsername?: string | undefined;
+  brokerPassword?: string | undefined;
   /** Accept a plaintext or anonymous broker on another host. */
   insecure: boolean;
   sharedSubscriptions: boolean;
@@ -160,7 +170,7 @@ export async function openWorkload(cfg: LocalFogConfig): Promise<Workload> {
     throw new ConfigError(
       "--broker-ca needs an mqtts:// --broker (the embedded broker has no TLS)",
     );
-  if (cfg.broker !== undefined) checkBrokerConfig({ broker: cfg.broker, brokerCa: cfg.brokerCa });
+  if (cfg.broker !== undefined) checkBrokerConfig({ ...cfg, broker: cfg.broker });
   const defaults = shipped();
   const bundlePath = cfg.bundle ?? defaults.bundle;
   const bundle = await openBundleSource(bundlePath);
@@ -198,7 +208,7 @@ export async function openViewsWorkload(
   cfg: LocalFogConfig,
   views?: number,
 ): Promise<ViewsWorkload> {
-  if (cfg.broker !== undefined) checkBrokerConfig({ broker: cfg.broker, brokerCa: cfg.brokerCa });
+  if (cfg.broker !== undefined) checkBrokerConfig({ ...cfg, broker: cfg.broker });
   const bundlePath = cfg.bundle ?? shippedViews();
   const bundle = await openBundleSource(bundlePath);
   const { manifest } = bundle;
@@ -258,12 +268,32 @@ export interface LocalFog {
   close(): Promise<void>;
 }
 
+/** The broker settings given, as the tiers' and connectBroker's options take them. */
+function brokerSettings(cfg: LocalFogConfig) {
+  return {
+    ...(cfg.brokerCa !== undefined ? { brokerCa: cfg.brokerCa } : {}),
+    ...(cfg.brokerTlsName !== undefined ? { brokerTlsName: cfg.brokerTlsName } : {}),
+    ...(cfg.brokerUsername !== undefined ? { brokerUsername: cfg.brokerUsername } : {}),
+    ...(cfg.brokerPassword !== undefined ? { brokerPassword: cfg.brokerPassword } : {}),
+  };
+}
+
+/** connectBroker's options for a client of this fog's broker (Server Only, the views profile). */
+export function brokerClientOptions(cfg: LocalFogConfig) {
+  return {
+    ...(cfg.brokerCa ? { ca: readBrokerCa(cfg.brokerCa) } : {}),
+    ...(cfg.brokerTlsName ? { servername: cfg.brokerTlsName } : {}),
+    ...(cfg.brokerUsername ? { username: cfg.brokerUsername } : {}),
+    ...(cfg.brokerPassword ? { password: cfg.brokerPassword } : {}),
+  };
+}
+
 /** The settings every tier of a local fog shares. */
 function commonOf(cfg: LocalFogConfig, w: Workload, brokerUrl: string, shared: boolean) {
   return {
     bundle: w.bundlePath,
     broker: brokerUrl,
-    ...(cfg.brokerCa !== undefined ? { brokerCa: cfg.brokerCa } : {}),
+    ...brokerSettings(cfg),
     ...(cfg.insecure ? { insecure: true } : {}),
     httpHost: "127.0.0.1",
     httpPort: 0,
@@ -587,7 +617,7 @@ export async function serverOnlyMqtt(
   const client = connectBroker({
     url: fog.brokerUrl,
     clientId: `ddnn-server-only-${process.pid}`,
-    ...(cfg.brokerCa ? { ca: readBrokerCa(cfg.brokerCa) } : {}),
+    ...brokerClientOptions(cfg),
   });
   const rows: ServerOnlyRow[] = [];
   try {

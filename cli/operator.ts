@@ -1,4 +1,10 @@
-import { randomBytes } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  type KeyObject,
+  randomBytes,
+  X509Certificate,
+} from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -6,6 +12,7 @@ import { KubeConfig } from "@kubernetes/client-node";
 import { z } from "zod";
 import {
   boolField,
+  ConfigError,
   field,
   intField,
   loadConfig,
@@ -15,6 +22,7 @@ import {
 } from "../core/config.js";
 import { proxyEnvForPods } from "../operator/builders.js";
 import { consoleLogger, Operator, type OperatorOptions } from "../operator/operator.js";
+import type { Issuer } from "../operator/x509.js";
 import { packageRoot } from "./paths.js";
 
 const ms = (what: string, d: number) =>
@@ -46,7 +54,12 @@ export const operatorConfig = program(
     }),
     brokerKey: field(z.string().min(32, "must be at least 32 characters").optional(), {
       secret: true,
-      help: "key every managed broker password is derived from (broker.managed.auth); a new key rotates them all; without it a model with broker.managed.auth is not built",
+      help: "key every managed broker password is derived from (docs/security.md); a new key rotates them all; without it only models with broker.managed.insecure are built",
+    }),
+    brokerCaDir: field(z.string().min(1).optional(), {
+      help: "directory with tls.crt and tls.key of the CA that issues each managed broker's certificate (the chart's Secret <release>-broker-ca, a kubernetes.io/tls Secret); without it a model needs broker.managed.tls or broker.managed.insecure",
+      value: "DIR",
+      defaultText: "none",
     }),
     httpPort: field(intField(0, 65535).default(8080), {
       help: "/healthz, /readyz, /metrics (0 picks a free port)",
@@ -62,7 +75,7 @@ export const operatorConfig = program(
       defaultText: "none: plain HTTP",
     }),
     identityUrl: field(z.string().url("must be a URL").optional(), {
-      help: "the identity endpoint's URL as device agents reach it (the chart's Service), written into device Pods of models with broker.managed.auth; without it such models wait with a condition saying so",
+      help: "the identity endpoint's URL as device agents reach it (the chart's Service), written into the device Pods of models with a secure managed broker; without it such models wait with a condition saying so",
       value: "URL",
     }),
     leaderElect: field(boolField.default(true), {
@@ -145,6 +158,35 @@ function deviceIdentitySettings(cfg: {
   };
 }
 
+/**
+ * The broker CA from --broker-ca-dir: its certificate (a CA) and key (of that certificate), or
+ * undefined with a warning while the directory has no certificate yet. A bad pair is a ConfigError.
+ */
+export function brokerCaOf(dir: string | undefined): Issuer | undefined {
+  if (!dir) return undefined;
+  const certFile = join(dir, "tls.crt");
+  if (!existsSync(certFile)) {
+    consoleLogger.warn(
+      `no broker CA: ${certFile} does not exist (operator.brokerCASecret, docs/security.md); models without broker.managed.tls or insecure wait`,
+    );
+    return undefined;
+  }
+  const certPem = readFileSync(certFile, "utf8");
+  let ca: X509Certificate;
+  let key: KeyObject;
+  try {
+    ca = new X509Certificate(certPem);
+    key = createPrivateKey(readFileSync(join(dir, "tls.key")));
+  } catch (err) {
+    throw new ConfigError(`--broker-ca-dir ${dir}: ${(err as Error).message}`);
+  }
+  if (!ca.ca) throw new ConfigError(`--broker-ca-dir ${dir}: tls.crt is not a CA certificate`);
+  if (!ca.publicKey.equals(createPublicKey(key)))
+    throw new ConfigError(`--broker-ca-dir ${dir}: tls.key is not the key of tls.crt`);
+  // The first certificate of the file: what the issued ones name as issuer and tiers trust.
+  return { certPem: ca.toString(), key };
+}
+
 export async function runOperator(argv: readonly string[]): Promise<number> {
   if (wantsHelp(argv)) {
     process.stdout.write(operatorHelp);
@@ -166,7 +208,7 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
   const leaderElect = cfg.leaderElect;
   // The configuration, without credentials (the kubeconfig is named, never printed).
   consoleLogger.info(
-    `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg.brokerImage}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg.leaseName}, ${cfg.leaseDurationMs}/${cfg.renewDeadlineMs}/${cfg.retryPeriodMs} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg.resyncMs} ms, device identity endpoint port ${cfg.identityPort} (${cfg.identityTlsDir ? "https" : "http"})`,
+    `ddnn operator ${version}: server ${kc.getCurrentCluster()?.server} (${cfg.kubeconfig ?? (process.env.KUBERNETES_SERVICE_HOST ? "in-cluster" : "default kubeconfig")}), namespace ${cfg.namespace ?? "(all)"}, image ${image}, broker image ${cfg.brokerImage}, identity ${identity}, leader election ${leaderElect ? `on (Lease ${leaseNamespace}/${cfg.leaseName}, ${cfg.leaseDurationMs}/${cfg.renewDeadlineMs}/${cfg.retryPeriodMs} ms)` : "off"}, workers ${cfg.workers}, resync ${cfg.resyncMs} ms, device identity endpoint port ${cfg.identityPort} (${cfg.identityTlsDir ? "https" : "http"}), broker key ${cfg.brokerKey ? "set" : "not set"}, broker CA ${cfg.brokerCaDir ?? "not set"}`,
   );
   // The tiers download bundles through the same proxy the operator verified them through.
   const { proxy, skipped } = proxyEnvForPods(process.env);
@@ -175,12 +217,14 @@ export async function runOperator(argv: readonly string[]): Promise<number> {
       `${name} holds credentials: not copied into the tier Pods; give the Pods a proxy without them or set ${name} in their image`,
     );
   const endpoint = deviceIdentitySettings(cfg);
+  const brokerCa = brokerCaOf(cfg.brokerCaDir);
   const operator = new Operator({
     kubeConfig: kc,
     identity,
     images: { image, brokerImage: cfg.brokerImage },
     proxy,
     ...(cfg.brokerKey ? { brokerKey: Buffer.from(cfg.brokerKey, "utf8") } : {}),
+    ...(brokerCa ? { brokerCa } : {}),
     namespace: cfg.namespace,
     leaderElection: leaderElect
       ? {

@@ -7,7 +7,7 @@
  */
 import { ConfigError } from "../core/config.js";
 import { connectBroker, whenConnected } from "../core/runtime/mqtt.js";
-import { readBrokerCa, resolveModel } from "../core/runtime/tier.js";
+import { resolveModel } from "../core/runtime/tier.js";
 import { requestTopic, viewsTopic } from "../core/topics.js";
 import { viewsOf } from "../core/views.js";
 import { gatewayConfig } from "../gateway/gateway.js";
@@ -25,6 +25,7 @@ import {
   viewsTraces,
 } from "../profile/views.js";
 import {
+  brokerClientOptions,
   type LocalFog,
   type LocalFogConfig,
   liveLine,
@@ -49,7 +50,7 @@ async function tapFrames(
   const client = connectBroker({
     url: fog.brokerUrl,
     clientId: `ddnn-profile-tap-${process.pid}`,
-    ...(cfg.brokerCa ? { ca: readBrokerCa(cfg.brokerCa) } : {}),
+    ...brokerClientOptions(cfg),
   });
   const bytes = topics.map((): number[] => []);
   try {

@@ -207,12 +207,20 @@ async function fromCluster(
   const d = await findDeployment(cfg.kubeconfig, name, namespace);
   // The DDNNModel asked for this broker: its tiers accept it as the operator tells them to, and so
   // do the profile's agents, said in the notes.
-  const insecurity = brokerInsecurity(d.broker, false);
+  const insecurity = brokerInsecurity(d.broker, d.brokerUsername !== undefined);
   return {
     cfg: {
       ...cfg,
       attach: true,
       broker: d.broker,
+      ...(d.brokerUsername !== undefined
+        ? {
+            brokerUsername: d.brokerUsername,
+            brokerPassword: d.brokerPassword,
+            brokerCa: d.brokerCa,
+            brokerTlsName: d.brokerTlsName,
+          }
+        : {}),
       serverUrl: d.serverUrl,
       bundle: cfg.bundle ?? d.bundle,
       model: d.model,

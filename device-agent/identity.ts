@@ -62,7 +62,7 @@ export async function fetchDeviceIdentity(req: IdentityRequest): Promise<BrokerI
       const grant = await requestDeviceIdentity(url, token, req.model, { ca });
       if (grant.username.split("/").at(-1) !== req.deviceId)
         throw new ConfigError(
-          `the operator issued ${grant.username}, which is not device ${req.deviceId}: the device id must be the node's name`,
+          `the operator issued ${grant.username}, which is not device ${req.deviceId}: the device id must be the node's name (<node>-view<v> for a view's agent)`,
         );
       req.log?.info(`broker identity ${grant.username} from ${url.origin}`);
       return grant;

@@ -10,7 +10,13 @@
  * format, as mosquitto_passwd writes them).
  */
 import { createHmac, pbkdf2Sync } from "node:crypto";
-import { eventsTopic, type ModelRef, replyTopic, requestTopic } from "../core/topics.js";
+import {
+  eventsTopic,
+  type ModelRef,
+  replyTopic,
+  requestTopic,
+  viewsTopic,
+} from "../core/topics.js";
 import type { TierPlan } from "./placement.js";
 
 /** A broker identity: the MQTT user name and what it may do. */
@@ -25,6 +31,11 @@ export interface BrokerIdentity {
 export interface BrokerIdentities {
   readonly server?: BrokerIdentity;
   readonly edge?: BrokerIdentity;
+  /**
+   * `ddnn profile --kubeconfig`'s simulated devices (cli/profile.ts): what any device may do, for
+   * any device id, since they pick their ids per run. Only in the credentials Secret.
+   */
+  readonly profile: BrokerIdentity;
   /** Device node name -> its identity. */
   readonly devices: ReadonlyMap<string, BrokerIdentity>;
 }
@@ -34,12 +45,15 @@ export interface BrokerIdentities {
  * exists on another's broker, or could be confused with one on a shared broker. Mosquitto's
  * password file separates the name from the hash with `:`; Kubernetes names never contain one.
  */
-export function identityName(model: ModelRef, tier: "server" | "edge"): string;
+export function identityName(model: ModelRef, tier: "server" | "edge" | "profile"): string;
 export function identityName(model: ModelRef, tier: "device", node: string): string;
 export function identityName(model: ModelRef, tier: string, node?: string): string {
   const base = `${model.namespace}/${model.name}/${tier}`;
   return node === undefined ? base : `${base}/${node}`;
 }
+
+/** The device id of view `view`'s agent on `node` of a multi-view model. */
+export const viewDeviceId = (node: string, view: number) => `${node}-view${view}`;
 
 /** The first stage a tier runs and the stage its features go to next, from the tier plan. */
 function stagesOf(plan: TierPlan, tier: "device" | "edge" | "server") {
@@ -55,17 +69,34 @@ function stagesOf(plan: TierPlan, tier: "device" | "edge" | "server") {
  * its own, and to the events topic; it may read only its own reply topic (and its own MQTT input
  * topic). A gateway or server may read its first stage's requests and publish replies (to any
  * device of this model: a reply goes where the request's replyTo says, which is a device's reply
- * topic), and a gateway the requests of the stage after its own.
+ * topic), and a gateway the requests of the stage after its own. With `views` (a multi-view
+ * model) the devices publish to the views topic instead, which only the gateway reads; it fuses
+ * and sends on to the first stage after the device's.
  */
 export function brokerIdentities(
   model: ModelRef,
   plan: TierPlan,
-  deviceNodes: readonly string[],
+  deviceIds: readonly string[],
+  views = false,
 ): BrokerIdentities {
   const replies = `ddnn/${model.namespace}/${model.name}/reply/+`;
   const events = eventsTopic(model);
   const worker = (tier: "edge" | "server"): BrokerIdentity | undefined => {
     const s = stagesOf(plan, tier);
+    if (tier === "edge" && views) {
+      // The fusing gateway runs even with no edge stage: it reads every view, sends the fused
+      // features on to the stage after the devices' (its own first edge stage, if it has one,
+      // which it then reads and sends on from) under a reply topic of its own (so it reads
+      // replies too), answers each view's device, and publishes one event per capture.
+      const fusedTo = stagesOf(plan, "device")?.next;
+      const sends = [...new Set([fusedTo, s?.next].filter((x) => x !== undefined))];
+      return {
+        username: identityName(model, tier),
+        read: [viewsTopic(model), replies, ...(s ? [requestTopic(model, s.first)] : [])],
+        // A view's answer goes to its device's reply topic + /views (device-agent/main.ts).
+        write: [replies, `${replies}/views`, events, ...sends.map((x) => requestTopic(model, x))],
+      };
+    }
     if (!s) return undefined;
     return {
       username: identityName(model, tier),
@@ -77,24 +108,36 @@ export function brokerIdentities(
   // A device sends what the stage after its own takes; a device that runs no stage of the plan
   // (a camera, a board outside the cluster) sends inputs to the model's first stage.
   const device = stagesOf(plan, "device");
-  const next = device ? device.next : [...plan.edge, ...plan.server][0];
-  for (const node of [...new Set(deviceNodes)].sort()) {
+  const nextStage = device ? device.next : [...plan.edge, ...plan.server][0];
+  const next = views ? viewsTopic(model) : nextStage && requestTopic(model, nextStage);
+  for (const node of [...new Set(deviceIds)].sort()) {
     const input = `ddnn/${model.namespace}/${model.name}/input/${node}`;
     devices.set(node, {
       username: identityName(model, "device", node),
-      read: [replyTopic(model, node), input],
-      write: [events, `${input}/result`, ...(next ? [requestTopic(model, next)] : [])],
+      read: [
+        replyTopic(model, node),
+        ...(views ? [`${replyTopic(model, node)}/views`] : []),
+        input,
+      ],
+      write: [events, `${input}/result`, ...(next ? [next] : [])],
     });
   }
+  const anyInput = `ddnn/${model.namespace}/${model.name}/input/+`;
+  const profile: BrokerIdentity = {
+    username: identityName(model, "profile"),
+    read: [replies, ...(views ? [`${replies}/views`] : []), anyInput],
+    write: [events, `${anyInput}/result`, ...(next ? [next] : [])],
+  };
   const server = worker("server");
   const edge = worker("edge");
-  return { ...(server ? { server } : {}), ...(edge ? { edge } : {}), devices };
+  return { ...(server ? { server } : {}), ...(edge ? { edge } : {}), profile, devices };
 }
 
 export function allIdentities(ids: BrokerIdentities): BrokerIdentity[] {
   return [
     ...(ids.server ? [ids.server] : []),
     ...(ids.edge ? [ids.edge] : []),
+    ids.profile,
     ...ids.devices.values(),
   ];
 }

@@ -1,3 +1,4 @@
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import type {
   V1ConfigMap,
   V1DaemonSet,
@@ -8,8 +9,18 @@ import type {
 } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { loadTierConfig } from "../cli/tiers.js";
-import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "../test/operator/model-fixtures.js";
 import {
+  buildInput,
+  chartOperator,
+  DIGEST,
+  exampleSpec,
+  modelOf,
+  THREE_STAGES,
+} from "../test/operator/model-fixtures.js";
+import { testBrokerCa } from "../test/support/broker-ca.js";
+import {
+  BROKER_CERT_DAYS,
+  BROKER_CERT_RENEW_DAYS,
   type BuildInput,
   buildOwnedObjects,
   buildServerDeployment,
@@ -18,15 +29,10 @@ import {
 } from "./builders.js";
 import { planTiers } from "./placement.js";
 import type { DDNNModelSpecInput } from "./spec.js";
+import { createCertificateAuthority } from "./x509.js";
 
-const images = { image: "ddnn-fog:9.9.9", brokerImage: "eclipse-mosquitto:2" };
-
-function input(spec: DDNNModelSpecInput = exampleSpec(), facts = THREE_STAGES): BuildInput {
-  const model = modelOf(spec);
-  const plan = planTiers(model.spec, facts);
-  if (!plan.ok) throw new Error(plan.message);
-  return { model, bundle: facts, plan: plan.plan, images };
-}
+const input = (spec: DDNNModelSpecInput = exampleSpec(), facts = THREE_STAGES): BuildInput =>
+  buildInput(spec, facts);
 
 function envOf(w: V1Deployment | V1DaemonSet): Record<string, string | V1EnvVar["valueFrom"]> {
   return Object.fromEntries(
@@ -73,6 +79,12 @@ describe("builders", () => {
       "ConfigMap/demo-broker",
       "Deployment/demo-broker",
       "Service/demo-broker",
+      // Secure by default: the password file and ACL, the identities, the issued certificate,
+      // and the identity endpoint's CA for the device agents.
+      "Secret/demo-broker-auth",
+      "Secret/demo-broker-credentials",
+      "Secret/demo-broker-cert",
+      "ConfigMap/demo-identity-ca",
       "Deployment/demo-server",
       "Service/demo-server",
       "Deployment/demo-edge",
@@ -116,9 +128,15 @@ describe("builders", () => {
       DDNN_BUNDLE_DIGEST: DIGEST,
       DDNN_BUNDLE_CACHE: "/var/cache/ddnn/bundles",
       DDNN_STAGES: "server",
-      DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
-      // The anonymous plaintext broker the spec asks for, said where a reader of the Pod sees it.
-      DDNN_INSECURE: "true",
+      // TLS and the server's own identity, by default; the password only as a reference.
+      DDNN_BROKER_URL: "mqtts://demo-broker.fog.svc:8883",
+      DDNN_BROKER_USERNAME: {
+        secretKeyRef: { name: "demo-broker-credentials", key: "server.username" },
+      },
+      DDNN_BROKER_PASSWORD: {
+        secretKeyRef: { name: "demo-broker-credentials", key: "server.password" },
+      },
+      DDNN_BROKER_CA: "/etc/ddnn/broker-ca/ca.crt",
       DDNN_HTTP_PORT: "8080",
       DDNN_MAX_BATCH: "32",
       DDNN_MAX_DELAY_MS: "2",
@@ -289,10 +307,15 @@ describe("builders", () => {
     ]);
   });
 
-  it("configure the managed broker with TCP_NODELAY", () => {
+  it("configure the managed broker with TCP_NODELAY, TLS only and no anonymous client by default", () => {
     const objs = buildOwnedObjects(input());
-    const conf = objs.find((o) => o.kind === "ConfigMap")!;
-    expect((conf as { data: Record<string, string> }).data["mosquitto.conf"]).toBe(MOSQUITTO_CONF);
+    const cm = objs.find((o) => o.kind === "ConfigMap")!;
+    const conf = (cm as { data: Record<string, string> }).data["mosquitto.conf"]!;
+    expect(conf).toMatch(/^set_tcp_nodelay true$/m);
+    expect(conf).toMatch(/^listener 8883$/m);
+    expect(conf).not.toMatch(/^listener 1883$/m);
+    expect(conf).toMatch(/^allow_anonymous false$/m);
+    expect(conf).toMatch(/^certfile \/mosquitto\/tls\/tls.crt$/m);
     expect(MOSQUITTO_CONF).toMatch(/^set_tcp_nodelay true$/m);
     expect(MOSQUITTO_CONF).toMatch(/^listener 1883$/m);
     const broker = objs.find(
@@ -355,7 +378,9 @@ describe("builders", () => {
       });
     }
     // Without one, nothing is mounted and the image's CAs apply.
-    const plain = buildServerDeployment(input(exampleSpec()));
+    const plain = buildServerDeployment(
+      input({ ...exampleSpec(), broker: { external: { url: "mqtts://emqx:8883" } } }),
+    );
     expect(envOf(plain).DDNN_BROKER_CA).toBeUndefined();
   });
 
@@ -471,10 +496,13 @@ describe("builders", () => {
       "ConfigMap/demo-broker",
       "Deployment/demo-broker",
       "Service/demo-broker",
+      "Secret/demo-broker-auth",
+      "Secret/demo-broker-credentials",
+      "Secret/demo-broker-cert",
       "Deployment/demo-server",
       "Service/demo-server",
     ]);
-    expect(envOf(objs[3] as V1Deployment)).toMatchObject({
+    expect(envOf(objs[6] as V1Deployment)).toMatchObject({
       DDNN_STAGES: "device,edge,server",
       DDNN_THRESHOLDS: "device=0.4,edge=0.3",
     });
@@ -498,8 +526,75 @@ describe("builders", () => {
   });
 
   it("are pure: the same input gives the same objects and is not changed", () => {
-    const frozen = deepFreeze(input());
-    expect(buildOwnedObjects(frozen)).toEqual(buildOwnedObjects(input()));
+    // The one thing made afresh is the broker's certificate, so the input holds the current one.
+    const first = input();
+    const currentBrokerCert = certSecret(buildOwnedObjects(first));
+    const { brokerKey, brokerCa, ...rest } = { ...input(), currentBrokerCert };
+    const frozen = { ...deepFreeze(rest), brokerKey, brokerCa };
+    expect(buildOwnedObjects(frozen)).toEqual(buildOwnedObjects({ ...input(), currentBrokerCert }));
+  });
+});
+
+const certSecret = (objs: readonly { kind?: string; metadata?: { name?: string } }[]) =>
+  objs.find((o) => o.kind === "Secret" && o.metadata!.name === "demo-broker-cert") as V1Secret;
+const pemOf = (secret: V1Secret, key: string) =>
+  Buffer.from(secret.data![key]!, "base64").toString("utf8");
+
+describe("the managed broker's certificate, issued by the operator's CA", () => {
+  it("names the broker's Service, chains to the CA, and is kept while good", () => {
+    const at = new Date("2026-12-01T00:00:00Z");
+    const secret = certSecret(buildOwnedObjects({ ...input(), now: at }));
+    expect(secret.type).toBe("kubernetes.io/tls");
+    const cert = new X509Certificate(pemOf(secret, "tls.crt"));
+    const ca = new X509Certificate(testBrokerCa.certPem);
+    expect(cert.subjectAltName).toBe(
+      "DNS:demo-broker.fog.svc, DNS:demo-broker.fog, DNS:demo-broker",
+    );
+    expect(cert.checkIssued(ca)).toBe(true);
+    expect(cert.verify(ca.publicKey)).toBe(true);
+    expect(cert.checkPrivateKey(createPrivateKey(pemOf(secret, "tls.key")))).toBe(true);
+    expect(cert.ca).toBe(false);
+    expect(new Date(cert.validTo).getTime() - at.getTime()).toBe(BROKER_CERT_DAYS * 86_400_000);
+    expect(pemOf(secret, "ca.crt")).toBe(testBrokerCa.certPem);
+    // Until 30 days before its end a reconcile keeps it (it writes nothing); then it renews.
+    const later = (days: number) => new Date(at.getTime() + days * 86_400_000);
+    const again = (now: Date, extra: Partial<BuildInput> = {}) =>
+      certSecret(buildOwnedObjects({ ...input(), now, currentBrokerCert: secret, ...extra }));
+    expect(again(later(BROKER_CERT_DAYS - BROKER_CERT_RENEW_DAYS - 1))).toEqual(secret);
+    const renewed = again(later(BROKER_CERT_DAYS - BROKER_CERT_RENEW_DAYS + 1));
+    expect(renewed.data!["tls.crt"]).not.toBe(secret.data!["tls.crt"]);
+    expect(renewed.data!["tls.key"]).not.toBe(secret.data!["tls.key"]);
+    // A new CA: a new certificate, and the tiers get the new CA with it.
+    const other = createCertificateAuthority("another CA", at, 30);
+    const rotated = again(later(1), {
+      brokerCa: { certPem: other.certPem, key: createPrivateKey(other.keyPem) },
+    });
+    expect(pemOf(rotated, "ca.crt")).toBe(other.certPem);
+    expect(
+      new X509Certificate(pemOf(rotated, "tls.crt")).checkIssued(
+        new X509Certificate(other.certPem),
+      ),
+    ).toBe(true);
+    // A damaged Secret is replaced, not trusted.
+    const damaged = {
+      ...secret,
+      data: { ...secret.data, "tls.crt": Buffer.from("junk").toString("base64") },
+    };
+    expect(again(later(1), { currentBrokerCert: damaged }).data!["tls.crt"]).not.toBe(
+      damaged.data["tls.crt"],
+    );
+  });
+
+  it("without the operator's CA the model is not built, and the error says what to do", () => {
+    const { brokerCa: _, ...noCa } = input();
+    expect(() => buildOwnedObjects(noCa)).toThrow(
+      /operator's broker CA \(DDNN_BROKER_CA_DIR.*broker\.managed\.tls\.secretName.*insecure/,
+    );
+    // With a certificate of its own (cert-manager's) it needs no CA.
+    const spec = exampleSpec();
+    spec.broker = { managed: { tls: { secretName: "demo-tls" } } };
+    const own = buildOwnedObjects({ ...noCa, ...input(spec), brokerCa: undefined });
+    expect(own.some((o) => o.metadata!.name === "demo-broker-cert")).toBe(false);
   });
 });
 
@@ -604,22 +699,31 @@ describe("managed broker with broker.managed.tls and broker.managed.auth", () =>
     expect(buildOwnedObjects(secure())).toEqual(objs);
   });
 
-  it("TLS without auth: the tiers are told the anonymous broker is meant (DDNN_INSECURE)", () => {
+  it("insecure: true is the anonymous plaintext broker of before, said in every tier Pod (DDNN_INSECURE)", () => {
     const spec = secured();
-    spec.broker = { managed: { tls: { secretName: "demo-tls" } } };
-    const objs = buildOwnedObjects(input(spec));
+    spec.broker = { managed: { insecure: true } };
+    const { brokerKey: _k, brokerCa: _c, ...none } = input(spec);
+    const objs = buildOwnedObjects(none);
     const server = objs.find(
       (o) => o.kind === "Deployment" && o.metadata!.name === "demo-server",
     ) as V1Deployment;
     expect(envOf(server)).toMatchObject({
-      DDNN_BROKER_URL: "mqtts://demo-broker.fog.svc:8883",
+      DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
       DDNN_INSECURE: "true",
     });
     expect(objs.some((o) => o.kind === "Secret")).toBe(false);
+    const cm = objs.find((o) => o.kind === "ConfigMap") as { data: Record<string, string> };
+    expect(cm.data["mosquitto.conf"]).toBe(MOSQUITTO_CONF);
+    // With tls or auth it is a contradiction, refused by the schema (and the API server's CEL).
+    spec.broker = { managed: { insecure: true, auth: {} } };
+    expect(() => modelOf(spec)).toThrow(/insecure: true turns TLS and auth off/);
   });
 
-  it("auth without the operator's broker key is an error naming DDNN_BROKER_KEY", () => {
-    expect(() => buildOwnedObjects(input(secured()))).toThrow(/DDNN_BROKER_KEY/);
+  it("without the operator's broker key a secure broker is an error naming DDNN_BROKER_KEY", () => {
+    const { brokerKey: _, ...noKey } = input(secured());
+    expect(() => buildOwnedObjects(noKey)).toThrow(/DDNN_BROKER_KEY/);
+    const { brokerKey: __, ...noKeyDefault } = input();
+    expect(() => buildOwnedObjects(noKeyDefault)).toThrow(/DDNN_BROKER_KEY.*insecure: true/);
   });
 
   it("in-cluster device agents with auth: the Pod exchanges its token; the broker knows each device node", () => {
@@ -628,11 +732,12 @@ describe("managed broker with broker.managed.tls and broker.managed.auth", () =>
     const model = modelOf(spec);
     const plan = planTiers(model.spec, THREE_STAGES);
     if (!plan.ok) throw new Error(plan.message);
-    const base = {
+    const { deviceIdentity: _, ...base } = {
       model,
       bundle: THREE_STAGES,
       plan: plan.plan,
       images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
+      ...chartOperator(["board-a", "board-b"]),
       brokerKey: new Uint8Array(32).fill(1),
     };
     // Without the endpoint the model cannot be built, and the error says what is missing.
@@ -640,7 +745,6 @@ describe("managed broker with broker.managed.tls and broker.managed.auth", () =>
     const objects = buildOwnedObjects({
       ...base,
       deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444", caPem: "PEM" },
-      deviceNodes: ["board-a", "board-b"],
     });
     const ds = objects.find((o) => o.kind === "DaemonSet") as V1DaemonSet;
     const pod = ds.spec!.template.spec!;
@@ -667,16 +771,22 @@ describe("managed broker with broker.managed.tls and broker.managed.auth", () =>
       DDNN_IDENTITY_CA: "/etc/ddnn/identity-ca/ca.crt",
     });
     expect(vars.DDNN_BROKER_PASSWORD).toBeUndefined();
+    // It logs in with the identity of the exchange over TLS: nothing insecure to say.
+    expect(vars).not.toHaveProperty("DDNN_INSECURE");
     const ca = objects.find((o) => o.metadata?.name === "demo-identity-ca") as V1ConfigMap;
     expect(ca.data).toEqual({ "ca.crt": "PEM" });
     const secret = objects.find((o) => o.metadata?.name === "demo-broker-auth") as V1Secret;
     const passwd = Buffer.from(secret.data!.passwd!, "base64").toString("utf8");
     expect(passwd).toContain("fog/demo/device/board-a:$7$");
     expect(passwd).toContain("fog/demo/device/board-b:$7$");
-    // A multi-view model's agents are named by their Pods: not yet with auth.
-    const views = secured();
-    views.placement = { device: "device", edge: "edge", server: "server" };
-    views.tiers = { ...views.tiers, device: { views: [{ view: 0 }, { view: 1 }] } };
-    expect(() => modelOf(views)).toThrow(/does not serve the agents of tiers.device.views yet/);
+    // Boards outside the cluster keep theirs; a node the device tier may not use gets none.
+    expect(passwd).toContain("fog/demo/device/cam-1:$7$");
+    const others = buildOwnedObjects({
+      ...base,
+      deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444" },
+      nodes: [...base.nodes, { name: "server-1", labels: { "fog.ddnn.io/server": "true" } }],
+    });
+    const auth2 = others.find((o) => o.metadata?.name === "demo-broker-auth") as V1Secret;
+    expect(Buffer.from(auth2.data!.passwd!, "base64").toString("utf8")).not.toContain("server-1");
   });
 });

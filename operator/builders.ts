@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
 import type {
   V1Affinity,
   V1ConfigMap,
@@ -28,7 +28,13 @@ import { parseModelRef } from "../core/topics.js";
 import { agentConfig } from "../device-agent/config.js";
 import { gatewayConfig } from "../gateway/config.js";
 import { serverConfig } from "../server/config.js";
-import { aclFile, brokerIdentities, identityPassword, passwordFile } from "./broker-auth.js";
+import {
+  aclFile,
+  brokerIdentities,
+  identityPassword,
+  passwordFile,
+  viewDeviceId,
+} from "./broker-auth.js";
 import {
   addDeviceIdentity,
   type DeviceIdentitySettings,
@@ -38,6 +44,7 @@ import {
 import { type BundleFacts, type TierPlan, viewCount } from "./placement.js";
 import {
   API_VERSION,
+  brokerSecurity,
   type DDNNModel,
   type DDNNModelSpec,
   KIND,
@@ -46,6 +53,7 @@ import {
   tierNodeLabel,
   VIEW_NODE_LABEL,
 } from "./spec.js";
+import { type Issuer, issueServerCertificate } from "./x509.js";
 
 /**
  * Builders: every object the operator owns, as a pure function of the DDNNModel, the verified
@@ -63,6 +71,8 @@ export const VIEW_LABEL = VIEW_NODE_LABEL;
 export const APPLIED_HASH_ANNOTATION = "fog.ddnn.io/applied-sha256";
 
 export const HTTP_PORT = 8080;
+/** A view's device Pod: its node's name, for its device id (Kubernetes' $(VAR) expansion). */
+export const NODE_NAME_ENV = "NODE_NAME";
 export const MQTT_PORT = 1883;
 /** The managed broker's TLS listener (broker.managed.tls): it then has no plaintext one. */
 export const MQTTS_PORT = 8883;
@@ -92,18 +102,33 @@ export interface BuildInput {
   /** HTTP_PROXY, HTTPS_PROXY, NO_PROXY for the tiers' bundle download (see proxyEnvForPods). */
   proxy?: ProxyEnv;
   /**
-   * The operator's broker key: every broker password of a model with broker.managed.auth is
+   * The operator's broker key: every broker password of a model with a secure managed broker is
    * derived from it (operator/broker-auth.ts). Such a model cannot be built without it.
    */
   brokerKey?: Uint8Array;
   /**
    * The operator's device identity endpoint (operator/device-identity.ts): device agents of a
-   * model with broker.managed.auth get their node's identity there. Such a model cannot be built
+   * model with a secure managed broker get their node's identity there. Such a model cannot be built
    * without it.
    */
   deviceIdentity?: DeviceIdentitySettings;
-  /** The nodes the device tier may run on (their identities go in the password file). */
-  deviceNodes?: readonly string[];
+  /** The cluster's nodes (name and labels): each device node's identity goes in the password file. */
+  nodes?: readonly NodeLabels[];
+  /**
+   * The operator's broker CA: it issues the certificate of a managed broker without
+   * broker.managed.tls (Secret <model>-broker-cert). Such a model cannot be built without it.
+   */
+  brokerCa?: Issuer;
+  /** The issued certificate's Secret as it is now (the cache): kept while still good. */
+  currentBrokerCert?: V1Secret;
+  /** The clock for certificate issuance and renewal. */
+  now?: Date;
+}
+
+/** What the builders read of a Node. */
+export interface NodeLabels {
+  name: string;
+  labels: Readonly<Record<string, string>>;
 }
 
 /** Proxy variables by their conventional upper-case names. */
@@ -140,7 +165,7 @@ export const OWNED_KINDS = [
   { apiVersion: "apps/v1", kind: "DaemonSet", plural: "daemonsets" },
   { apiVersion: "v1", kind: "Service", plural: "services" },
   { apiVersion: "v1", kind: "ConfigMap", plural: "configmaps" },
-  // Only the broker's password file and the identities' credentials (broker.managed.auth).
+  // Only the broker's password file, the identities' credentials and the issued certificate.
   { apiVersion: "v1", kind: "Secret", plural: "secrets" },
 ] as const;
 
@@ -158,14 +183,12 @@ log_type warning
 log_type notice
 `;
 
-type ManagedBroker = NonNullable<DDNNModelSpec["broker"]["managed"]>;
-
 /**
- * The mosquitto.conf of a managed broker with what its spec asks: a TLS listener only (from the
- * Secret's tls.crt and tls.key; Mosquitto 2's default versions, TLS 1.2 and 1.3), and/or no
- * anonymous client, a password file and an ACL. Without either it is MOSQUITTO_CONF, as before.
+ * The mosquitto.conf of a managed broker with what it enforces (brokerSecurity): a TLS listener
+ * only (from the Secret's tls.crt and tls.key; Mosquitto 2's default versions, TLS 1.2 and 1.3),
+ * and/or no anonymous client, a password file and an ACL. An insecure broker: MOSQUITTO_CONF.
  */
-export function mosquittoConf(managed: Pick<ManagedBroker, "tls" | "auth">): string {
+export function mosquittoConf(managed: { tls?: unknown; auth?: unknown }): string {
   if (!managed.tls && !managed.auth) return MOSQUITTO_CONF;
   const listener = managed.tls
     ? [
@@ -295,7 +318,7 @@ export function brokerUrl(model: DDNNModel): string {
   const external = model.spec.broker.external;
   if (external) return external.url;
   const host = `${objectName(model, "broker")}.${model.metadata.namespace}.svc`;
-  return model.spec.broker.managed?.tls
+  return brokerSecurity(model).tls
     ? `mqtts://${host}:${MQTTS_PORT}`
     : `mqtt://${host}:${MQTT_PORT}`;
 }
@@ -309,20 +332,45 @@ export const brokerCredentialsSecretName = (model: Pick<DDNNModel, "metadata">) 
 
 /** The identities of a model whose managed broker has auth, or undefined. */
 function identitiesOf(input: BuildInput) {
-  const managed = input.model.spec.broker.managed;
-  if (!managed?.auth) return undefined;
+  const { auth } = brokerSecurity(input.model);
+  if (!auth) return undefined;
   if (!input.brokerKey)
     throw new Error(
-      "broker.managed.auth needs the operator's broker key (DDNN_BROKER_KEY), which is not set",
+      "the managed broker gives every client its own identity, derived from the operator's broker key (DDNN_BROKER_KEY, made by the Helm chart), which is not set; set broker.managed.insecure: true for an anonymous broker",
     );
   const ref = parseModelRef(`${input.model.metadata.namespace}/${input.model.metadata.name}`);
   return {
     key: input.brokerKey,
-    ids: brokerIdentities(ref, input.plan, [
-      ...(managed.auth.devices ?? []),
-      ...(usesDeviceIdentity(input.model, input.plan) ? (input.deviceNodes ?? []) : []),
-    ]),
+    ids: brokerIdentities(
+      ref,
+      input.plan,
+      [...auth.devices, ...(usesDeviceIdentity(input.model, input.plan) ? deviceIds(input) : [])],
+      fuses(input),
+    ),
   };
+}
+
+/** Whether a Node carries every label of a selector. */
+const selects = (selector: Readonly<Record<string, string>>, node: NodeLabels) =>
+  Object.entries(selector).every(([k, v]) => node.labels[k] === v);
+
+/**
+ * The device ids of in-cluster agents: each node the device tier may run on (its nodeSelector),
+ * or for a multi-view model `<node>-view<v>` for each view and node that sees it.
+ */
+export function deviceIds(input: Pick<BuildInput, "model" | "bundle" | "nodes">): string[] {
+  const device = input.model.spec.tiers.device;
+  const nodes = input.nodes ?? [];
+  const views = placedViews(input);
+  const ids =
+    views.length === 0
+      ? nodes.filter((n) => selects(device.nodeSelector, n)).map((n) => n.name)
+      : views.flatMap((p) =>
+          nodes
+            .filter((n) => selects(viewNodeSelector(device, p), n))
+            .map((n) => viewDeviceId(n.name, p.view)),
+        );
+  return [...new Set(ids)].sort();
 }
 
 function bundleLocation(spec: DDNNModelSpec): string {
@@ -407,10 +455,15 @@ function tierEnv(input: BuildInput, tier: Tier, httpPort: number): V1EnvVar[] {
   }
   const ca = spec.broker.external?.caConfigMap;
   if (ca) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/${ca.key}`));
-  if (spec.broker.managed?.tls) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/ca.crt`));
+  if (brokerSecurity(model).tls) out.push(env(TIER_ENV.brokerCa, `${BROKER_CA_MOUNT}/ca.crt`));
   // The tiers refuse a plaintext or anonymous broker on another host unless told; the spec asked
   // for this broker, so the Pod says so where anyone reading it sees it (docs/security.md).
-  if (brokerInsecurity(brokerUrl(model), secret !== undefined || !!identity) !== undefined)
+  // A device agent of a secure broker logs in with the identity it gets from the exchange.
+  const exchanged = tier === "device" && usesDeviceIdentity(model, input.plan);
+  if (
+    brokerInsecurity(brokerUrl(model), secret !== undefined || !!identity || exchanged) !==
+    undefined
+  )
     out.push(env(TIER_ENV.insecure, "true"));
   out.push(env(TIER_ENV.httpPort, httpPort));
   for (const [name, value] of Object.entries(input.proxy ?? {})) out.push(env(name, value));
@@ -548,7 +601,7 @@ function tierPod(
       configMap: { name: ca.name, items: [{ key: ca.key, path: ca.key }] },
     });
   }
-  const tls = spec.broker.managed?.tls;
+  const { tls } = brokerSecurity(input.model);
   if (tls) {
     // Only the CA: the broker's key stays in the broker's Pod.
     mounts.push({ name: "broker-ca", mountPath: BROKER_CA_MOUNT, readOnly: true });
@@ -718,19 +771,28 @@ function deviceDaemonSet(input: BuildInput, placement: ViewPlacement | undefined
   const source = placement?.source ?? device.source;
   const httpPort = source.http?.port ?? HTTP_PORT;
   const names = agentConfig.env;
-  const extraEnv: V1EnvVar[] = [
-    {
-      name: names.deviceId,
-      // A view's agent is named by its Pod (<name>-device-view<v>-xxxxx): one node may hold
-      // several views (a lab node), and each agent needs its own MQTT client id and reply topic.
-      valueFrom: {
-        fieldRef: { apiVersion: "v1", fieldPath: placement ? "metadata.name" : "spec.nodeName" },
-      },
-    },
+  // A device agent is named by its node; a view's agent by its node and view (<node>-view<v>):
+  // one node may hold several views (a lab node), and each agent needs its own MQTT client id,
+  // reply topic and broker identity.
+  const extraEnv: V1EnvVar[] = placement
+    ? [
+        {
+          name: NODE_NAME_ENV,
+          valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+        },
+        { name: names.deviceId, value: viewDeviceId(`$(${NODE_NAME_ENV})`, placement.view) },
+      ]
+    : [
+        {
+          name: names.deviceId,
+          valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+        },
+      ];
+  extraEnv.push(
     env(names.source, source.http ? "http" : source.mqtt ? "mqtt" : "replay"),
     // Only the device waits for upstream answers; the server and gateway answer what they get.
     env(names.deadlineMs, model.spec.deadlineMs),
-  ];
+  );
   if (source.replay) extraEnv.push(env(names.replayImages, source.replay.path));
   if (placement) {
     extraEnv.push(env(names.view, placement.view));
@@ -750,7 +812,7 @@ function deviceDaemonSet(input: BuildInput, placement: ViewPlacement | undefined
   if (usesDeviceIdentity(model, input.plan)) {
     if (!input.deviceIdentity)
       throw new Error(
-        "broker.managed.auth with device agents in the cluster needs the operator's device identity endpoint (DDNN_IDENTITY_URL, set by the Helm chart; docs/security.md), which is not set",
+        "a secure managed broker with device agents in the cluster needs the operator's device identity endpoint (DDNN_IDENTITY_URL, set by the Helm chart; docs/security.md), which is not set; or set broker.managed.insecure: true",
       );
     addDeviceIdentity(template, model, input.deviceIdentity);
   }
@@ -785,7 +847,7 @@ export function buildBrokerConfigMap(input: BuildInput): V1ConfigMap {
     apiVersion: "v1",
     kind: "ConfigMap",
     metadata: metadata(input.model, "broker"),
-    data: { "mosquitto.conf": mosquittoConf(input.model.spec.broker.managed!) },
+    data: { "mosquitto.conf": mosquittoConf(brokerSecurity(input.model)) },
   };
 }
 
@@ -806,7 +868,8 @@ export function buildBrokerAuthSecret(input: BuildInput): V1Secret | undefined {
 
 /**
  * Each identity's user name and password: `server.*` and `edge.*` are referenced by those Pods,
- * `device.<id>.*` are for the boards named in broker.managed.auth.devices.
+ * `profile.*` is `ddnn profile --kubeconfig`'s, `device.<id>.*` are for the boards named in
+ * broker.managed.auth.devices (in-cluster agents get theirs from the identity exchange).
  */
 export function buildBrokerCredentialsSecret(input: BuildInput): V1Secret | undefined {
   const auth = identitiesOf(input);
@@ -818,7 +881,12 @@ export function buildBrokerCredentialsSecret(input: BuildInput): V1Secret | unde
   };
   if (auth.ids.server) put("server", auth.ids.server.username);
   if (auth.ids.edge) put("edge", auth.ids.edge.username);
-  for (const [id, identity] of auth.ids.devices) put(`device.${id}`, identity.username);
+  put("profile", auth.ids.profile.username);
+  // Boards outside the cluster only: an in-cluster agent gets its password from the exchange.
+  for (const id of brokerSecurity(input.model).auth?.devices ?? []) {
+    const identity = auth.ids.devices.get(id);
+    if (identity) put(`device.${id}`, identity.username);
+  }
   return {
     apiVersion: "v1",
     kind: "Secret",
@@ -831,10 +899,79 @@ export function buildBrokerCredentialsSecret(input: BuildInput): V1Secret | unde
   };
 }
 
+/** How long a certificate the operator issues is valid, and how long before its end it renews. */
+export const BROKER_CERT_DAYS = 90;
+export const BROKER_CERT_RENEW_DAYS = 30;
+
+/** The names the broker's certificate carries: its Service, as the tiers and in-cluster clients reach it. */
+export function brokerDnsNames(model: Pick<DDNNModel, "metadata">): string[] {
+  const service = objectName(model, "broker");
+  const ns = model.metadata.namespace;
+  return [`${service}.${ns}.svc`, `${service}.${ns}`, service];
+}
+
+const fromBase64 = (text: string | undefined) =>
+  text === undefined ? undefined : Buffer.from(text, "base64").toString("utf8");
+
+/** The pair in `secret` when it is still good: same CA, same names, not due for renewal. */
+function keptCertificate(
+  secret: V1Secret | undefined,
+  ca: Issuer,
+  names: readonly string[],
+  now: Date,
+): { certPem: string; keyPem: string } | undefined {
+  const certPem = fromBase64(secret?.data?.["tls.crt"]);
+  const keyPem = fromBase64(secret?.data?.["tls.key"]);
+  if (!certPem || !keyPem || fromBase64(secret?.data?.["ca.crt"]) !== ca.certPem) return undefined;
+  try {
+    const cert = new X509Certificate(certPem);
+    const renewAt = new Date(cert.validTo).getTime() - BROKER_CERT_RENEW_DAYS * 86_400_000;
+    const sameNames = cert.subjectAltName === names.map((n) => `DNS:${n}`).join(", ");
+    if (!sameNames || now.getTime() >= renewAt) return undefined;
+    if (!cert.verify(new X509Certificate(ca.certPem).publicKey)) return undefined;
+    if (!cert.checkPrivateKey(createPrivateKey(keyPem))) return undefined;
+    return { certPem, keyPem };
+  } catch {
+    return undefined; // unreadable: issue a new one
+  }
+}
+
+/**
+ * The certificate of a managed broker without broker.managed.tls, issued by the operator's broker
+ * CA (docs/security.md): kept as it is while good, issued anew for new names, a new CA, or within
+ * BROKER_CERT_RENEW_DAYS of its end. The broker's reload loop picks it up without a restart.
+ */
+export function buildBrokerCertSecret(input: BuildInput): V1Secret | undefined {
+  const { tls } = brokerSecurity(input.model);
+  if (!tls?.issued) return undefined;
+  const ca = input.brokerCa;
+  if (!ca)
+    throw new Error(
+      "the managed broker listens with TLS, and its certificate is issued by the operator's broker CA (DDNN_BROKER_CA_DIR, made by the Helm chart), which is not set; give broker.managed.tls.secretName, or set broker.managed.insecure: true",
+    );
+  const names = brokerDnsNames(input.model);
+  const now = input.now ?? new Date();
+  const pair =
+    keptCertificate(input.currentBrokerCert, ca, names, now) ??
+    issueServerCertificate(ca, names, now, BROKER_CERT_DAYS);
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { ...metadata(input.model, "broker"), name: tls.secretName },
+    type: "kubernetes.io/tls",
+    data: {
+      "tls.crt": base64(pair.certPem),
+      "tls.key": base64(pair.keyPem),
+      "ca.crt": base64(ca.certPem),
+    },
+  };
+}
+
 export function buildBrokerDeployment(input: BuildInput): V1Deployment {
   const { model } = input;
   const managed = model.spec.broker.managed!;
-  const conf = mosquittoConf(managed);
+  const security = brokerSecurity(model);
+  const conf = mosquittoConf(security);
   const mounts: V1VolumeMount[] = [
     { name: "config", mountPath: "/mosquitto/config", readOnly: true },
   ];
@@ -842,17 +979,17 @@ export function buildBrokerDeployment(input: BuildInput): V1Deployment {
     { name: "config", configMap: { name: objectName(model, "broker") } },
   ];
   const watched: string[] = [];
-  if (managed.auth) {
+  if (security.auth) {
     mounts.push({ name: "auth", mountPath: BROKER_AUTH_MOUNT, readOnly: true });
     volumes.push({ name: "auth", secret: { secretName: brokerAuthSecretName(model) } });
     watched.push(`${BROKER_AUTH_MOUNT}/passwd`, `${BROKER_AUTH_MOUNT}/acl`);
   }
-  if (managed.tls) {
+  if (security.tls) {
     mounts.push({ name: "tls", mountPath: BROKER_TLS_MOUNT, readOnly: true });
     volumes.push({
       name: "tls",
       secret: {
-        secretName: managed.tls.secretName,
+        secretName: security.tls.secretName,
         items: [
           { key: "tls.crt", path: "tls.crt" },
           { key: "tls.key", path: "tls.key" },
@@ -872,7 +1009,7 @@ export function buildBrokerDeployment(input: BuildInput): V1Deployment {
     ports: [
       {
         name: "mqtt",
-        containerPort: managed.tls ? MQTTS_PORT : MQTT_PORT,
+        containerPort: security.tls ? MQTTS_PORT : MQTT_PORT,
         protocol: "TCP",
       },
     ],
@@ -923,7 +1060,7 @@ export function buildBrokerService(input: BuildInput): V1Service {
       ports: [
         {
           name: "mqtt",
-          port: input.model.spec.broker.managed?.tls ? MQTTS_PORT : MQTT_PORT,
+          port: brokerSecurity(input.model).tls ? MQTTS_PORT : MQTT_PORT,
           targetPort: "mqtt",
           protocol: "TCP",
         },
@@ -939,8 +1076,10 @@ export function buildOwnedObjects(input: BuildInput): OwnedObject[] {
     out.push(buildBrokerConfigMap(input), buildBrokerDeployment(input), buildBrokerService(input));
     const auth = buildBrokerAuthSecret(input);
     const credentials = buildBrokerCredentialsSecret(input);
+    const cert = buildBrokerCertSecret(input);
     if (auth) out.push(auth);
     if (credentials) out.push(credentials);
+    if (cert) out.push(cert);
     const ca = input.deviceIdentity?.caPem;
     if (ca !== undefined && usesDeviceIdentity(input.model, input.plan))
       out.push({

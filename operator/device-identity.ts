@@ -19,11 +19,18 @@ import type { AddressInfo } from "node:net";
 import type { V1EnvVar, V1PodTemplateSpec } from "@kubernetes/client-node";
 import { parseModelRef } from "../core/topics.js";
 import { agentConfig } from "../device-agent/config.js";
-import { identityName, identityPassword } from "./broker-auth.js";
-import { COMPONENT_LABEL, MODEL_LABEL, objectName } from "./builders.js";
+import { identityName, identityPassword, viewDeviceId } from "./broker-auth.js";
+import {
+  COMPONENT_LABEL,
+  deviceViewName,
+  MODEL_LABEL,
+  type NodeLabels,
+  objectName,
+  VIEW_LABEL,
+} from "./builders.js";
 import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
 import type { TierPlan } from "./placement.js";
-import { type DDNNModel, parseModel } from "./spec.js";
+import { brokerSecurity, type DDNNModel, parseModel } from "./spec.js";
 
 /** The audience the agents' projected tokens carry; a token for any other is refused. */
 export const IDENTITY_AUDIENCE = "ddnn-broker";
@@ -45,8 +52,10 @@ export interface IdentityKube {
 export interface DeviceCredentials {
   username: string;
   password: string;
-  /** The node the identity belongs to (the agent's device id). */
+  /** The node the identity belongs to. */
   node: string;
+  /** The agent's device id: the node's name, or `<node>-view<v>` for a view's agent. */
+  deviceId: string;
 }
 
 /** How the operator's objects let device agents use the exchange (BuildInput.deviceIdentity). */
@@ -70,7 +79,7 @@ export const identityCaConfigMapName = (model: Pick<DDNNModel, "metadata">) =>
 
 /** Whether a model's device agents get their broker identity from the exchange. */
 export function usesDeviceIdentity(model: DDNNModel, plan: TierPlan): boolean {
-  return model.spec.broker.managed?.auth !== undefined && plan.device.length > 0;
+  return brokerSecurity(model).auth !== undefined && plan.device.length > 0;
 }
 
 /**
@@ -133,19 +142,11 @@ export function addDeviceIdentity(
   ];
 }
 
-/** The device nodes whose lines the password file needs: those the device tier may run on. */
-export function deviceNodesOf(
-  nodes: readonly KubeObject[],
-  nodeSelector: Readonly<Record<string, string>>,
-): string[] {
+/** What the builders read of the Node cache: each node's name and labels. */
+export function nodeLabelsOf(nodes: readonly KubeObject[]): NodeLabels[] {
   return nodes
-    .filter((n) => {
-      const labels = n.metadata?.labels ?? {};
-      return Object.entries(nodeSelector).every(([k, v]) => labels[k] === v);
-    })
-    .map((n) => n.metadata?.name ?? "")
-    .filter((n) => n !== "")
-    .sort();
+    .filter((n) => (n.metadata?.name ?? "") !== "")
+    .map((n) => ({ name: n.metadata!.name!, labels: n.metadata?.labels ?? {} }));
 }
 
 /** A refused exchange: the HTTP status and a message that names the problem (never the token). */
@@ -228,10 +229,10 @@ export async function exchangeDeviceToken(
   const parsed = parseModel(model);
   if (!parsed.ok)
     throw new IdentityError(409, `DDNNModel ${namespace}/${modelName}: ${parsed.error}`);
-  if (!parsed.model.spec.broker.managed?.auth)
+  if (!brokerSecurity(parsed.model).auth)
     throw new IdentityError(
       409,
-      `DDNNModel ${namespace}/${modelName} has no broker.managed.auth: its broker takes no identities`,
+      `DDNNModel ${namespace}/${modelName} has an insecure or external broker: it takes no identities`,
     );
 
   let pod: Pod | undefined;
@@ -246,9 +247,13 @@ export async function exchangeDeviceToken(
     throw new IdentityError(403, `${who}, which the token is bound to, no longer exists`);
   if (pod.metadata?.deletionTimestamp || ["Succeeded", "Failed"].includes(pod.status?.phase ?? ""))
     throw new IdentityError(403, `${who} is terminating`);
-  const daemonSet = objectName(parsed.model, "device");
   const owner = pod.metadata?.ownerReferences?.find((o) => o.controller);
   const labels = pod.metadata?.labels ?? {};
+  // A view's agent: its view label names a view of the model, its controller that view's DaemonSet.
+  const views = parsed.model.spec.tiers.device.views ?? [];
+  const view = views.find((v) => labels[VIEW_LABEL] === String(v.view))?.view;
+  const daemonSet =
+    view === undefined ? objectName(parsed.model, "device") : deviceViewName(parsed.model, view);
   if (
     owner?.kind !== "DaemonSet" ||
     owner.name !== daemonSet ||
@@ -267,8 +272,9 @@ export async function exchangeDeviceToken(
   if (tokenNode !== undefined && tokenNode !== node)
     throw new IdentityError(403, `the token names node ${tokenNode}, ${who} runs on ${node}`);
 
-  const user = identityName(parseModelRef(`${namespace}/${modelName}`), "device", node);
-  return { username: user, password: identityPassword(brokerKey, user), node };
+  const deviceId = view === undefined ? node : viewDeviceId(node, view);
+  const user = identityName(parseModelRef(`${namespace}/${modelName}`), "device", deviceId);
+  return { username: user, password: identityPassword(brokerKey, user), node, deviceId };
 }
 
 function unavailable(what: string, err: unknown): IdentityError {

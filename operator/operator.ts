@@ -19,7 +19,8 @@ import { LeaderElector } from "./leader.js";
 import { OperatorMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
 import { type Logger, type OwnedKind, reconcileModel } from "./reconcile.js";
-import { API_VERSION, KIND, PLURAL } from "./spec.js";
+import { API_VERSION, brokerSecurity, KIND, PLURAL, parseModel } from "./spec.js";
+import type { Issuer } from "./x509.js";
 
 export interface LeaderElectionSettings {
   namespace: string;
@@ -36,8 +37,10 @@ export interface OperatorOptions {
   images: OperatorImages;
   /** Proxy variables written into the tier Pods (the operator's own, see proxyEnvForPods). */
   proxy?: ProxyEnv;
-  /** The key the managed brokers' passwords are derived from (broker.managed.auth). */
+  /** The key the managed brokers' passwords are derived from (docs/security.md). */
   brokerKey?: Uint8Array;
+  /** The CA that issues the managed brokers' TLS certificates (without broker.managed.tls). */
+  brokerCa?: Issuer;
   /**
    * The endpoint where in-cluster device agents exchange their projected ServiceAccount token for
    * their node's broker identity (operator/device-identity.ts); every replica serves it. Off when
@@ -191,12 +194,11 @@ export class Operator extends EventEmitter {
         if (seen.get(name) === labels) return;
         if (event === "DELETED") seen.delete(name);
         else seen.set(name, labels);
-        for (const m of this.models.list())
-          if (
-            (m.spec as { broker?: { managed?: { auth?: unknown } } } | undefined)?.broker?.managed
-              ?.auth
-          )
-            this.queue.add(objectKey(m));
+        // Every model whose broker gives device nodes identities: the secure managed ones.
+        for (const m of this.models.list()) {
+          const parsed = parseModel(m);
+          if (parsed.ok && brokerSecurity(parsed.model).auth) this.queue.add(objectKey(m));
+        }
       });
     }
     this.http = Fastify({ logger: false });
@@ -301,6 +303,7 @@ export class Operator extends EventEmitter {
             images: this.options.images,
             ...(this.options.proxy ? { proxy: this.options.proxy } : {}),
             ...(this.options.brokerKey ? { brokerKey: this.options.brokerKey } : {}),
+            ...(this.options.brokerCa ? { brokerCa: this.options.brokerCa } : {}),
             ...(this.nodes && this.options.deviceIdentity?.url
               ? {
                   deviceIdentity: {

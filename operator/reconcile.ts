@@ -1,4 +1,4 @@
-import type { V1DaemonSet, V1Deployment } from "@kubernetes/client-node";
+import type { V1DaemonSet, V1Deployment, V1Secret } from "@kubernetes/client-node";
 import {
   buildOwnedObjects,
   deviceViewName,
@@ -11,7 +11,7 @@ import {
   VIEW_LABEL,
 } from "./builders.js";
 import type { BundleVerifier } from "./bundle-source.js";
-import { type DeviceIdentitySettings, deviceNodesOf } from "./device-identity.js";
+import { type DeviceIdentitySettings, nodeLabelsOf } from "./device-identity.js";
 import type { EventRecorder } from "./events.js";
 import { type Informer, objectKey } from "./informer.js";
 import { type KubeClient, KubeError, type KubeObject } from "./kube.js";
@@ -20,6 +20,7 @@ import type { ReconcileResult } from "./queue.js";
 import { isApplied, withAppliedHash } from "./semantic.js";
 import {
   API_VERSION,
+  brokerCertSecretName,
   type DDNNModel,
   type DDNNModelStatus,
   ddnnModelStatusSchema,
@@ -35,6 +36,7 @@ import {
   type Observed,
   sameStatus,
 } from "./status.js";
+import type { Issuer } from "./x509.js";
 
 export type OwnedKind = (typeof OWNED_KINDS)[number]["kind"];
 
@@ -53,6 +55,8 @@ export interface ReconcileContext {
   proxy?: ProxyEnv;
   /** The key every managed broker password is derived from (operator/broker-auth.ts). */
   brokerKey?: Uint8Array;
+  /** The CA that issues managed brokers' certificates (operator/x509.ts). */
+  brokerCa?: Issuer;
   /** The device identity endpoint, for models with broker auth and in-cluster devices. */
   deviceIdentity?: DeviceIdentitySettings;
   /** The Node cache (with the device identity endpoint): which nodes the device tier may use. */
@@ -117,9 +121,12 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
         ...(ctx.proxy ? { proxy: ctx.proxy } : {}),
         ...(ctx.brokerKey ? { brokerKey: ctx.brokerKey } : {}),
         ...(ctx.deviceIdentity ? { deviceIdentity: ctx.deviceIdentity } : {}),
-        ...(ctx.nodes
-          ? { deviceNodes: deviceNodesOf(ctx.nodes.list(), model.spec.tiers.device.nodeSelector) }
-          : {}),
+        ...(ctx.nodes ? { nodes: nodeLabelsOf(ctx.nodes.list()) } : {}),
+        ...(ctx.brokerCa ? { brokerCa: ctx.brokerCa } : {}),
+        currentBrokerCert: ctx.owned.Secret.get(namespace, brokerCertSecretName(model)) as
+          | V1Secret
+          | undefined,
+        now: (ctx.now ?? (() => new Date()))(),
       }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
       for (const obj of desired) {
         const kind = obj.kind as OwnedKind;

@@ -220,9 +220,6 @@ const views = cel(
   { rule: "self.all(p, p.view < self.size())", message: viewsMessages.range },
 );
 
-const AUTH_VIEWS_MESSAGE =
-  "broker.managed.auth does not serve the agents of tiers.device.views yet (docs/security.md): leave auth unset for a multi-view model";
-
 const deviceTier = z.object({
   nodeSelector: nodeSelector(
     'default fog.ddnn.io/device: "true" (a node may also carry the edge and server labels)',
@@ -311,6 +308,9 @@ const bundle = cel(
   },
 );
 
+const INSECURE_MESSAGE =
+  "broker.managed.insecure: true turns TLS and auth off: leave tls and auth unset with it";
+
 const secretRef = z.object({
   name: matching(DNS_SUBDOMAIN, "secretRef.name must be a Secret name", 253),
   usernameKey: z.string().min(1).max(253).default("username"),
@@ -320,32 +320,47 @@ const secretRef = z.object({
 const broker = cel(
   z.object({
     managed: described(
-      z.object({
-        kind: z.enum(["mosquitto"]).default("mosquitto"),
-        image: described(
-          z.string().min(1).max(512),
-          "overrides the operator's broker image",
-        ).optional(),
-        resources: resources.optional(),
-        tls: described(
-          z.object({
-            secretName: matching(DNS_SUBDOMAIN, "tls.secretName must be a Secret name", 253),
-          }),
-          "a Secret in the model's namespace with tls.crt, tls.key and ca.crt (what a cert-manager Certificate writes): the broker listens with TLS on 8883 only, and every tier verifies its certificate against ca.crt; the certificate must name <model>-broker.<namespace>.svc",
-        ).optional(),
-        auth: described(
-          z.object({
-            devices: described(
-              z
-                .array(matching(DNS_SUBDOMAIN, "auth.devices entries must be DNS names", 253))
-                .max(1000),
-              "ids of devices outside the cluster (boards running a generated C device program) that get their own identity; their user names and passwords are in the Secret <model>-broker-credentials",
+      cel(
+        z
+          .object({
+            kind: z.enum(["mosquitto"]).default("mosquitto"),
+            image: described(
+              z.string().min(1).max(512),
+              "overrides the operator's broker image",
             ).optional(),
+            resources: resources.optional(),
+            insecure: described(
+              z.boolean(),
+              "true: the broker takes anonymous plaintext clients on 1883 (a lab; the tier Pods say DDNN_INSECURE=true); with it, tls and auth stay unset. Default false: TLS and auth are on (docs/security.md)",
+            ).optional(),
+            tls: described(
+              z.object({
+                secretName: matching(DNS_SUBDOMAIN, "tls.secretName must be a Secret name", 253),
+              }),
+              "a Secret in the model's namespace with tls.crt, tls.key and ca.crt (what a cert-manager Certificate writes) instead of the certificate the operator issues (Secret <model>-broker-cert, from the chart's broker CA); the broker listens with TLS on 8883 only, and every tier verifies its certificate against ca.crt; the certificate must name <model>-broker.<namespace>.svc",
+            ).optional(),
+            auth: described(
+              z.object({
+                devices: described(
+                  z
+                    .array(matching(DNS_SUBDOMAIN, "auth.devices entries must be DNS names", 253))
+                    .max(1000),
+                  "ids of devices outside the cluster (boards running a generated C device program) that get their own identity; their user names and passwords are in the Secret <model>-broker-credentials",
+                ).optional(),
+              }),
+              "the broker refuses anonymous clients (always, unless insecure): every client has its own identity (the operator derives the passwords and writes a Mosquitto password file and ACL), and may use only the topics of its tier (docs/security.md); devices names boards outside the cluster",
+            ).optional(),
+          })
+          .refine((m) => !m.insecure || (!m.tls && !m.auth), {
+            path: ["insecure"],
+            message: INSECURE_MESSAGE,
           }),
-          "the broker refuses anonymous clients: every client has its own identity (the operator derives the passwords and writes a Mosquitto password file and ACL), and may use only the topics of its tier (docs/security.md)",
-        ).optional(),
-      }),
-      "the operator runs a Mosquitto 2 broker for this model",
+        {
+          rule: "!has(self.insecure) || !self.insecure || (!has(self.tls) && !has(self.auth))",
+          message: INSECURE_MESSAGE,
+        },
+      ),
+      "the operator runs a Mosquitto 2 broker for this model: with TLS and an identity per client unless insecure",
     ).optional(),
     external: described(
       cel(
@@ -449,10 +464,6 @@ export const ddnnModelSpecSchema = cel(
         }),
       broker: broker.default({ managed: { kind: "mosquitto" } }),
     })
-    .refine((spec) => !spec.broker.managed?.auth || !spec.tiers.device.views, {
-      path: ["broker", "managed", "auth"],
-      message: AUTH_VIEWS_MESSAGE,
-    })
     .refine(
       (spec) =>
         !spec.tiers.device.views || Object.values(spec.placement).some((t) => t === "device"),
@@ -466,13 +477,6 @@ export const ddnnModelSpecSchema = cel(
     rule: "!has(self.exits) || self.exits.all(stage, stage in self.placement)",
     message: "every stage in exits must also be in placement",
     fieldPath: ".exits",
-  },
-  {
-    // In-cluster device agents get their node's identity from the token exchange
-    // (docs/security.md); a view's agent is named by its Pod, not its node, so not yet views.
-    rule: `!has(self.broker) || !has(self.broker.managed) || !has(self.broker.managed.auth) || !(${HAS_VIEWS})`,
-    message: AUTH_VIEWS_MESSAGE,
-    fieldPath: ".broker.managed.auth",
   },
   {
     rule: `!(${HAS_VIEWS}) || self.placement.exists(stage, self.placement[stage] == 'device')`,
@@ -608,5 +612,33 @@ export function parseModel(
       spec: spec.data,
       status: status.success ? status.data : {},
     },
+  };
+}
+
+/** The Secret where the operator keeps the certificate it issues a managed broker. */
+export const brokerCertSecretName = (model: Pick<DDNNModel, "metadata">) =>
+  `${model.metadata.name}-broker-cert`;
+
+/**
+ * What a managed broker enforces (docs/security.md): TLS and an identity per client, unless
+ * broker.managed.insecure. Without broker.managed.tls the operator issues the certificate
+ * (`issued`); without broker.managed.auth every in-cluster client still gets its identity.
+ * An external broker, or an insecure managed one: neither.
+ */
+export interface BrokerSecurity {
+  /** The Secret with tls.crt, tls.key and ca.crt. */
+  tls?: { secretName: string; issued: boolean };
+  /** Boards outside the cluster that get an identity too (broker.managed.auth.devices). */
+  auth?: { devices: readonly string[] };
+}
+
+export function brokerSecurity(model: Pick<DDNNModel, "metadata" | "spec">): BrokerSecurity {
+  const managed = model.spec.broker.managed;
+  if (!managed || managed.insecure) return {};
+  return {
+    tls: managed.tls
+      ? { secretName: managed.tls.secretName, issued: false }
+      : { secretName: brokerCertSecretName(model), issued: true },
+    auth: { devices: managed.auth?.devices ?? [] },
   };
 }

@@ -3,31 +3,27 @@
  * bundle's views, the per-view DaemonSets and the fusing gateway the builders make, and the
  * per-view status.
  */
-import type { V1DaemonSet, V1Deployment, V1EnvVar } from "@kubernetes/client-node";
+import type { V1DaemonSet, V1Deployment, V1EnvVar, V1Secret } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import {
+  buildInput,
+  chartOperator,
   exampleSpec,
   modelOf,
   THREE_STAGES,
   THREE_VIEWS,
   viewsSpec,
 } from "../test/operator/model-fixtures.js";
-import { type BuildInput, buildOwnedObjects, type OwnedObject } from "./builders.js";
+import { buildOwnedObjects, type OwnedObject } from "./builders.js";
 import { type BundleFacts, planTiers } from "./placement.js";
 import { type DDNNModelSpecInput, parseModel } from "./spec.js";
 import { type BundleCheck, desiredStatus, type Observed } from "./status.js";
 
-const images = { image: "ddnn-fog:9.9.9", brokerImage: "eclipse-mosquitto:2" };
+/** Three nodes, one per view, as a lab labels them. */
+const NODES = ["cam-a", "cam-b", "cam-c"];
 
-function input(
-  spec: DDNNModelSpecInput = viewsSpec(),
-  facts: BundleFacts = THREE_VIEWS,
-): BuildInput {
-  const model = modelOf(spec);
-  const plan = planTiers(model.spec, facts);
-  if (!plan.ok) throw new Error(plan.message);
-  return { model, bundle: facts, plan: plan.plan, images };
-}
+const input = (spec: DDNNModelSpecInput = viewsSpec(), facts: BundleFacts = THREE_VIEWS) =>
+  buildInput(spec, facts, chartOperator(NODES, 3));
 
 function envOf(w: V1Deployment | V1DaemonSet): Record<string, string | V1EnvVar["valueFrom"]> {
   return Object.fromEntries(
@@ -150,18 +146,76 @@ describe("builders of a multi-view model", () => {
     const objs = buildOwnedObjects(input());
     expect(objs.map((o) => `${o.kind}/${o.metadata!.name}`).sort()).toEqual([
       "ConfigMap/demo-broker",
+      "ConfigMap/demo-identity-ca",
       "DaemonSet/demo-device-view0",
       "DaemonSet/demo-device-view1",
       "DaemonSet/demo-device-view2",
       "Deployment/demo-broker",
       "Deployment/demo-edge",
       "Deployment/demo-server",
+      "Secret/demo-broker-auth",
+      "Secret/demo-broker-cert",
+      "Secret/demo-broker-credentials",
       "Service/demo-broker",
       "Service/demo-server",
     ]);
   });
 
-  it("start each view's agent with --view on the nodes of that view, named by its Pod", () => {
+  it("give each view's agent on each node its own broker identity, <node>-view<v>, for the views topic only", () => {
+    const objs = buildOwnedObjects(input());
+    const secret = named(objs, "Secret", "demo-broker-auth") as V1Secret;
+    const text = (k: string) => Buffer.from(secret.data![k]!, "base64").toString("utf8");
+    const users = text("passwd")
+      .trim()
+      .split("\n")
+      .map((l) => l.slice(0, l.indexOf(":")));
+    // Each node sees one view (chartOperator labels cam-a 0, cam-b 1, cam-c 2).
+    expect(users).toEqual([
+      "fog/demo/server",
+      "fog/demo/edge",
+      "fog/demo/profile",
+      "fog/demo/device/cam-a-view0",
+      "fog/demo/device/cam-b-view1",
+      "fog/demo/device/cam-c-view2",
+    ]);
+    const acl = text("acl");
+    expect(acl).toContain(
+      [
+        "user fog/demo/device/cam-b-view1",
+        "topic read ddnn/fog/demo/reply/cam-b-view1",
+        "topic read ddnn/fog/demo/reply/cam-b-view1/views",
+        "topic read ddnn/fog/demo/input/cam-b-view1",
+        "topic write ddnn/fog/demo/events",
+        "topic write ddnn/fog/demo/input/cam-b-view1/result",
+        "topic write ddnn/fog/demo/views",
+      ].join("\n"),
+    );
+    // The fusing gateway reads the views (and its own replies), sends on to the server's stage.
+    expect(acl).toContain(
+      [
+        "user fog/demo/edge",
+        "topic read ddnn/fog/demo/views",
+        "topic read ddnn/fog/demo/reply/+",
+        "topic write ddnn/fog/demo/reply/+",
+        "topic write ddnn/fog/demo/reply/+/views",
+        "topic write ddnn/fog/demo/events",
+        "topic write ddnn/fog/demo/server/req",
+      ].join("\n"),
+    );
+    // A lab node that sees two views holds two identities.
+    const lab = buildOwnedObjects(
+      buildInput(viewsSpec(), THREE_VIEWS, {
+        ...chartOperator(),
+        nodes: [{ name: "lab", labels: { "fog.ddnn.io/device": "true", "fog.ddnn.io/view": "0" } }],
+      }),
+    );
+    const labAuth = named(lab, "Secret", "demo-broker-auth") as V1Secret;
+    expect(Buffer.from(labAuth.data!.passwd!, "base64").toString("utf8")).toContain(
+      "fog/demo/device/lab-view0:",
+    );
+  });
+
+  it("start each view's agent with --view on the nodes of that view, named by its node and view", () => {
     const objs = buildOwnedObjects(input());
     for (const v of [0, 1, 2]) {
       const ds = named(objs, "DaemonSet", `demo-device-view${v}`) as V1DaemonSet;
@@ -175,8 +229,12 @@ describe("builders of a multi-view model", () => {
         DDNN_VIEW: String(v),
         DDNN_STAGES: "device",
         DDNN_SOURCE: "http",
-        DDNN_DEVICE_ID: { fieldRef: { apiVersion: "v1", fieldPath: "metadata.name" } },
+        NODE_NAME: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
+        DDNN_DEVICE_ID: `$(NODE_NAME)-view${v}`,
       });
+      // Kubernetes expands $(NODE_NAME) only from a variable defined before it.
+      const names = pod.containers[0]!.env!.map((e) => e.name);
+      expect(names.indexOf("NODE_NAME")).toBeLessThan(names.indexOf("DDNN_DEVICE_ID"));
       // Each view's DaemonSet selects only its own Pods, which its template labels.
       const selector = ds.spec!.selector.matchLabels!;
       expect(selector).toEqual({
@@ -253,13 +311,29 @@ describe("builders of a multi-view model", () => {
     const objs = buildOwnedObjects(input(s, { ...THREE_STAGES, views: 3 }));
     const e = envOf(named(objs, "Deployment", "demo-edge") as V1Deployment);
     expect(e).toMatchObject({ DDNN_STAGES: "edge", DDNN_THRESHOLDS: "device=0.4,edge=0.3" });
+    // Its identity sends the fused features to its own edge stage (gateway/fusion.ts sends to
+    // stage 1), reads them there, and sends on to the server's stage.
+    const auth = named(objs, "Secret", "demo-broker-auth") as V1Secret;
+    const acl = Buffer.from(auth.data!.acl!, "base64").toString("utf8");
+    const edge = acl.slice(
+      acl.indexOf("user fog/demo/edge"),
+      acl.indexOf("\n\n", acl.indexOf("user fog/demo/edge")),
+    );
+    expect(edge.split("\n")).toEqual([
+      "user fog/demo/edge",
+      "topic read ddnn/fog/demo/views",
+      "topic read ddnn/fog/demo/reply/+",
+      "topic read ddnn/fog/demo/edge/req",
+      "topic write ddnn/fog/demo/reply/+",
+      "topic write ddnn/fog/demo/reply/+/views",
+      "topic write ddnn/fog/demo/events",
+      "topic write ddnn/fog/demo/edge/req",
+      "topic write ddnn/fog/demo/server/req",
+    ]);
   });
 
   it("leave a one-view model as it was: one DaemonSet named after the model, device id the node", () => {
-    const model = modelOf(exampleSpec());
-    const plan = planTiers(model.spec, THREE_STAGES);
-    if (!plan.ok) throw new Error(plan.message);
-    const objs = buildOwnedObjects({ model, bundle: THREE_STAGES, plan: plan.plan, images });
+    const objs = buildOwnedObjects(buildInput(exampleSpec(), THREE_STAGES));
     const ds = named(objs, "DaemonSet", "demo-device") as V1DaemonSet;
     expect(objs.filter((o) => o.kind === "DaemonSet")).toHaveLength(1);
     expect(envOf(ds)).not.toHaveProperty("DDNN_VIEW");

@@ -10,8 +10,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { ConfigError } from "../core/config.js";
-import { type Component, HTTP_PORT, MQTT_PORT, selectorLabels } from "../operator/builders.js";
-import { type DDNNModel, GROUP, PLURAL, VERSION } from "../operator/spec.js";
+import {
+  brokerCredentialsSecretName,
+  type Component,
+  HTTP_PORT,
+  MQTT_PORT,
+  MQTTS_PORT,
+  objectName,
+  selectorLabels,
+} from "../operator/builders.js";
+import { brokerSecurity, type DDNNModel, GROUP, PLURAL, VERSION } from "../operator/spec.js";
 
 type Wire = NonNullable<DDNNModel["spec"]["wire"]>;
 
@@ -20,6 +28,11 @@ export interface Deployment {
   /** `namespace/name`, the tiers' model reference (their topics). */
   readonly model: string;
   readonly broker: string;
+  /** A secure managed broker: the profile's identity, the CA file and the certificate's name. */
+  readonly brokerUsername?: string;
+  readonly brokerPassword?: string;
+  readonly brokerCa?: string;
+  readonly brokerTlsName?: string;
   readonly serverUrl: string;
   /** A local path (a ConfigMap's archive written out) or the model's bundle URL. */
   readonly bundle: string;
@@ -104,18 +117,47 @@ export async function findDeployment(
 
   // The broker: the managed one's Pod, or the external URL the tiers use.
   let broker: string;
-  const managed = spec.broker.managed as Record<string, unknown> | undefined;
-  if (managed) {
-    for (const locked of ["tls", "auth"])
-      if (managed[locked] !== undefined)
-        throw new ConfigError(
-          `DDNNModel ${namespace}/${name}: the managed broker has ${locked}, which --kubeconfig does not handle; use --attach --broker URL with the credentials or CA it needs`,
-        );
+  let secured: Pick<
+    Deployment,
+    "brokerUsername" | "brokerPassword" | "brokerCa" | "brokerTlsName"
+  > = {};
+  if (spec.broker.managed) {
     const pods = await readyPods(core, model, "broker");
     if (pods.length === 0)
       throw new ConfigError(`DDNNModel ${namespace}/${name}: no Ready broker Pod`);
-    broker = `mqtt://${pods[0]!.status!.podIP}:${MQTT_PORT}`;
+    const { tls, auth } = brokerSecurity(model);
+    broker = `${tls ? "mqtts" : "mqtt"}://${pods[0]!.status!.podIP}:${tls ? MQTTS_PORT : MQTT_PORT}`;
     notes.push(`broker: the managed Mosquitto Pod ${pods[0]!.metadata?.name} at ${broker}`);
+    if (tls && auth) {
+      // The profile's own identity (operator/broker-auth.ts) and the broker's CA, from Secrets.
+      const data = async (secret: string) => {
+        try {
+          return (await core.readNamespacedSecret({ name: secret, namespace })).data ?? {};
+        } catch (err) {
+          throw new ConfigError(
+            `--kubeconfig: cannot read Secret ${namespace}/${secret}: ${kubeMessage(err)}`,
+          );
+        }
+      };
+      const credentials = await data(brokerCredentialsSecretName(model));
+      const ca = (await data(tls.secretName))["ca.crt"];
+      const text = (b64: string | undefined, what: string) => {
+        if (b64 === undefined) throw new ConfigError(`--kubeconfig: ${what} is missing`);
+        return Buffer.from(b64, "base64").toString("utf8");
+      };
+      const caFile = join(mkdtempSync(join(tmpdir(), "ddnn-profile-ca-")), "ca.crt");
+      writeFileSync(caFile, text(ca, `Secret ${namespace}/${tls.secretName} key ca.crt`));
+      secured = {
+        brokerUsername: text(credentials["profile.username"], "the profile's broker identity"),
+        brokerPassword: text(credentials["profile.password"], "the profile's broker password"),
+        brokerCa: caFile,
+        // The certificate names the broker's Service; the profile reaches its Pod's address.
+        brokerTlsName: `${objectName(model, "broker")}.${namespace}.svc`,
+      };
+      notes.push(
+        `broker: TLS and the identity ${secured.brokerUsername} from Secret ${namespace}/${brokerCredentialsSecretName(model)}`,
+      );
+    }
   } else {
     const external = spec.broker.external!;
     if (external.secretRef || external.caConfigMap)
@@ -171,6 +213,7 @@ export async function findDeployment(
   return {
     model: `${namespace}/${name}`,
     broker,
+    ...secured,
     serverUrl,
     bundle,
     bundleDigest: digest,

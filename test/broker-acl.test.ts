@@ -1,37 +1,30 @@
-/**
- * Who may do what on a managed broker: a real Mosquitto started with exactly the mosquitto.conf,
- * password file, ACL and container command the operator builds for a DDNNModel with
- * broker.managed.auth and broker.managed.tls (only the mount paths and the port are moved to this
- * machine's temporary directory), and the real gateway and server tiers connecting with the
- * identities the operator issues.
- */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
+import { chmodSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Writable } from "node:stream";
-import type { V1ConfigMap, V1Deployment, V1Secret } from "@kubernetes/client-node";
+import type { V1Secret } from "@kubernetes/client-node";
 import { connectAsync, type IClientOptions, type MqttClient } from "mqtt";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectBroker } from "../core/runtime/mqtt.js";
 import { decodeResult, encodeFrame } from "../core/wire/frame.js";
 import { encodeTensor } from "../core/wire/tensor.js";
 import { gatewaySchema, type RunningGateway, startGateway } from "../gateway/gateway.js";
 import {
-  BROKER_RELOAD_SECONDS,
   type BuildInput,
   brokerCredentialsSecretName,
   buildOwnedObjects,
-  MQTTS_PORT,
 } from "../operator/builders.js";
-import { planTiers } from "../operator/placement.js";
 import type { DDNNModelSpecInput } from "../operator/spec.js";
 import { serverSchema } from "../server/config.js";
 import { type RunningServer, startServer } from "../server/server.js";
-import { modelOf } from "./operator/model-fixtures.js";
+import { buildInput } from "./operator/model-fixtures.js";
+import { testBrokerCa } from "./support/broker-ca.js";
 import { tempDir } from "./support/bundle-fixture.js";
+import { waitFor } from "./support/fog.js";
+import { decoded, ManagedBroker } from "./support/managed-broker.js";
 import { freePort, mosquittoBinary } from "./support/mosquitto.js";
+import { connectOutcome } from "./support/mqtt-outcome.js";
 import { root } from "./support/run.js";
 import { makeTestPki, type TestPki } from "./support/tls.js";
 
@@ -63,126 +56,12 @@ const spec = (devices: string[]): DDNNModelSpecInput => ({
   },
 });
 
-function build(name: string, devices: string[], key: Uint8Array): BuildInput {
-  const model = modelOf(spec(devices), name, "fog");
-  const plan = planTiers(model.spec, facts);
-  if (!plan.ok) throw new Error(plan.message);
-  return {
-    model,
-    bundle: facts,
-    plan: plan.plan,
-    images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
-    brokerKey: key,
-  };
-}
-
-const decoded = (s: V1Secret) =>
-  Object.fromEntries(
-    Object.entries(s.data ?? {}).map(([k, v]) => [k, Buffer.from(v, "base64").toString("utf8")]),
-  );
-
-/** The broker Pod of `objects`, its volumes laid out under `dir`, run as its container runs. */
-class ManagedBroker {
-  private child: ChildProcess | undefined;
-  stderr = "";
-  constructor(
-    readonly dir: string,
-    readonly port: number,
-  ) {}
-
-  /** Writes what the broker Pod mounts: its ConfigMap, its auth Secret, the TLS Secret. */
-  mount(objects: readonly { kind?: string; metadata?: { name?: string } }[], pki: TestPki) {
-    const named = <T>(kind: string, name: string) =>
-      objects.find((o) => o.kind === kind && o.metadata?.name === name) as T;
-    const cm = named<V1ConfigMap>("ConfigMap", "demo-broker");
-    const auth = decoded(named<V1Secret>("Secret", "demo-broker-auth"));
-    const write = (path: string, text: string) => {
-      mkdirSync(join(this.dir, path, ".."), { recursive: true, mode: 0o755 });
-      writeFileSync(join(this.dir, path), text, { mode: 0o644 });
-      chmodSync(join(this.dir, path), 0o644);
-    };
-    write("config/mosquitto.conf", this.local(cm.data!["mosquitto.conf"]!));
-    write("auth/passwd", auth.passwd!);
-    write("auth/acl", auth.acl!);
-    write("tls/tls.crt", readFileSync(pki.certFile, "utf8"));
-    write("tls/tls.key", readFileSync(pki.keyFile, "utf8"));
-    const deployment = named<V1Deployment>("Deployment", "demo-broker");
-    return deployment.spec!.template.spec!.containers[0]!.args!;
-  }
-
-  /** Rewrites the auth Secret's files, as the kubelet does when the Secret changes. */
-  remount(objects: readonly { kind?: string; metadata?: { name?: string } }[]): void {
-    const auth = decoded(
-      objects.find(
-        (o) => o.kind === "Secret" && o.metadata?.name === "demo-broker-auth",
-      ) as V1Secret,
-    );
-    writeFileSync(join(this.dir, "auth/passwd"), auth.passwd!);
-    writeFileSync(join(this.dir, "auth/acl"), auth.acl!);
-  }
-
-  /** Rewrites the TLS Secret's files, as cert-manager's renewal and the kubelet do. */
-  remountTls(pki: TestPki): void {
-    writeFileSync(join(this.dir, "tls/tls.crt"), readFileSync(pki.certFile, "utf8"));
-    writeFileSync(join(this.dir, "tls/tls.key"), readFileSync(pki.keyFile, "utf8"));
-  }
-
-  /** Mosquitto's process id: the script's child. */
-  get pid(): string {
-    return execFileSync("pgrep", ["-P", String(this.child!.pid), "-f", "mosquitto"], {
-      encoding: "utf8",
-    }).trim();
-  }
-
-  /** The Pod's paths and port, moved here. */
-  local(text: string): string {
-    return text
-      .replaceAll("/mosquitto/", `${this.dir}/`)
-      .replace(`listener ${MQTTS_PORT}`, `listener ${this.port} 127.0.0.1`);
-  }
-
-  async start(args: readonly string[]): Promise<void> {
-    expect(args.slice(0, 2)).toEqual(["sh", "-c"]);
-    // The container's script with the binary's path and a shorter reload period.
-    const script = this.local(args[2]!)
-      .replace(/^mosquitto /, `${mosquittoBinary} `)
-      .replace(`sleep ${BROKER_RELOAD_SECONDS}`, "sleep 0.5");
-    this.child = spawn("sh", ["-c", script], { stdio: ["ignore", "pipe", "pipe"] });
-    this.child.stderr!.on("data", (d: Buffer) => {
-      this.stderr = (this.stderr + d.toString()).slice(-8000);
-    });
-    this.child.stdout!.on("data", (d: Buffer) => {
-      this.stderr = (this.stderr + d.toString()).slice(-8000);
-    });
-    const until = Date.now() + 10_000;
-    for (;;) {
-      const up = await new Promise<boolean>((resolve) => {
-        const s = connect(this.port, "127.0.0.1");
-        s.once("connect", () => {
-          s.destroy();
-          resolve(true);
-        });
-        s.once("error", () => resolve(false));
-      });
-      if (up) return;
-      if (Date.now() > until) throw new Error(`broker did not listen: ${this.stderr}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-
-  async stop(): Promise<void> {
-    const c = this.child;
-    if (!c || c.exitCode !== null) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => c.kill("SIGKILL"), 5_000);
-      c.once("exit", () => {
-        clearTimeout(t);
-        resolve();
-      });
-      c.kill("SIGTERM");
-    });
-  }
-}
+const build = (
+  name: string,
+  devices: string[],
+  key: Uint8Array,
+  modelSpec: DDNNModelSpecInput = spec(devices),
+): BuildInput => buildInput(modelSpec, facts, { brokerKey: key, brokerCa: testBrokerCa }, name);
 
 const available = mosquittoBinary !== undefined;
 
@@ -231,15 +110,7 @@ describe.skipIf(!available)(
       clients.push(c);
       return c;
     }
-    async function refusal(extra: IClientOptions, target = url): Promise<string> {
-      try {
-        const c = await connectAsync(target, options(extra));
-        await c.endAsync(true);
-        return "connected";
-      } catch (err) {
-        return (err as Error).message;
-      }
-    }
+    const refusal = (extra: IClientOptions, target = url) => connectOutcome(target, options(extra));
     /** Messages `c` receives on `filter` within `ms` (after subscribing; the SUBACK codes too). */
     async function collect(c: MqttClient, filter: string) {
       const got: { topic: string; payload: Buffer }[] = [];
@@ -263,6 +134,27 @@ describe.skipIf(!available)(
       expect(
         await refusal({ ...cred("device.cam-1"), ca: readFileSync(pki.otherCaFile, "utf8") }),
       ).toMatch(/certificate/);
+    });
+
+    it("ddnn profile's identity sends as a device does, under any device id, and reads no request nor forges a reply", async () => {
+      const profile = await client("profile");
+      const edge = await client("edge");
+      const server = await client("server");
+      const replies = await collect(profile, "ddnn/fog/demo/reply/profile-7");
+      const requests = await collect(profile, "ddnn/fog/demo/edge/req");
+      const edgeGets = await collect(edge, "$share/demo-device/ddnn/fog/demo/device/req");
+      const camReplies = await collect(server, "ddnn/fog/demo/reply/cam-1");
+      await profile.publishAsync("ddnn/fog/demo/device/req", "profile image", { qos: 1 });
+      await server.publishAsync("ddnn/fog/demo/reply/profile-7", "for profile-7", { qos: 1 });
+      await edge.publishAsync("ddnn/fog/demo/edge/req", "features", { qos: 1 });
+      await profile.publishAsync("ddnn/fog/demo/reply/cam-1", "forged by profile", { qos: 1 });
+      await settle();
+      expect(edgeGets.got.map((m) => m.payload.toString())).toEqual(["profile image"]);
+      expect(replies.got.map((m) => m.payload.toString())).toEqual(["for profile-7"]);
+      expect(requests.got).toEqual([]);
+      expect(camReplies.got).toEqual([]);
+      // Out of the share group again: the next test's gateway gets every request of the group.
+      await edge.unsubscribeAsync("$share/demo-device/ddnn/fog/demo/device/req");
     });
 
     it("a device cannot read another device's replies, nor any request topic, nor publish a reply", async () => {
@@ -308,7 +200,8 @@ describe.skipIf(!available)(
       const passwords = Object.entries(credentials)
         .filter(([k]) => k.endsWith(".password"))
         .map(([, v]) => v);
-      expect(passwords).toHaveLength(4);
+      // server, edge, profile, cam-1, cam-2
+      expect(passwords).toHaveLength(5);
       for (const o of objects) {
         if (o.metadata?.name === brokerCredentialsSecretName(input.model)) continue;
         const text = JSON.stringify(o);
@@ -501,6 +394,103 @@ describe.skipIf(!available)(
       } finally {
         await gateway?.close();
         await server?.close();
+      }
+    });
+  },
+);
+
+describe.skipIf(!available)(
+  "the default managed broker: nothing about security in the spec (real Mosquitto, operator's config)",
+  () => {
+    // The example's shape with no broker field at all: TLS from the certificate the operator
+    // issues, and an identity per client.
+    const input = build("demo", [], randomBytes(32), {
+      bundle: { url: "http://models.fog.svc/fashion-3tier.tar.gz", sha256: DIGEST },
+      placement: { device: "device", edge: "edge", server: "server" },
+    });
+    const objects = buildOwnedObjects({
+      ...input,
+      deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444" },
+      nodes: [{ name: "board-a", labels: { "fog.ddnn.io/device": "true" } }],
+    });
+    const secret = (name: string) =>
+      decoded(objects.find((o) => o.kind === "Secret" && o.metadata?.name === name) as V1Secret);
+    const creds = secret("demo-broker-credentials");
+    const issuedCa = secret("demo-broker-cert")["ca.crt"]!;
+    let broker: ManagedBroker;
+    let url: string;
+    const SERVICE = "demo-broker.fog.svc";
+
+    beforeAll(async () => {
+      const dir = tempDir("ddnn-default-broker-");
+      chmodSync(dir, 0o755);
+      broker = new ManagedBroker(dir, await freePort());
+      url = `mqtts://127.0.0.1:${broker.port}`;
+      await broker.start(broker.mount(objects));
+    });
+    afterAll(async () => {
+      await broker?.stop();
+    });
+
+    /** The outcome of connecting as a tier Pod does: the issued CA, the Service's name. */
+    const attempt = (extra: IClientOptions) =>
+      connectOutcome(url, { ca: issuedCa, servername: SERVICE, ...extra });
+
+    it("serves the issued certificate for its Service's name, and refuses anonymous clients", async () => {
+      expect(issuedCa).toBe(testBrokerCa.certPem);
+      expect(
+        await attempt({ username: creds["server.username"], password: creds["server.password"] }),
+      ).toBe("connected");
+      expect(
+        await attempt({ username: creds["edge.username"], password: creds["edge.password"] }),
+      ).toBe("connected");
+      expect(await attempt({})).toMatch(/Not authorized/);
+      // Another name, or another CA, is not this broker.
+      const server = { username: creds["server.username"], password: creds["server.password"] };
+      expect(await attempt({ ...server, servername: "other-broker.fog.svc" })).toMatch(
+        /Hostname\/IP does not match|altnames/,
+      );
+      expect(await attempt({ ...server, ca: readFileSync(makeTestPki().caFile, "utf8") })).toMatch(
+        /self[- ]signed|unable to (verify|get)/,
+      );
+      // The in-cluster device node is in the password file; its password comes from the exchange.
+      expect(secret("demo-broker-auth").passwd).toMatch(/^fog\/demo\/device\/board-a:\$7\$/m);
+      expect(Object.keys(creds).some((k) => k.startsWith("device."))).toBe(false);
+    });
+
+    it("a tier refused because its identity is not in the password file yet connects once it is, without a restart", async () => {
+      // What a new Pod meets: its identity reaches the broker's mounted password file some seconds
+      // after the Pod starts. Here: the passwords of another key until the remount.
+      const key = randomBytes(32);
+      const next = buildOwnedObjects({
+        ...build("demo", [], key, {
+          bundle: { url: "http://models.fog.svc/fashion-3tier.tar.gz", sha256: DIGEST },
+          placement: { device: "device", edge: "edge", server: "server" },
+        }),
+        deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444" },
+        nodes: [{ name: "board-a", labels: { "fog.ddnn.io/device": "true" } }],
+      });
+      const nextCreds = decoded(
+        next.find((o) => o.metadata?.name === "demo-broker-credentials") as V1Secret,
+      );
+      const errors: string[] = [];
+      const client = connectBroker({
+        url,
+        clientId: "late-identity",
+        ca: issuedCa,
+        servername: SERVICE,
+        username: nextCreds["server.username"]!,
+        password: nextCreds["server.password"]!,
+        maxReconnectMs: 500,
+      });
+      client.on("error", (e) => errors.push(e.message));
+      try {
+        await waitFor(() => errors.length > 0, 10_000, "the first refusal");
+        expect(errors[0]).toMatch(/Not authorized/);
+        broker.remount(next);
+        await waitFor(() => client.connected, 15_000, "connected after the password file changed");
+      } finally {
+        await client.endAsync(true);
       }
     });
   },

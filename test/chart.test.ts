@@ -8,14 +8,16 @@
  * accepts everything the chart renders (server-side dry run, Pod Security "restricted").
  */
 import { execFile } from "node:child_process";
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isMap, isScalar, parseAllDocuments, parseDocument, stringify, type YAMLMap } from "yaml";
-import { operatorHelp } from "../cli/operator.js";
+import { brokerCaOf, operatorHelp } from "../cli/operator.js";
 import { OWNED_KINDS } from "../operator/builders.js";
 import { GROUP, PLURAL } from "../operator/spec.js";
+import { issueServerCertificate } from "../operator/x509.js";
 import {
   ControlPlane,
   OPERATOR_GROUPS,
@@ -102,6 +104,7 @@ interface Deployment extends K8sObject {
         serviceAccountName: string;
         securityContext: Record<string, unknown>;
         containers: Container[];
+        volumes?: unknown[];
       };
     };
   };
@@ -349,6 +352,8 @@ describe("helm lint and helm template", () => {
       "PodDisruptionBudget/ddnn-fog",
       "Role/ddnn-fog-leader-election",
       "RoleBinding/ddnn-fog-leader-election",
+      "Secret/ddnn-fog-broker-ca",
+      "Secret/ddnn-fog-broker-key",
       "Secret/ddnn-fog-identity-tls",
       "Service/ddnn-fog-identity",
       "Service/ddnn-fog-metrics",
@@ -363,6 +368,54 @@ describe("helm lint and helm template", () => {
     const d = one<Deployment>(objects, "Deployment");
     expect(d.spec.replicas).toBe(2);
     expect(d.spec.template.spec.serviceAccountName).toBe("ddnn-fog");
+  });
+
+  it("makes the managed brokers' CA and password key, which the operator reads; or uses those given", async () => {
+    const objects = await template();
+    const secret = (name: string) =>
+      objects.find((o) => o.kind === "Secret" && o.metadata.name === name) as unknown as {
+        type: string;
+        data: Record<string, string>;
+      };
+    const text = (b64: string) => Buffer.from(b64, "base64").toString("utf8");
+    const ca = secret("ddnn-fog-broker-ca");
+    expect(ca.type).toBe("kubernetes.io/tls");
+    const cert = new X509Certificate(text(ca.data["tls.crt"]!));
+    expect(cert.ca).toBe(true);
+    expect(cert.checkPrivateKey(createPrivateKey(text(ca.data["tls.key"]!)))).toBe(true);
+    expect(text(secret("ddnn-fog-broker-key").data["broker-key"]!)).toMatch(/^[A-Za-z0-9]{64}$/);
+    // `ddnn operator --broker-ca-dir` takes it as the chart mounts it, and issues under it.
+    const dir = mkdtempSync(join(tmpdir(), "ddnn-chart-ca-"));
+    writeFileSync(join(dir, "tls.crt"), text(ca.data["tls.crt"]!));
+    writeFileSync(join(dir, "tls.key"), text(ca.data["tls.key"]!));
+    const issuer = brokerCaOf(dir)!;
+    const leaf = issueServerCertificate(issuer, ["demo-broker.fog.svc"], new Date(), 1);
+    expect(new X509Certificate(leaf.certPem).verify(cert.publicKey)).toBe(true);
+    const c = one<Deployment>(objects, "Deployment").spec.template.spec.containers[0]!;
+    expect(c.env).toContainEqual({
+      name: "DDNN_BROKER_KEY",
+      valueFrom: {
+        secretKeyRef: { name: "ddnn-fog-broker-key", key: "broker-key", optional: true },
+      },
+    });
+    expect(c.env).toContainEqual({ name: "DDNN_BROKER_CA_DIR", value: "/etc/ddnn/broker-ca" });
+    // Given Secrets: the chart makes none, and the operator reads those.
+    const given = await template([
+      "--set",
+      "operator.brokerKeySecret=my-key,operator.brokerCASecret=my-ca",
+    ]);
+    expect(given.filter((o) => o.kind === "Secret").map((o) => o.metadata.name)).toEqual([
+      "ddnn-fog-identity-tls",
+    ]);
+    const d = one<Deployment>(given, "Deployment").spec.template.spec;
+    expect(d.containers[0]!.env).toContainEqual({
+      name: "DDNN_BROKER_KEY",
+      valueFrom: { secretKeyRef: { name: "my-key", key: "broker-key", optional: true } },
+    });
+    expect(d.volumes).toContainEqual({
+      name: "broker-ca",
+      secret: { secretName: "my-ca", optional: true },
+    });
   });
 
   it("runs the operator restricted by default: non-root 65532, read-only root, no capabilities, RuntimeDefault seccomp", async () => {
@@ -406,7 +459,12 @@ describe("helm lint and helm template", () => {
     // is one its --help names.
     const unread = c.env
       .map((e) => e.name)
-      .filter((n) => n !== "POD_NAMESPACE" && !operatorHelp.includes(`(${n})`));
+      .filter(
+        (n) =>
+          n !== "POD_NAMESPACE" &&
+          !operatorHelp.includes(`(${n})`) &&
+          !operatorHelp.includes(`(env ${n} only)`),
+      );
     expect(unread).toEqual([]);
   });
 

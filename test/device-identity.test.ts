@@ -10,7 +10,6 @@ import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { V1ConfigMap, V1DaemonSet, V1Secret } from "@kubernetes/client-node";
-import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 import { parseModelRef } from "../core/topics.js";
@@ -21,7 +20,7 @@ import {
   identityPassword,
   passwordFile,
 } from "../operator/broker-auth.js";
-import { COMPONENT_LABEL, MODEL_LABEL, objectName } from "../operator/builders.js";
+import { COMPONENT_LABEL, MODEL_LABEL, objectName, VIEW_LABEL } from "../operator/builders.js";
 import {
   DeviceIdentityServer,
   exchangeDeviceToken,
@@ -41,7 +40,9 @@ import {
   startCluster,
   waitFor,
 } from "./operator/harness.js";
+import { testBrokerCa } from "./support/broker-ca.js";
 import { type Mosquitto, startMosquitto } from "./support/mosquitto.js";
+import { connectOutcome } from "./support/mqtt-outcome.js";
 import { makeTestPki, type TestPki } from "./support/tls.js";
 
 const NS = "fog";
@@ -61,14 +62,18 @@ let caFile = "";
 let pki: TestPki;
 let dir = "";
 
-const model = (name: string, auth: boolean) => ({
+/** A model with the default (secure) managed broker, or an insecure one; views: two views. */
+const model = (name: string, secure: boolean, views = false) => ({
   apiVersion: API_VERSION,
   kind: KIND,
   metadata: { name, namespace: NS },
   spec: {
     bundle: { url: "http://models.fog.svc/demo.tar.gz", sha256: "ab".repeat(32) },
-    placement: { device: "edge", edge: "edge", server: "server" },
-    ...(auth ? { broker: { managed: { auth: {} } } } : {}),
+    placement: views
+      ? { device: "device", server: "server" }
+      : { device: "edge", edge: "edge", server: "server" },
+    ...(secure ? {} : { broker: { managed: { insecure: true } } }),
+    ...(views ? { tiers: { device: { views: [{ view: 0 }, { view: 1 }] } } } : {}),
   },
 });
 
@@ -77,13 +82,14 @@ const pod = (
   name: string,
   node: string,
   owner = objectName({ metadata: { name: MODEL } } as Pick<DDNNModel, "metadata">, "device"),
+  labels: Record<string, string> = { [MODEL_LABEL]: MODEL },
 ) => ({
   apiVersion: "v1",
   kind: "Pod",
   metadata: {
     name,
     namespace: NS,
-    labels: { [MODEL_LABEL]: MODEL, [COMPONENT_LABEL]: "device" },
+    labels: { ...labels, [COMPONENT_LABEL]: "device" },
     ownerReferences: [
       {
         apiVersion: "apps/v1",
@@ -148,20 +154,26 @@ beforeAll(async () => {
     await cp.kubectlOk(["apply", "-f", "-"], {
       input: JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: node } }),
     });
-  for (const m of [model(MODEL, true), model("open", false)]) {
+  for (const m of [model(MODEL, true), model("open", false), model("views", true, true)]) {
     const out = await cp.kubectlOk(["apply", "-o", "json", "-f", "-"], {
       input: JSON.stringify(m),
     });
     const obj = JSON.parse(out) as KubeObject;
     models.set(`${NS}/${obj.metadata!.name}`, obj);
   }
-  for (const [name, node, owner] of [
-    ["agent-a", "board-a", undefined],
-    ["agent-b", "board-b", undefined],
-    ["intruder", "board-b", "someone-else"],
+  const view = (v: number) => ({ [MODEL_LABEL]: "views", [VIEW_LABEL]: String(v) });
+  for (const [name, node, owner, labels] of [
+    ["agent-a", "board-a", undefined, undefined],
+    ["agent-b", "board-b", undefined, undefined],
+    ["intruder", "board-b", "someone-else", undefined],
+    // A lab node that sees both views of the model "views": one agent per view.
+    ["view0-a", "board-a", "views-device-view0", view(0)],
+    ["view1-a", "board-a", "views-device-view1", view(1)],
+    // Labelled view 1, but made by view 0's DaemonSet.
+    ["view-liar", "board-b", "views-device-view0", view(1)],
   ] as const) {
     const out = await cp.kubectlOk(["apply", "-o", "json", "-f", "-"], {
-      input: JSON.stringify(pod(name, node, owner)),
+      input: JSON.stringify(pod(name, node, owner, labels)),
     });
     uids.set(name, (JSON.parse(out) as KubeObject).metadata!.uid!);
   }
@@ -194,8 +206,38 @@ describe("device identity exchange (real kube-apiserver, operator RBAC)", () => 
     ] as const) {
       const creds = await exchange(await tokenFor(p));
       const username = identityName(REF, "device", node);
-      expect(creds).toEqual({ username, password: identityPassword(KEY, username), node });
+      expect(creds).toEqual({
+        username,
+        password: identityPassword(KEY, username),
+        node,
+        deviceId: node,
+      });
     }
+  });
+
+  it("a view's agent gets the identity of its node and view; one of a view it does not run, none", async () => {
+    const ref = parseModelRef(`${NS}/views`);
+    for (const [p, v] of [
+      ["view0-a", 0],
+      ["view1-a", 1],
+    ] as const) {
+      const creds = await exchange(await tokenFor(p), "views");
+      const username = identityName(ref, "device", `board-a-view${v}`);
+      expect(creds).toEqual({
+        username,
+        password: identityPassword(KEY, username),
+        node: "board-a",
+        deviceId: `board-a-view${v}`,
+      });
+    }
+    const liar = await refusal(await tokenFor("view-liar"), "views");
+    expect([liar.status, liar.message]).toEqual([
+      403,
+      `Pod ${NS}/view-liar is not a device agent of DDNNModel ${NS}/views (DaemonSet views-device-view1)`,
+    ]);
+    // A view's Pod is no agent of a one-view model, nor the other way round.
+    expect((await refusal(await tokenFor("view0-a"), MODEL)).status).toBe(403);
+    expect((await refusal(await tokenFor("agent-a"), "views")).status).toBe(403);
   });
 
   it("refuses what is not this model's device agent, naming the problem", async () => {
@@ -214,7 +256,7 @@ describe("device identity exchange (real kube-apiserver, operator RBAC)", () => 
     const open = await refusal(await tokenFor("agent-a"), "open");
     expect([open.status, open.message]).toEqual([
       409,
-      "DDNNModel fog/open has no broker.managed.auth: its broker takes no identities",
+      "DDNNModel fog/open has an insecure or external broker: it takes no identities",
     ]);
     expect((await refusal(await tokenFor("agent-a"), "missing")).status).toBe(404);
     const keyless = await exchangeDeviceToken(
@@ -294,22 +336,7 @@ describe("device identity exchange (real kube-apiserver, operator RBAC)", () => 
     const broker: Mosquitto = await startMosquitto({ passwordFile: file });
     try {
       const connect = (username: string, password: string) =>
-        new Promise<string>((resolve) => {
-          const c = mqtt.connect(broker.url, {
-            username,
-            password,
-            reconnectPeriod: 0,
-            connectTimeout: 5000,
-          });
-          c.once("connect", () => {
-            c.end(true);
-            resolve("connected");
-          });
-          c.once("error", (e) => {
-            c.end(true);
-            resolve(e.message);
-          });
-        });
+        connectOutcome(broker.url, { username, password });
       expect(await connect(grant.username, grant.password)).toBe("connected");
       expect(await connect(identityName(REF, "device", "board-b"), grant.password)).toMatch(
         /Not authorized|Bad User Name or Password/,
@@ -358,6 +385,7 @@ describe("the operator wires the exchange into a model's objects (real kube-apis
       httpHost: "127.0.0.1",
       resyncMs: 3_600_000,
       brokerKey: KEY,
+      brokerCa: testBrokerCa,
       deviceIdentity: {
         port: 0,
         host: "127.0.0.1",
@@ -385,7 +413,8 @@ describe("the operator wires the exchange into a model's objects (real kube-apis
     )
       .map((d) => d.toJS() as { kind: string; spec: { broker?: unknown } })
       .find((d) => d.kind === "DDNNModel")!;
-    example.spec.broker = { managed: { auth: {} } };
+    // Nothing about security: a managed broker has TLS and an identity per client by default.
+    expect(example.spec.broker).toEqual({ managed: { kind: "mosquitto" } });
     await label("board-a");
     await cp.kubectlOk(["apply", "-f", "-"], { input: JSON.stringify(example) });
     const lines = () =>

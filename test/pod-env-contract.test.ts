@@ -17,6 +17,7 @@ import { type BuildInput, buildOwnedObjects, type OwnedObject } from "../operato
 import { type BundleFacts, planTiers } from "../operator/placement.js";
 import type { DDNNModelSpecInput } from "../operator/spec.js";
 import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "./operator/model-fixtures.js";
+import { testBrokerCa } from "./support/broker-ca.js";
 
 const TIER_COMMANDS: readonly string[] = ["server", "gateway", "agent"] satisfies TierName[];
 /** Read by the bundle download (core/bundle/download.ts) in every tier, not by a program's fields. */
@@ -66,6 +67,12 @@ const fixtureSpecs: [string, DDNNModelSpecInput][] = [
     "a managed broker with auth and device agents in the cluster (the token exchange)",
     variant((s) => {
       s.broker = { managed: { tls: { secretName: "demo-tls" }, auth: {} } };
+    }),
+  ],
+  [
+    "an insecure managed broker (broker.managed.insecure: anonymous plaintext, as before)",
+    variant((s) => {
+      s.broker = { managed: { insecure: true } };
     }),
   ],
   [
@@ -182,7 +189,8 @@ function build({ spec, name, namespace }: Case): OwnedObject[] {
     brokerKey: new Uint8Array(32).fill(1),
     // The chart's operator: the device identity endpoint on (used by models with auth only).
     deviceIdentity: { url: "https://ddnn-fog-identity.ddnn-system.svc:8444", caPem: "PEM" },
-    deviceNodes: [NODE_NAME],
+    nodes: [{ name: NODE_NAME, labels: { "fog.ddnn.io/device": "true" } }],
+    brokerCa: testBrokerCa,
   };
   return buildOwnedObjects(input);
 }
@@ -259,12 +267,18 @@ function problemsOf(pods: { what: string; pod: V1PodSpec }[], name: string, name
     const tier = command as TierName;
     const reads = tierProgram(tier).envNames;
     const env: Record<string, string> = {};
+    // A variable only there for a later one's $(NAME) (the kubelet expands those) is read too.
+    const composed = new Set<string>();
     for (const e of c.env ?? []) {
       if (e.name in env) problems.push(`${what}: ${e.name} is set twice`);
-      env[e.name] = resolve(e);
+      env[e.name] = resolve(e).replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (ref, n: string) => {
+        if (!(n in env)) return ref; // as the kubelet does: an unknown reference stays as it is
+        composed.add(n);
+        return env[n]!;
+      });
     }
     for (const n of Object.keys(env))
-      if (!reads.has(n) && !PROXY_VARIABLES.includes(n))
+      if (!reads.has(n) && !PROXY_VARIABLES.includes(n) && !composed.has(n))
         problems.push(`${what}: sets ${n}, which \`ddnn ${command}\` does not read`);
     let config: Record<string, unknown>;
     try {
@@ -285,8 +299,8 @@ function problemsOf(pods: { what: string; pod: V1PodSpec }[], name: string, name
     if (config.bundleDigest !== DIGEST)
       problems.push(`${what}: bundleDigest ${config.bundleDigest}`);
     if (config.model !== `${namespace}/${name}`) problems.push(`${what}: model ${config.model}`);
-    // A view's agent is named by its Pod, as one node may hold several views.
-    const deviceId = config.view === undefined ? NODE_NAME : POD_NAME;
+    // A view's agent is named by its node and view, as one node may hold several views.
+    const deviceId = config.view === undefined ? NODE_NAME : `${NODE_NAME}-view${config.view}`;
     if (command === "agent" && config.deviceId !== deviceId)
       problems.push(`${what}: deviceId ${config.deviceId}, not ${deviceId}`);
   }

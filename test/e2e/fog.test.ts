@@ -18,17 +18,18 @@
  * Run with `bash scripts/cluster.sh e2e` (DDNN_E2E=1, test/e2e/vitest.config.ts); skipped otherwise.
  */
 import { execFile } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect as mqttConnect } from "mqtt";
+import type { IClientOptions } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readIdx } from "../../core/dataset/idx.js";
 import { requestDeviceIdentity } from "../../device-agent/identity.js";
 import { IDENTITY_PATH } from "../../operator/device-identity.js";
 import { Cluster, clusterEnv, TIER_LABELS } from "../cluster/cluster.js";
 import { REPO_ROOT } from "../cluster/control-plane.js";
+import { connectOutcome } from "../support/mqtt-outcome.js";
 
 const e2e = process.env.DDNN_E2E === "1";
 const OPERATOR_NS = "ddnn-system";
@@ -183,6 +184,23 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
   const tierPods = (tier: string) =>
     pods(NS, `app.kubernetes.io/instance=${MODEL},app.kubernetes.io/component=${tier}`);
 
+  /** What a client of the model's managed broker verifies: the issued CA and the Service's name. */
+  const brokerTls = async () => {
+    const cert = await getJson<{ data: Record<string, string> }>([
+      "secret",
+      `${MODEL}-broker-cert`,
+      "-n",
+      NS,
+    ]);
+    return {
+      ca: Buffer.from(cert.data["ca.crt"]!, "base64"),
+      servername: `${MODEL}-broker.${NS}.svc`,
+    };
+  };
+  /** "connected", or why a client with `options` could not connect to the broker Pod over TLS. */
+  const brokerConnect = (broker: Pod, options: IClientOptions) =>
+    connectOutcome(`mqtts://${broker.status.podIP}:8883`, options);
+
   /** The one device agent Pod that is Ready (its IP). */
   const devicePod = () =>
     waitUntil("a Ready device Pod", async () => (await tierPods("device")).find(ready));
@@ -289,16 +307,6 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
 
   it("helm install runs the operator as Pods under its ServiceAccount; one leads; both are Ready", async () => {
     const started = performance.now();
-    // The managed brokers' password key (docs/security.md; a kept cluster may have it already).
-    await cluster.kubectl(["create", "namespace", OPERATOR_NS]);
-    await cluster.kubectlOk(["apply", "-f", "-"], {
-      input: JSON.stringify({
-        apiVersion: "v1",
-        kind: "Secret",
-        metadata: { name: "ddnn-broker-key", namespace: OPERATOR_NS },
-        stringData: { "broker-key": randomBytes(32).toString("hex") },
-      }),
-    });
     const r = await helm([
       "install",
       RELEASE,
@@ -308,8 +316,6 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
       "--create-namespace",
       "--set",
       `image.repository=localhost/ddnn-fog,image.tag=${VERSION}`,
-      "--set",
-      "operator.brokerKeySecret=ddnn-broker-key",
       "--wait",
       "--timeout",
       "240s",
@@ -398,6 +404,30 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     expect(broker[0]!.status.containerStatuses?.[0]?.image).toMatch(/eclipse-mosquitto:2$/);
     const deviceNode = cluster.nodes.find((n) => n.name === device[0]!.spec.nodeName);
     expect(deviceNode?.labels[TIER_LABELS.device]).toBe("true");
+
+    // Secure by default: the broker listens with TLS only, with the certificate the operator
+    // issued from the chart's CA, and turns away an anonymous client.
+    const brokerSvc = await getJson<{ spec: { ports: { port: number }[] } }>([
+      "service",
+      `${MODEL}-broker`,
+      "-n",
+      NS,
+    ]);
+    expect(brokerSvc.spec.ports.map((p) => p.port)).toEqual([8883]);
+    const chartCa = await getJson<{ data: Record<string, string> }>([
+      "secret",
+      `${RELEASE}-broker-ca`,
+      "-n",
+      OPERATOR_NS,
+    ]);
+    const tls = await brokerTls();
+    expect(tls.ca.toString("utf8")).toBe(
+      Buffer.from(chartCa.data["tls.crt"]!, "base64").toString("utf8"),
+    );
+    expect(await brokerConnect(broker[0]!, tls)).toMatch(/Not authorized/);
+    expect(await brokerConnect(broker[0]!, { servername: tls.servername })).toMatch(
+      /self[- ]signed|unable to (verify|get)/,
+    );
 
     const table = await cluster.kubectlOk(["get", "ddnn", "-n", NS]);
     expect(table).toMatch(new RegExp(`${MODEL}\\s+True\\s+1/1\\s+${digest.slice(0, 12)}`));
@@ -762,23 +792,12 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
     expect(c.remoteMismatch).toBe(0);
   });
 
-  it("broker.managed.auth with device agents on both nodes: each agent gets its own node's identity with its Pod's token, and no other node's", async () => {
-    // Both nodes serve the device tier for this test.
+  it("device agents on both nodes: each agent gets its own node's identity with its Pod's token, and no other node's", async () => {
+    // Both nodes serve the device tier for this test (the model's broker is secure by default).
     const second = cluster.nodes.find((n) => n.labels[TIER_LABELS.device] !== "true")!;
     await cluster.kubectlOk(["label", "node", second.name, `${TIER_LABELS.device}=true`]);
+    const labelled = Date.now();
     try {
-      const current = await model();
-      await cluster.kubectlOk(["apply", "-f", "-"], {
-        input: JSON.stringify({
-          apiVersion: "fog.ddnn.io/v1alpha1",
-          kind: "DDNNModel",
-          metadata: { name: MODEL, namespace: NS },
-          spec: {
-            ...(current as unknown as { spec: object }).spec,
-            broker: { managed: { auth: {} } },
-          },
-        }),
-      });
       const agents = await waitUntil(
         "a Ready device agent with its identity on each node",
         async () => {
@@ -795,6 +814,27 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
       );
       expect(new Set(agents.map((p) => p.spec.nodeName))).toEqual(
         new Set(cluster.nodes.map((n) => n.name)),
+      );
+      // The new node's identity reaches the broker when the kubelet has updated its mounted
+      // password file and the broker reloaded it; the agent retries its login until then.
+      await waitUntil(
+        "each agent connected to the broker with its identity",
+        async () => {
+          const up = await Promise.all(
+            agents.map(async (p) => {
+              const text = await fetch(`http://${p.status.podIP}:8080/metrics`).then(
+                (r) => r.text(),
+                () => "",
+              );
+              return /^ddnn_broker_connected(\{[^}]*\})? 1$/m.test(text);
+            }),
+          );
+          return up.every(Boolean) ? true : undefined;
+        },
+        180_000,
+      );
+      console.info(
+        `e2e: the second node's agent logged in ${((Date.now() - labelled) / 1000).toFixed(1)} s after its node was labelled`,
       );
       // Each agent connected to the authenticated broker with its identity: its offloads are
       // answered by the later tiers, nothing degraded.
@@ -860,23 +900,9 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
       );
       expect(grant.username).toBe(`${NS}/${MODEL}/device/${a.spec.nodeName}`);
       const broker = (await tierPods("broker")).find(ready)!;
+      const tlsOptions = await brokerTls();
       const connect = (username: string) =>
-        new Promise<string>((resolve) => {
-          const c = mqttConnect(`mqtt://${broker.status.podIP}:1883`, {
-            username,
-            password: grant.password,
-            reconnectPeriod: 0,
-            connectTimeout: 10_000,
-          });
-          c.once("connect", () => {
-            c.end(true);
-            resolve("connected");
-          });
-          c.once("error", (e) => {
-            c.end(true);
-            resolve(e.message);
-          });
-        });
+        brokerConnect(broker, { ...tlsOptions, username, password: grant.password });
       expect(await connect(grant.username)).toBe("connected");
       expect(await connect(`${NS}/${MODEL}/device/${b.spec.nodeName}`)).toMatch(
         /Not authorized|Bad User Name or Password/,
@@ -1191,7 +1217,7 @@ describe.skipIf(!e2e)("ddnn-fog on a real cluster", () => {
         ]),
         "ddnnmodels/finalizers update",
         "leases create",
-        // Secrets are written (server-side apply: patch) for the model with broker.managed.auth;
+        // Secrets are written (server-side apply: patch) for every model with a secure broker;
         // none is pruned, and apply is audited as patch.
         "secrets create",
         "secrets delete",

@@ -16,6 +16,7 @@ import { type ControlPlane, REPO_ROOT } from "../cluster/control-plane.js";
 import {
   adminClient,
   BundleServer,
+  chartOperatorOptions,
   DEMO_DIGEST_URL,
   demoBundleBytes,
   getOrUndefined,
@@ -149,7 +150,7 @@ beforeAll(async () => {
     // An hour: recovery must come from the watches and retries, not from a periodic resync.
     resyncMs: 3_600_000,
     retryBundleMs: 1_000,
-    brokerKey: new Uint8Array(32).fill(7),
+    ...chartOperatorOptions(),
     log: { info: (m) => logs.push(m), warn: (m) => logs.push(`warn ${m}`) },
   });
   await operator.start();

@@ -17,6 +17,7 @@ import {
   REPO_ROOT,
   type User,
 } from "../cluster/control-plane.js";
+import { testBrokerCa, testBrokerKey, writeBrokerCaDir } from "../support/broker-ca.js";
 import { DEMO_BUNDLE } from "./demo-bundle.js";
 
 export const DEMO_DIGEST_URL = "http://models.fog.svc/demo-3stage-1.0.0.tar.gz";
@@ -298,3 +299,26 @@ export function kubeConfigVia(cp: ControlPlane, user: User, server: string): Kub
   kc.loadFromString(JSON.stringify(doc));
   return kc;
 }
+
+/**
+ * What the chart gives the operator for secure managed brokers (docs/security.md): the broker key
+ * and CA, and the device identity endpoint (on loopback, on a free port, at the chart's URL).
+ */
+export const chartOperatorOptions = () => ({
+  brokerKey: testBrokerKey,
+  brokerCa: testBrokerCa,
+  deviceIdentity: {
+    port: 0,
+    host: "127.0.0.1",
+    url: "https://ddnn-fog-identity.ddnn-system.svc:8444",
+  },
+});
+
+/** The same for `ddnn operator` processes: flags, and the key in the environment (never a flag). */
+export const chartOperatorProcess = () => ({
+  args: [
+    `--broker-ca-dir=${writeBrokerCaDir()}`,
+    "--identity-url=https://ddnn-fog-identity.ddnn-system.svc:8444",
+  ],
+  env: { DDNN_BROKER_KEY: Buffer.from(testBrokerKey).toString("hex") },
+});

@@ -14,6 +14,7 @@ import { type ControlPlane, REPO_ROOT } from "../cluster/control-plane.js";
 import {
   adminClient,
   BundleServer,
+  chartOperatorProcess,
   DEMO_DIGEST_URL,
   demoBundleBytes,
   getOrUndefined,
@@ -44,6 +45,7 @@ let proxy = "";
 const procs: Proc[] = [];
 
 function startOperator(id: string): Proc {
+  const chart = chartOperatorProcess();
   const child = spawn(
     join(REPO_ROOT, "node_modules", ".bin", "vite-node"),
     [
@@ -59,10 +61,11 @@ function startOperator(id: string): Proc {
       `--lease-duration-ms=${LEASE_MS}`,
       `--renew-deadline-ms=${RENEW_MS}`,
       `--retry-period-ms=${RETRY_MS}`,
+      ...chart.args,
     ],
     {
       cwd: REPO_ROOT,
-      env: { ...process.env, HTTP_PROXY: proxy },
+      env: { ...process.env, HTTP_PROXY: proxy, ...chart.env },
       stdio: ["ignore", "pipe", "pipe"],
     },
   );

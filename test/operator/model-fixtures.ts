@@ -1,9 +1,11 @@
-import type { BundleFacts } from "../../operator/placement.js";
+import type { BuildInput } from "../../operator/builders.js";
+import { type BundleFacts, planTiers } from "../../operator/placement.js";
 import {
   type DDNNModel,
   type DDNNModelSpecInput,
   ddnnModelSpecSchema,
 } from "../../operator/spec.js";
+import { testBrokerCa, testBrokerKey } from "../support/broker-ca.js";
 
 /** A parsed DDNNModel from a spec literal, for unit tests of the pure parts. */
 export function modelOf(spec: DDNNModelSpecInput, name = "demo", namespace = "fog"): DDNNModel {
@@ -63,3 +65,47 @@ export const viewsSpec = (): DDNNModelSpecInput => ({
   placement: { device: "device", server: "server" },
   tiers: { device: { views: [{ view: 0 }, { view: 1 }, { view: 2 }] } },
 });
+
+/** The identity endpoint's URL as the chart sets it. */
+export const IDENTITY_URL = "https://ddnn-fog-identity.ddnn-system.svc:8444";
+
+/**
+ * What the chart's operator gives the builders (docs/security.md): its broker key and CA, the
+ * device identity endpoint, and the cluster's nodes (`nodes`, each labelled for the device tier
+ * and for `views` views).
+ */
+export function chartOperator(nodes: readonly string[] = ["board-a"], views = 0) {
+  return {
+    brokerKey: testBrokerKey,
+    brokerCa: testBrokerCa,
+    deviceIdentity: { url: IDENTITY_URL, caPem: "PEM" },
+    nodes: nodes.map((name, i) => ({
+      name,
+      labels: {
+        "kubernetes.io/hostname": name,
+        "fog.ddnn.io/device": "true",
+        ...(views > 0 ? { "fog.ddnn.io/view": String(i % views) } : {}),
+      },
+    })),
+    now: new Date("2026-12-01T00:00:00Z"),
+  };
+}
+
+/** The builders' input for a spec and bundle, from the chart's operator (chartOperator). */
+export function buildInput(
+  spec: DDNNModelSpecInput,
+  facts: BundleFacts,
+  operator: Partial<BuildInput> = chartOperator(),
+  name = "demo",
+): BuildInput {
+  const model = modelOf(spec, name);
+  const plan = planTiers(model.spec, facts);
+  if (!plan.ok) throw new Error(plan.message);
+  return {
+    model,
+    bundle: facts,
+    plan: plan.plan,
+    images: { image: "ddnn-fog:9.9.9", brokerImage: "eclipse-mosquitto:2" },
+    ...operator,
+  };
+}

@@ -4,6 +4,7 @@
  * objects go, a no-op reconcile makes no request, a bad bundle rolls nothing out, deletion
  * removes everything, and the operator needs nothing beyond operator/rbac.yaml.
  */
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -13,10 +14,12 @@ import type { KubeClient, KubeObject } from "../../operator/kube.js";
 import { Operator, type ReconcileReport } from "../../operator/operator.js";
 import type { Condition, DDNNModelStatus } from "../../operator/spec.js";
 import { type ControlPlane, OPERATOR_USER, REPO_ROOT } from "../cluster/control-plane.js";
+import { testBrokerCa } from "../support/broker-ca.js";
 import { packBundle, smallStages, writeBundle } from "../support/bundle-fixture.js";
 import {
   adminClient,
   BundleServer,
+  chartOperatorOptions,
   DEMO_DIGEST_URL,
   demoBundleBytes,
   getOrUndefined,
@@ -142,7 +145,7 @@ beforeAll(async () => {
     httpHost: "127.0.0.1",
     resyncMs: 3_600_000,
     retryBundleMs: 1_000,
-    brokerKey: new Uint8Array(32).fill(9),
+    ...chartOperatorOptions(),
     log: { info: (m) => logs.push(m), warn: (m) => logs.push(`warn ${m}`) },
   });
   operator.on("reconciled", (r: ReconcileReport) => reports.push(r));
@@ -201,12 +204,17 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_BUNDLE: DEMO_DIGEST_URL,
       DDNN_BUNDLE_DIGEST: exampleDigest,
       DDNN_BUNDLE_CACHE: "/var/cache/ddnn/bundles",
-      DDNN_BROKER_URL: "mqtt://demo-broker.fog.svc:1883",
-      // The example's managed broker is anonymous and plaintext: the Pods say they mean it.
-      DDNN_INSECURE: "true",
+      // The example's managed broker is secure by default: TLS from the issued certificate.
+      DDNN_BROKER_URL: "mqtts://demo-broker.fog.svc:8883",
+      DDNN_BROKER_CA: "/etc/ddnn/broker-ca/ca.crt",
       DDNN_HTTP_PORT: "8080",
       HTTP_PROXY: process.env.HTTP_PROXY,
     };
+    // Each worker tier its own identity, by reference to the credentials Secret.
+    const identity = (tier: string) => ({
+      DDNN_BROKER_USERNAME: `ref:${JSON.stringify({ secretKeyRef: { name: "demo-broker-credentials", key: `${tier}.username` } })}`,
+      DDNN_BROKER_PASSWORD: `ref:${JSON.stringify({ secretKeyRef: { name: "demo-broker-credentials", key: `${tier}.password` } })}`,
+    });
     expect(server.spec.replicas).toBe(2);
     expect(server.spec.template.spec.containers[0]).toMatchObject({
       image: "ddnn-fog:test",
@@ -214,6 +222,7 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     });
     expect(env(server)).toEqual({
       ...common,
+      ...identity("server"),
       DDNN_STAGES: "server",
       DDNN_MAX_BATCH: "32",
       DDNN_MAX_DELAY_MS: "2",
@@ -223,7 +232,12 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     });
     expect(edge.spec.replicas).toBe(1);
     expect(edge.spec.template.spec.containers[0]!.args).toEqual(["gateway"]);
-    expect(env(edge)).toEqual({ ...common, DDNN_STAGES: "edge", DDNN_THRESHOLDS: "edge=0.3" });
+    expect(env(edge)).toEqual({
+      ...common,
+      ...identity("edge"),
+      DDNN_STAGES: "edge",
+      DDNN_THRESHOLDS: "edge=0.3",
+    });
     expect(edge.spec.template.spec.nodeSelector).toEqual({ "fog.ddnn.io/tier": "edge" });
     expect(device.spec.template.spec.containers[0]!.args).toEqual(["agent"]);
     expect(env(device)).toMatchObject({
@@ -234,7 +248,10 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       DDNN_THRESHOLDS: "device=0.4",
       DDNN_SOURCE: "http",
       DDNN_DEVICE_ID: expect.stringContaining("spec.nodeName"),
+      // The device proves its node to the operator for its identity (docs/security.md).
+      DDNN_IDENTITY_URL: "https://ddnn-fog-identity.ddnn-system.svc:8444",
     });
+    expect(env(device)).not.toHaveProperty("DDNN_BROKER_PASSWORD");
     expect(device.spec.template.spec.nodeSelector).toEqual({ "fog.ddnn.io/tier": "device" });
     expect(device.spec.template.spec.tolerations).toEqual([
       { key: "fog.ddnn.io/device", operator: "Exists", effect: "NoSchedule" },
@@ -248,7 +265,14 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
     );
     expect(broker.spec.template.spec.containers[0]!.image).toBe("eclipse-mosquitto:2");
     expect((serverSvc.spec as { ports: { port: number }[] }).ports[0]!.port).toBe(8080);
-    expect((brokerSvc.spec as { ports: { port: number }[] }).ports[0]!.port).toBe(1883);
+    expect((brokerSvc.spec as { ports: { port: number }[] }).ports[0]!.port).toBe(8883);
+    // The certificate the operator issued names the broker's Service and chains to its CA.
+    const cert = await waitFor("the issued certificate", () => get("secrets", "demo-broker-cert"));
+    const issued = new X509Certificate(
+      Buffer.from((cert.data as Record<string, string>)["tls.crt"]!, "base64"),
+    );
+    expect(issued.checkHost("demo-broker.fog.svc")).toBe("demo-broker.fog.svc");
+    expect(issued.verify(new X509Certificate(testBrokerCa.certPem).publicKey)).toBe(true);
 
     // Verified, but no workload reports ready yet (no kubelets here).
     const pending = await waitFor("BundleVerified", async () => {
@@ -720,6 +744,8 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
       "device.cam-1.username",
       "edge.password",
       "edge.username",
+      "profile.password",
+      "profile.username",
       "server.password",
       "server.username",
     ]);
@@ -759,7 +785,7 @@ describe("DDNNModel reconcile against a real kube-apiserver", () => {
           e.verb === "list" || e.verb === "watch"
             ? !e.requestURI.includes("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dddnn-operator")
             : // Writes only of the Secrets it builds (server-side apply, pruning).
-              !/\/secrets\/[a-z0-9-]+-broker-(auth|credentials)\?/.test(e.requestURI) ||
+              !/\/secrets\/[a-z0-9-]+-broker-(auth|credentials|cert)\?/.test(e.requestURI) ||
               !["patch", "delete"].includes(e.verb),
         )
         .map((e) => `${e.verb} ${e.requestURI}`),

@@ -3,16 +3,19 @@
  * for examples/ddnnmodel-views.yaml's spec (with f32 features, its own aggregate threshold, and a
  * deadline and fusion window for a loaded test machine), every tier Pod's environment from the builders is loaded by its own
  * program (`ddnn server`, `ddnn gateway`, and `ddnn agent` once per view DaemonSet, each in its
- * own "Pod": its own HTTP port, its Pod name as device id) and the programs run against a real
- * Mosquitto. Only what a cluster supplies is replaced: the broker address, the bundle's location
- * (the shipped directory instead of its URL) and the HTTP port. Each capture of the views sample
+ * own "Pod": its own HTTP port, its node and view as device id) and the programs run against the
+ * managed broker the operator builds (a real Mosquitto with its mosquitto.conf, password file, ACL
+ * and the certificate it issued: TLS, an identity per client). Only what a cluster supplies is
+ * replaced: the broker's address (with the Service's name for its certificate), the mounted files
+ * (the CA, the bundle's location: the shipped directory instead of its URL), the Secrets'
+ * values, the identity each agent's token exchange would give it, and the HTTP port. Each capture of the views sample
  * is POSTed to the three agents at once (?capture=i); every capture must be answered on every
  * device, fused from all three views, with the in-process multi-view pipeline's exit and label.
  */
 
-import { readFileSync } from "node:fs";
+import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { V1DaemonSet, V1Deployment, V1EnvVar } from "@kubernetes/client-node";
+import type { V1DaemonSet, V1Deployment, V1EnvVar, V1Secret } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { shippedViews, viewsSample } from "../../cli/paths.js";
@@ -21,20 +24,25 @@ import { readBundle } from "../../core/bundle/read.js";
 import { readIdx } from "../../core/dataset/idx.js";
 import { adaptiveDecisions } from "../../core/evaluation.js";
 import { makeLogger } from "../../core/runtime/tier.js";
+import { parseModelRef } from "../../core/topics.js";
 import { ViewsPipeline } from "../../core/views-pipeline.js";
 import type { AgentConfig } from "../../device-agent/config.js";
 import { type RunningAgent, startAgent } from "../../device-agent/main.js";
 import type { GatewayConfig } from "../../gateway/config.js";
 import { type RunningGateway, startGateway } from "../../gateway/gateway.js";
+import { identityName, identityPassword } from "../../operator/broker-auth.js";
 import { buildOwnedObjects, type OwnedObject } from "../../operator/builders.js";
 import { bundleFacts, planTiers } from "../../operator/placement.js";
 import type { DDNNModelSpecInput } from "../../operator/spec.js";
 import type { ServerConfig } from "../../server/config.js";
 import { type RunningServer, startServer } from "../../server/server.js";
 import { REPO_ROOT } from "../cluster/control-plane.js";
+import { testBrokerKey } from "../support/broker-ca.js";
+import { tempDir } from "../support/bundle-fixture.js";
 import { waitFor } from "../support/fog.js";
-import { type Mosquitto, startMosquitto } from "../support/mosquitto.js";
-import { modelOf } from "./model-fixtures.js";
+import { decoded, ManagedBroker } from "../support/managed-broker.js";
+import { freePort } from "../support/mosquitto.js";
+import { chartOperator, modelOf } from "./model-fixtures.js";
 
 const N = 60;
 const K = 3;
@@ -45,11 +53,13 @@ const example = parse(
   readFileSync(join(REPO_ROOT, "examples", "ddnnmodel-views.yaml"), "utf8").split(/^---$/m)[1]!,
 ) as { metadata: { name: string; namespace: string }; spec: DDNNModelSpecInput };
 
-let mosquitto: Mosquitto;
+/** One node per view (chartOperator labels fog.ddnn.io/view = i; the example picks cam-c by name). */
+const NODES = ["cam-a", "cam-b", "cam-c"];
+let broker: ManagedBroker;
 let objects: OwnedObject[];
+let caFile = "";
 
 beforeAll(async () => {
-  mosquitto = await startMosquitto();
   const spec: DDNNModelSpecInput = {
     ...example.spec,
     wire: { dtype: "f32", compression: "none" },
@@ -72,26 +82,57 @@ beforeAll(async () => {
     bundle: facts,
     plan: plan.plan,
     images: { image: "ddnn-fog:test", brokerImage: "eclipse-mosquitto:2" },
+    ...chartOperator(NODES, K),
   });
+  const dir = tempDir("ddnn-views-broker-");
+  chmodSync(dir, 0o755);
+  broker = new ManagedBroker(dir, await freePort(), example.metadata.name);
+  await broker.start(broker.mount(objects));
+  caFile = join(dir, "ca.crt");
+  writeFileSync(caFile, secretData(`${example.metadata.name}-broker-cert`)["ca.crt"]!);
 }, 60_000);
 afterAll(async () => {
-  await mosquitto?.stop();
+  await broker?.stop();
 });
 
-/** What the container of `workload` sees in its environment, in a Pod named `pod`. */
-function podEnv(workload: OwnedObject, pod: string): Record<string, string> {
+const secretData = (name: string) =>
+  decoded(objects.find((o) => o.kind === "Secret" && o.metadata!.name === name) as V1Secret);
+
+/**
+ * What the container of `workload` sees in its environment on `node`: values, Secret references
+ * and the node's name resolved, $(NAME) expanded as the kubelet does.
+ */
+function podEnv(workload: OwnedObject, node: string): Record<string, string> {
   const spec = (workload as V1Deployment | V1DaemonSet).spec!.template.spec!;
+  const { name, namespace } = example.metadata;
+  const credentials = secretData(`${name}-broker-credentials`);
   const env: Record<string, string> = {};
   for (const e of spec.containers[0]!.env as V1EnvVar[]) {
-    const path = e.valueFrom?.fieldRef?.fieldPath;
-    if (e.value !== undefined) env[e.name] = e.value;
-    else if (path === "metadata.name") env[e.name] = pod;
-    else throw new Error(`${e.name}: no value this test can give (${JSON.stringify(e.valueFrom)})`);
+    const from = e.valueFrom;
+    if (e.value !== undefined)
+      env[e.name] = e.value.replace(/\$\((\w+)\)/g, (ref, n: string) => env[n] ?? ref);
+    else if (from?.fieldRef?.fieldPath === "spec.nodeName") env[e.name] = node;
+    else if (from?.secretKeyRef?.name === `${name}-broker-credentials`)
+      env[e.name] = credentials[from.secretKeyRef.key]!;
+    else throw new Error(`${e.name}: no value this test can give (${JSON.stringify(from)})`);
   }
-  // What the cluster supplies: the broker's address, the bundle (here from its directory), a port.
+  // A device agent exchanges its Pod's token for its identity (test/device-identity.test.ts
+  // checks that exchange against a real API server): here it is given what the operator answers.
+  const identity = env.DDNN_IDENTITY_URL !== undefined && env.DDNN_DEVICE_ID;
+  for (const n of ["DDNN_IDENTITY_URL", "DDNN_IDENTITY_TOKEN", "DDNN_IDENTITY_CA"]) delete env[n];
+  const user = identity
+    ? identityName(parseModelRef(`${namespace}/${name}`), "device", identity)
+    : undefined;
+  // What the cluster supplies: the broker's address (its certificate names the Service), the
+  // mounted CA, the bundle (here from its directory), a port.
   return {
     ...env,
-    DDNN_BROKER_URL: mosquitto.url,
+    ...(user
+      ? { DDNN_BROKER_USERNAME: user, DDNN_BROKER_PASSWORD: identityPassword(testBrokerKey, user) }
+      : {}),
+    DDNN_BROKER_URL: `mqtts://127.0.0.1:${broker.port}`,
+    DDNN_BROKER_TLS_NAME: `${name}-broker.${namespace}.svc`,
+    DDNN_BROKER_CA: caFile,
     DDNN_BUNDLE: bundleDir,
     DDNN_HTTP_PORT: "0",
     DDNN_HTTP_HOST: "127.0.0.1",
@@ -119,12 +160,12 @@ describe("the operator's Pods of a multi-view model, started from their environm
     const serverCfg = loadTierConfig(
       "server",
       [],
-      podEnv(workload("Deployment", `${name}-server`), `${name}-server-0`),
+      podEnv(workload("Deployment", `${name}-server`), "server-node"),
     ) as ServerConfig;
     const gatewayCfg = loadTierConfig(
       "gateway",
       [],
-      podEnv(workload("Deployment", `${name}-edge`), `${name}-edge-0`),
+      podEnv(workload("Deployment", `${name}-edge`), "edge-node"),
     ) as GatewayConfig;
     const agentCfgs = Array.from(
       { length: K },
@@ -132,13 +173,13 @@ describe("the operator's Pods of a multi-view model, started from their environm
         loadTierConfig(
           "agent",
           [],
-          podEnv(workload("DaemonSet", `${name}-device-view${v}`), `${name}-device-view${v}-x${v}`),
+          podEnv(workload("DaemonSet", `${name}-device-view${v}`), NODES[v]!),
         ) as AgentConfig,
     );
     expect(agentCfgs.map((c) => [c.view, c.deviceId])).toEqual([
-      [0, `${name}-device-view0-x0`],
-      [1, `${name}-device-view1-x1`],
-      [2, `${name}-device-view2-x2`],
+      [0, "cam-a-view0"],
+      [1, "cam-b-view1"],
+      [2, "cam-c-view2"],
     ]);
     expect(gatewayCfg.stages).toBeUndefined();
 

@@ -18,6 +18,7 @@ import { type ControlPlane, REPO_ROOT } from "../cluster/control-plane.js";
 import {
   adminClient,
   BundleServer,
+  chartOperatorOptions,
   DEMO_DIGEST_URL,
   demoBundleBytes,
   getOrUndefined,
@@ -131,6 +132,7 @@ beforeAll(async () => {
     resyncMs: 3_600_000,
     retryBundleMs: 500,
     log: { info: () => {}, warn: () => {} },
+    ...chartOperatorOptions(),
   });
   await operator.start();
 }, 180_000);
@@ -160,7 +162,9 @@ describe("a multi-view DDNNModel against a real kube-apiserver", () => {
         DDNN_STAGES: "device",
         DDNN_CAPTURE_SLOT_MS: "100",
         DDNN_SOURCE: "http",
-        DDNN_DEVICE_ID: "ref:metadata.name",
+        // Named by node and view; the kubelet expands $(NODE_NAME), set from spec.nodeName.
+        NODE_NAME: "ref:spec.nodeName",
+        DDNN_DEVICE_ID: `$(NODE_NAME)-view${v}`,
         DDNN_BUNDLE_DIGEST: example.spec.bundle.sha256,
       });
       expect(ds.spec.selector.matchLabels).toMatchObject({ "fog.ddnn.io/view": String(v) });
