@@ -40,6 +40,11 @@ export function replyTopic(model: ModelRef, deviceId: string): string {
   return `ddnn/${model.namespace}/${model.name}/reply/${deviceId}`;
 }
 
+/** Where a view's agent gets the gateway's fused answers: its reply topic + `/views`. */
+export function viewsReplyTopic(model: ModelRef, deviceId: string): string {
+  return `${replyTopic(model, deviceId)}/views`;
+}
+
 /**
  * View requests of a multi-view bundle (docs/protocol.md "view requests"), every device's to one
  * gateway: `ddnn/<namespace>/<model>/views`. Never a shared subscription: the views of one capture

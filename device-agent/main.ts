@@ -17,7 +17,7 @@ import {
   startUp,
 } from "../core/runtime/startup.js";
 import { makeLogger, stageRange } from "../core/runtime/tier.js";
-import { modelKey, replyTopic } from "../core/topics.js";
+import { modelKey, replyTopic, viewsReplyTopic } from "../core/topics.js";
 import { readViewsBundle, viewBundle, viewsOf } from "../core/views.js";
 import { Agent, type Answer } from "./agent.js";
 import { type AgentConfig, IDENTITY_TOKEN_PATH } from "./config.js";
@@ -164,7 +164,7 @@ export async function startAgent(
               model,
               digest: bundle.digest,
               view: config.view ?? 0,
-              replyTo: `${replyTopic(model, config.deviceId)}/views`,
+              replyTo: viewsReplyTopic(model, config.deviceId),
               encoding: { dtype: config.dtype, compression: config.compression },
               idPrefix: config.deviceId,
             }),

@@ -15,6 +15,7 @@ import {
   type ModelRef,
   replyTopic,
   requestTopic,
+  viewsReplyTopic,
   viewsTopic,
 } from "../core/topics.js";
 import type { TierPlan } from "./placement.js";
@@ -80,7 +81,12 @@ export function brokerIdentities(
   views = false,
 ): BrokerIdentities {
   const replies = `ddnn/${model.namespace}/${model.name}/reply/+`;
+  // viewsReplyTopic of any device: where the fusing gateway answers each view.
+  const viewReplies = `${replies}/views`;
   const events = eventsTopic(model);
+  // A device sends what the stage after its own takes; a device that runs no stage of the plan
+  // (a camera, a board outside the cluster) sends inputs to the model's first stage.
+  const device = stagesOf(plan, "device");
   const worker = (tier: "edge" | "server"): BrokerIdentity | undefined => {
     const s = stagesOf(plan, tier);
     if (tier === "edge" && views) {
@@ -88,13 +94,11 @@ export function brokerIdentities(
       // features on to the stage after the devices' (its own first edge stage, if it has one,
       // which it then reads and sends on from) under a reply topic of its own (so it reads
       // replies too), answers each view's device, and publishes one event per capture.
-      const fusedTo = stagesOf(plan, "device")?.next;
-      const sends = [...new Set([fusedTo, s?.next].filter((x) => x !== undefined))];
+      const sends = [...new Set([device?.next, s?.next].filter((x) => x !== undefined))];
       return {
         username: identityName(model, tier),
         read: [viewsTopic(model), replies, ...(s ? [requestTopic(model, s.first)] : [])],
-        // A view's answer goes to its device's reply topic + /views (device-agent/main.ts).
-        write: [replies, `${replies}/views`, events, ...sends.map((x) => requestTopic(model, x))],
+        write: [replies, viewReplies, events, ...sends.map((x) => requestTopic(model, x))],
       };
     }
     if (!s) return undefined;
@@ -105,27 +109,20 @@ export function brokerIdentities(
     };
   };
   const devices = new Map<string, BrokerIdentity>();
-  // A device sends what the stage after its own takes; a device that runs no stage of the plan
-  // (a camera, a board outside the cluster) sends inputs to the model's first stage.
-  const device = stagesOf(plan, "device");
   const nextStage = device ? device.next : [...plan.edge, ...plan.server][0];
   const next = views ? viewsTopic(model) : nextStage && requestTopic(model, nextStage);
   for (const node of [...new Set(deviceIds)].sort()) {
     const input = `ddnn/${model.namespace}/${model.name}/input/${node}`;
     devices.set(node, {
       username: identityName(model, "device", node),
-      read: [
-        replyTopic(model, node),
-        ...(views ? [`${replyTopic(model, node)}/views`] : []),
-        input,
-      ],
+      read: [replyTopic(model, node), ...(views ? [viewsReplyTopic(model, node)] : []), input],
       write: [events, `${input}/result`, ...(next ? [next] : [])],
     });
   }
   const anyInput = `ddnn/${model.namespace}/${model.name}/input/+`;
   const profile: BrokerIdentity = {
     username: identityName(model, "profile"),
-    read: [replies, ...(views ? [`${replies}/views`] : []), anyInput],
+    read: [replies, ...(views ? [viewReplies] : []), anyInput],
     write: [events, `${anyInput}/result`, ...(next ? [next] : [])],
   };
   const server = worker("server");
