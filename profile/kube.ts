@@ -12,11 +12,9 @@ import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Pod } from "@kubernetes
 import { ConfigError } from "../core/config.js";
 import {
   brokerCredentialsSecretName,
+  brokerUrl,
   type Component,
   HTTP_PORT,
-  MQTT_PORT,
-  MQTTS_PORT,
-  objectName,
   selectorLabels,
 } from "../operator/builders.js";
 import { brokerSecurity, type DDNNModel, GROUP, PLURAL, VERSION } from "../operator/spec.js";
@@ -126,7 +124,11 @@ export async function findDeployment(
     if (pods.length === 0)
       throw new ConfigError(`DDNNModel ${namespace}/${name}: no Ready broker Pod`);
     const { tls, auth } = brokerSecurity(model);
-    broker = `${tls ? "mqtts" : "mqtt"}://${pods[0]!.status!.podIP}:${tls ? MQTTS_PORT : MQTT_PORT}`;
+    // The URL the tiers use, with the broker Pod's address for the Service's name.
+    const service = new URL(brokerUrl(model));
+    const url = new URL(service);
+    url.hostname = pods[0]!.status!.podIP!;
+    broker = url.toString().replace(/\/$/, "");
     notes.push(`broker: the managed Mosquitto Pod ${pods[0]!.metadata?.name} at ${broker}`);
     if (tls && auth) {
       // The profile's own identity (operator/broker-auth.ts) and the broker's CA, from Secrets.
@@ -152,7 +154,7 @@ export async function findDeployment(
         brokerPassword: text(credentials["profile.password"], "the profile's broker password"),
         brokerCa: caFile,
         // The certificate names the broker's Service; the profile reaches its Pod's address.
-        brokerTlsName: `${objectName(model, "broker")}.${namespace}.svc`,
+        brokerTlsName: service.hostname,
       };
       notes.push(
         `broker: TLS and the identity ${secured.brokerUsername} from Secret ${namespace}/${brokerCredentialsSecretName(model)}`,
