@@ -68,6 +68,9 @@ export interface ReconcileContext {
   retryBundleMs?: number;
 }
 
+/** The reconcile's clock: the context's (tests), else the system's. */
+const clock = (ctx: Pick<ReconcileContext, "now">): Date => ctx.now?.() ?? new Date();
+
 function resourceOf(kind: OwnedKind, namespace: string, name?: string) {
   const k = OWNED_KINDS.find((x) => x.kind === kind)!;
   return { apiVersion: k.apiVersion, plural: k.plural, namespace, name };
@@ -126,7 +129,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
         currentBrokerCert: ctx.owned.Secret.get(namespace, brokerCertSecretName(model)) as
           | V1Secret
           | undefined,
-        now: (ctx.now ?? (() => new Date()))(),
+        now: clock(ctx),
       }).map((o) => withAppliedHash(o as KubeObject) as OwnedObject & KubeObject);
       for (const obj of desired) {
         const kind = obj.kind as OwnedKind;
@@ -197,7 +200,7 @@ export async function reconcileModel(ctx: ReconcileContext, key: string): Promis
     model,
     check,
     observed,
-    (ctx.now ?? (() => new Date()))(),
+    clock(ctx),
     failure === undefined ? undefined : (failure as Error).message,
   );
   if (!sameStatus(model.status, status))
@@ -262,12 +265,7 @@ async function reportInvalidSpec(
   }
   const previous = ddnnModelStatusSchema.safeParse(raw.status ?? {});
   const before = previous.success ? previous.data : {};
-  const status = invalidSpecStatus(
-    before,
-    meta.generation ?? 0,
-    error,
-    (ctx.now ?? (() => new Date()))(),
-  );
+  const status = invalidSpecStatus(before, meta.generation ?? 0, error, clock(ctx));
   if (sameStatus(before, status)) return {};
   ctx.log.warn(`${namespace}/${name}: invalid spec: ${error}`);
   await writeStatus(ctx, namespace, name, status);
