@@ -44,6 +44,7 @@ import {
 import { type BundleFacts, type TierPlan, viewCount } from "./placement.js";
 import {
   API_VERSION,
+  type BrokerSecurity,
   brokerSecurity,
   type DDNNModel,
   type DDNNModelSpec,
@@ -188,7 +189,7 @@ log_type notice
  * only (from the Secret's tls.crt and tls.key; Mosquitto 2's default versions, TLS 1.2 and 1.3),
  * and/or no anonymous client, a password file and an ACL. An insecure broker: MOSQUITTO_CONF.
  */
-export function mosquittoConf(managed: { tls?: unknown; auth?: unknown }): string {
+export function mosquittoConf(managed: BrokerSecurity): string {
   if (!managed.tls && !managed.auth) return MOSQUITTO_CONF;
   const listener = managed.tls
     ? [
@@ -774,20 +775,13 @@ function deviceDaemonSet(input: BuildInput, placement: ViewPlacement | undefined
   // A device agent is named by its node; a view's agent by its node and view (<node>-view<v>):
   // one node may hold several views (a lab node), and each agent needs its own MQTT client id,
   // reply topic and broker identity.
+  const nodeName = { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } };
   const extraEnv: V1EnvVar[] = placement
     ? [
-        {
-          name: NODE_NAME_ENV,
-          valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
-        },
+        { name: NODE_NAME_ENV, valueFrom: nodeName },
         { name: names.deviceId, value: viewDeviceId(`$(${NODE_NAME_ENV})`, placement.view) },
       ]
-    : [
-        {
-          name: names.deviceId,
-          valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: "spec.nodeName" } },
-        },
-      ];
+    : [{ name: names.deviceId, valueFrom: nodeName }];
   extraEnv.push(
     env(names.source, source.http ? "http" : source.mqtt ? "mqtt" : "replay"),
     // Only the device waits for upstream answers; the server and gateway answer what they get.
