@@ -23,7 +23,12 @@ import { readIdx } from "../core/dataset/idx.js";
 import { preprocess } from "../core/preprocess.js";
 import { connectBroker, safeBrokerUrl, whenConnected } from "../core/runtime/mqtt.js";
 import { OffloadClient, OffloadError } from "../core/runtime/offload-client.js";
-import { checkBrokerConfig, makeLogger, readBrokerCa, resolveModel } from "../core/runtime/tier.js";
+import {
+  brokerClientOptions,
+  checkBrokerConfig,
+  makeLogger,
+  resolveModel,
+} from "../core/runtime/tier.js";
 import { summarize } from "../core/stats.js";
 import { replyTopic } from "../core/topics.js";
 import { viewsOf } from "../core/views.js";
@@ -275,16 +280,6 @@ function brokerSettings(cfg: LocalFogConfig) {
     ...(cfg.brokerTlsName !== undefined ? { brokerTlsName: cfg.brokerTlsName } : {}),
     ...(cfg.brokerUsername !== undefined ? { brokerUsername: cfg.brokerUsername } : {}),
     ...(cfg.brokerPassword !== undefined ? { brokerPassword: cfg.brokerPassword } : {}),
-  };
-}
-
-/** connectBroker's options for a client of this fog's broker (Server Only, the views profile). */
-export function brokerClientOptions(cfg: LocalFogConfig) {
-  return {
-    ...(cfg.brokerCa ? { ca: readBrokerCa(cfg.brokerCa) } : {}),
-    ...(cfg.brokerTlsName ? { servername: cfg.brokerTlsName } : {}),
-    ...(cfg.brokerUsername ? { username: cfg.brokerUsername } : {}),
-    ...(cfg.brokerPassword ? { password: cfg.brokerPassword } : {}),
   };
 }
 

@@ -7,7 +7,7 @@
  */
 import { ConfigError } from "../core/config.js";
 import { connectBroker, whenConnected } from "../core/runtime/mqtt.js";
-import { resolveModel } from "../core/runtime/tier.js";
+import { brokerClientOptions, resolveModel } from "../core/runtime/tier.js";
 import { requestTopic, viewsTopic } from "../core/topics.js";
 import { viewsOf } from "../core/views.js";
 import { gatewayConfig } from "../gateway/gateway.js";
@@ -25,7 +25,6 @@ import {
   viewsTraces,
 } from "../profile/views.js";
 import {
-  brokerClientOptions,
   type LocalFog,
   type LocalFogConfig,
   liveLine,

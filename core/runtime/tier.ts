@@ -8,7 +8,13 @@ import type { Manifest } from "../bundle/manifest.js";
 import { ConfigError, fieldName, tierFields } from "../config.js";
 import type { TierMetrics } from "../metrics.js";
 import { type ModelRef, parseModelRef } from "../topics.js";
-import { connectBroker, refuseCa, refuseTlsName, safeBrokerUrl } from "./mqtt.js";
+import {
+  type BrokerOptions,
+  connectBroker,
+  refuseCa,
+  refuseTlsName,
+  safeBrokerUrl,
+} from "./mqtt.js";
 
 /** Resolves stage names to a contiguous index range; `fallback` when no names are given. */
 export function stageRange(
@@ -100,6 +106,25 @@ export function describeError(err: Error & { code?: unknown; errors?: unknown })
   return err.code !== undefined ? String(err.code) : err.name;
 }
 
+/** A tier's broker settings (credentials, CA, certificate name) as connectBroker's options. */
+export interface BrokerSettings {
+  brokerUsername?: string | undefined;
+  brokerPassword?: string | undefined;
+  brokerCa?: string | undefined;
+  brokerTlsName?: string | undefined;
+}
+
+export function brokerClientOptions(
+  config: BrokerSettings,
+): Pick<BrokerOptions, "username" | "password" | "ca" | "servername"> {
+  return {
+    ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
+    ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
+    ...(config.brokerCa !== undefined ? { ca: readBrokerCa(config.brokerCa) } : {}),
+    ...(config.brokerTlsName !== undefined ? { servername: config.brokerTlsName } : {}),
+  };
+}
+
 /**
  * A tier's broker connection: credentials and CA from the configuration, the
  * ddnn_broker_connected gauge kept up to date, each (re)connection logged without secrets, and
@@ -107,13 +132,7 @@ export function describeError(err: Error & { code?: unknown; errors?: unknown })
  * once per cause between successful connections rather than on every retry.
  */
 export function connectTierBroker(
-  config: {
-    broker: string;
-    brokerUsername?: string | undefined;
-    brokerPassword?: string | undefined;
-    brokerCa?: string | undefined;
-    brokerTlsName?: string | undefined;
-  },
+  config: BrokerSettings & { broker: string },
   clientIdPrefix: string,
   metrics: TierMetrics,
   log: Logger,
@@ -122,10 +141,7 @@ export function connectTierBroker(
   const client = connectBroker({
     url: config.broker,
     clientId: `${clientIdPrefix}-${Math.random().toString(16).slice(2, 8)}`,
-    ...(config.brokerUsername !== undefined ? { username: config.brokerUsername } : {}),
-    ...(config.brokerPassword !== undefined ? { password: config.brokerPassword } : {}),
-    ...(config.brokerCa !== undefined ? { ca: readBrokerCa(config.brokerCa) } : {}),
-    ...(config.brokerTlsName !== undefined ? { servername: config.brokerTlsName } : {}),
+    ...brokerClientOptions(config),
   });
   // Causes already logged since the last successful connection: retries do not repeat them.
   const logged = new Set<string>();
