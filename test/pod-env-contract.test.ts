@@ -18,6 +18,7 @@ import { type BundleFacts, planTiers } from "../operator/placement.js";
 import type { DDNNModelSpecInput } from "../operator/spec.js";
 import { DIGEST, exampleSpec, modelOf, THREE_STAGES } from "./operator/model-fixtures.js";
 import { testBrokerCa } from "./support/broker-ca.js";
+import { containerEnv } from "./support/container-env.js";
 
 const TIER_COMMANDS: readonly string[] = ["server", "gateway", "agent"] satisfies TierName[];
 /** Read by the bundle download (core/bundle/download.ts) in every tier, not by a program's fields. */
@@ -214,9 +215,8 @@ function tierPods(objects: OwnedObject[]): { what: string; pod: V1PodSpec }[] {
 const NODE_NAME = "odroid-7";
 const POD_NAME = "pod-0";
 
-/** A variable's value as the container sees it: references resolved to sample values. */
+/** A `valueFrom` as the container sees it: references resolved to sample values. */
 function resolve(e: V1EnvVar): string {
-  if (e.value !== undefined) return e.value;
   const from = e.valueFrom;
   if (from?.secretKeyRef) return `sample-${from.secretKeyRef.name}-${from.secretKeyRef.key}`;
   if (from?.configMapKeyRef)
@@ -266,19 +266,13 @@ function problemsOf(pods: { what: string; pod: V1PodSpec }[], name: string, name
     }
     const tier = command as TierName;
     const reads = tierProgram(tier).envNames;
-    const env: Record<string, string> = {};
+    const names = (c.env ?? []).map((e) => e.name);
+    for (const [i, n] of names.entries())
+      if (names.indexOf(n) !== i) problems.push(`${what}: ${n} is set twice`);
     // A variable only there for a later one's $(NAME) (the kubelet expands those) is read too.
-    const composed = new Set<string>();
-    for (const e of c.env ?? []) {
-      if (e.name in env) problems.push(`${what}: ${e.name} is set twice`);
-      env[e.name] = resolve(e).replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (ref, n: string) => {
-        if (!(n in env)) return ref; // as the kubelet does: an unknown reference stays as it is
-        composed.add(n);
-        return env[n]!;
-      });
-    }
+    const { env, expanded } = containerEnv(c.env ?? [], resolve);
     for (const n of Object.keys(env))
-      if (!reads.has(n) && !PROXY_VARIABLES.includes(n) && !composed.has(n))
+      if (!reads.has(n) && !PROXY_VARIABLES.includes(n) && !expanded.has(n))
         problems.push(`${what}: sets ${n}, which \`ddnn ${command}\` does not read`);
     let config: Record<string, unknown>;
     try {

@@ -39,6 +39,7 @@ import { type RunningServer, startServer } from "../../server/server.js";
 import { REPO_ROOT } from "../cluster/control-plane.js";
 import { testBrokerKey } from "../support/broker-ca.js";
 import { tempDir } from "../support/bundle-fixture.js";
+import { containerEnv } from "../support/container-env.js";
 import { waitFor } from "../support/fog.js";
 import { decoded, ManagedBroker } from "../support/managed-broker.js";
 import { freePort } from "../support/mosquitto.js";
@@ -106,16 +107,13 @@ function podEnv(workload: OwnedObject, node: string): Record<string, string> {
   const spec = (workload as V1Deployment | V1DaemonSet).spec!.template.spec!;
   const { name, namespace } = example.metadata;
   const credentials = secretData(`${name}-broker-credentials`);
-  const env: Record<string, string> = {};
-  for (const e of spec.containers[0]!.env as V1EnvVar[]) {
+  const { env } = containerEnv(spec.containers[0]!.env as V1EnvVar[], (e) => {
     const from = e.valueFrom;
-    if (e.value !== undefined)
-      env[e.name] = e.value.replace(/\$\((\w+)\)/g, (ref, n: string) => env[n] ?? ref);
-    else if (from?.fieldRef?.fieldPath === "spec.nodeName") env[e.name] = node;
-    else if (from?.secretKeyRef?.name === `${name}-broker-credentials`)
-      env[e.name] = credentials[from.secretKeyRef.key]!;
-    else throw new Error(`${e.name}: no value this test can give (${JSON.stringify(from)})`);
-  }
+    if (from?.fieldRef?.fieldPath === "spec.nodeName") return node;
+    if (from?.secretKeyRef?.name === `${name}-broker-credentials`)
+      return credentials[from.secretKeyRef.key]!;
+    throw new Error(`${e.name}: no value this test can give (${JSON.stringify(from)})`);
+  });
   // A device agent exchanges its Pod's token for its identity (test/device-identity.test.ts
   // checks that exchange against a real API server): here it is given what the operator answers.
   const identity = env.DDNN_IDENTITY_URL !== undefined && env.DDNN_DEVICE_ID;

@@ -11,6 +11,7 @@ import type { V1ConfigMap, V1Deployment, V1Secret } from "@kubernetes/client-nod
 import { expect } from "vitest";
 import { BROKER_RELOAD_SECONDS, MQTTS_PORT } from "../../operator/builders.js";
 import { mosquittoBinary } from "./mosquitto.js";
+import { stopProcess } from "./stop-process.js";
 import type { TestPki } from "./tls.js";
 
 export const decoded = (s: V1Secret) =>
@@ -113,16 +114,7 @@ export class ManagedBroker {
     }
   }
 
-  async stop(): Promise<void> {
-    const c = this.child;
-    if (!c || c.exitCode !== null) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => c.kill("SIGKILL"), 5_000);
-      c.once("exit", () => {
-        clearTimeout(t);
-        resolve();
-      });
-      c.kill("SIGTERM");
-    });
+  stop(): Promise<void> {
+    return stopProcess(this.child);
   }
 }

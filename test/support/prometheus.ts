@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { stringify } from "yaml";
 import { freePort } from "./mosquitto.js";
 import { requireProgram } from "./programs.js";
+import { stopProcess } from "./stop-process.js";
 
 /** A scrape target: host:port of a /metrics endpoint and the target labels it gets. */
 export interface ScrapeTarget {
@@ -163,17 +164,7 @@ export class Prometheus {
   }
 
   async stop(): Promise<void> {
-    const c = this.child;
-    if (c.exitCode === null && c.signalCode === null) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => c.kill("SIGKILL"), 5_000);
-        c.once("exit", () => {
-          clearTimeout(t);
-          resolve();
-        });
-        c.kill("SIGTERM");
-      });
-    }
+    await stopProcess(this.child);
     rmSync(this.dir, { recursive: true, force: true });
   }
 
