@@ -160,7 +160,8 @@ export function decodeTensor(
   let raw = body;
   if (fields.compression === "deflate") {
     try {
-      raw = new Uint8Array(inflateSync(body, { maxOutputLength: Math.max(expected, 1) }));
+      const inflated = inflateSync(body, { maxOutputLength: Math.max(expected, 1) });
+      raw = new Uint8Array(inflated.buffer, inflated.byteOffset, inflated.byteLength);
     } catch (err) {
       throw new FrameError(
         "bad_frame",
@@ -190,12 +191,21 @@ export function decodeTensor(
         throw new FrameError("bad_frame", "u8q tensors need header fields scale and zero");
       }
       const { scale, zero } = fields;
-      // A finite scale can still overflow (1e308 * 255): checked here, in the same pass.
-      for (let i = 0; i < count; i++) {
-        const v = scale * ((raw[i] as number) - zero);
-        out[i] = v;
-        if (!Number.isFinite(out[i] as number))
-          throw new FrameError("bad_frame", `tensor element ${i} is not finite`);
+      // A byte has 256 values: dequantize each once (the same float32 the element would get),
+      // then look the elements up. A finite scale can still overflow (1e308 * 255): a value
+      // that is not finite is looked for only when the table holds one.
+      const table = new Float32Array(256);
+      let finite = true;
+      for (let b = 0; b < 256; b++) {
+        table[b] = scale * (b - zero);
+        if (!Number.isFinite(table[b] as number)) finite = false;
+      }
+      for (let i = 0; i < count; i++) out[i] = table[raw[i] as number] as number;
+      if (!finite) {
+        for (let i = 0; i < count; i++) {
+          if (!Number.isFinite(out[i] as number))
+            throw new FrameError("bad_frame", `tensor element ${i} is not finite`);
+        }
       }
       return out;
     }

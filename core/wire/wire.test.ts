@@ -201,6 +201,29 @@ describe("tensor bodies", () => {
       compression: "none",
     });
     expect(() => decodeTensor(nan.fields, nan.body, 10)).toThrow(/not finite/);
+    // A finite scale whose products overflow float32: the element that overflows is named.
+    const overflow: TensorFields = {
+      dtype: "u8q",
+      shape: [3],
+      compression: "none",
+      scale: 1e38,
+      zero: 0,
+    };
+    expect(() => decodeTensor(overflow, Uint8Array.of(0, 1, 200), 10)).toThrow(
+      "tensor element 2 is not finite",
+    );
+  });
+
+  it("dequantizes u8q to exactly scale * (byte - zero) rounded to float32", () => {
+    const scale = 0.0137;
+    const zero = 3;
+    const bytes = Uint8Array.from({ length: 256 }, (_, i) => 255 - i);
+    const out = decodeTensor(
+      { dtype: "u8q", shape: [256], compression: "none", scale, zero },
+      bytes,
+      256,
+    );
+    expect(Array.from(out)).toEqual(Array.from(bytes, (b) => Math.fround(scale * (b - zero))));
   });
 });
 
