@@ -19,53 +19,55 @@
  *      its default max delay (0: a lone request is dispatched at once);
  *   2. protocol floor <= 1.3 x echo.
  */
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
+import { packageRoot } from "../cli/paths.js";
 import { renderTable } from "../cli/table.js";
-import { encodeRequestFrame } from "../core/runtime/offload-client.js";
 import { type Summary, summarize } from "../core/stats.js";
 import { type ModelRef, parseModelRef } from "../core/topics.js";
-import type { Compression, WireDtype } from "../core/wire/frame.js";
+import { upstreamCompute } from "../device-agent/agent.js";
+import { gatewaySchema } from "../gateway/config.js";
 import { serverSchema } from "../server/config.js";
 import { type Device, startDevice } from "./support/devices.js";
+import { type EchoClient, startEcho } from "./support/echo-client.js";
 import { startHelper } from "./support/helper-process.js";
 import { startMosquitto } from "./support/mosquitto.js";
-import { connected, plainClient } from "./support/plain-mqtt.js";
 import { printGoals, ratio, round } from "./support/report.js";
+import { roundOptions, roundSettings } from "./support/rounds.js";
 import { bundlePath, loadSample } from "./support/sample.js";
-import { type ServerProcess, startServerProcess } from "./support/server-process.js";
+import { type ServerProcess, startMeasuredTier } from "./support/server-process.js";
 import { sessionCostMeter } from "./support/session-cost.js";
 
 const { values } = parseArgs({
   options: {
-    bundle: { type: "string" },
-    requests: { type: "string", default: "1000" },
-    rounds: { type: "string", default: "5" },
-    warmup: { type: "string", default: "300" },
-    dtype: { type: "string", default: "u8q" },
-    compression: { type: "string", default: "deflate" },
+    ...roundOptions(1000, 5),
     workers: { type: "string", default: "2" },
-    "time-limit-s": { type: "string", default: "240" },
+    tier: { type: "string", default: "server" },
   },
 });
-const requests = Number(values.requests);
-const rounds = Number(values.rounds);
-const warmup = Number(values.warmup);
-const encoding = {
-  dtype: values.dtype as WireDtype,
-  compression: values.compression as Compression,
-};
+const { requests, rounds, warmup, encoding, deadlineAt } = roundSettings(values);
 const workers = Number(values.workers);
-const deadlineAt = Date.now() + Number(values["time-limit-s"]) * 1000;
-const defaultDelay = serverSchema.shape.maxDelayMs.parse(undefined);
+if (values.tier !== "server" && values.tier !== "gateway")
+  throw new Error(`--tier ${values.tier}: server or gateway`);
+/** The tier under test: the server (the stage after the device's is the last) or a gateway. */
+const gatewayMode = values.tier === "gateway";
+const defaultDelay = (gatewayMode ? gatewaySchema : serverSchema).shape.maxDelayMs.parse(undefined);
 
-const bundle = bundlePath(values.bundle);
+const bundle = bundlePath(
+  values.bundle ?? (gatewayMode ? join(packageRoot(), "models", "fashion-3tier") : undefined),
+);
 const sample = await loadSample({ bundle, only: [0] });
 const { pipeline } = sample;
 const manifest = pipeline.manifest;
 const work = sample.offloaded.slice(0, 512);
 if (work.length === 0) throw new Error("the device exit answered every sample: nothing to offload");
 const next = { index: 1, name: manifest.stages[1]!.name };
+const lastStage = manifest.stages[manifest.stages.length - 1]!.name;
+if (gatewayMode && manifest.stages.length < 3)
+  throw new Error(
+    `--tier gateway needs a bundle of 3 or more stages; ${bundle} has ${manifest.stages.length}`,
+  );
 await pipeline.release();
 
 const broker = await startMosquitto();
@@ -76,6 +78,10 @@ const cleanup = async () => {
 
 interface Config {
   readonly name: string;
+  /** What the goals look it up by. */
+  readonly role: "echo" | "relay" | "floor" | "offload" | "offload2" | "forwarded" | "forwarded2";
+  /** Gateway rows: where the replies the server sent (forwarded by the gateway) are recorded. */
+  readonly forwarded?: Config;
   readonly server?: ServerProcess;
   readonly device?: Device;
   readonly maxDelayMs?: number;
@@ -92,17 +98,6 @@ interface Config {
 try {
   // Every path under its own model name on the same broker, so rounds can interleave.
   const configs: Config[] = [];
-  const echoIn = "bench/echo/req";
-  const echoOut = `bench/echo/reply/${process.pid}`;
-  const echoChild = await startHelper("echo.js", [
-    "--broker",
-    broker.url,
-    "--in",
-    echoIn,
-    "--out",
-    echoOut,
-  ]);
-  cleanups.push(() => echoChild.stop());
   const fresh = () => ({
     samples: [],
     calls: [],
@@ -111,7 +106,7 @@ try {
     payloadBytes: [],
     errors: new Map<string, number>(),
   });
-  configs.push({ name: "bare MQTT echo", ...fresh() });
+  configs.push({ name: "bare MQTT echo", role: "echo", ...fresh() });
   const deviceFor = async (model: ModelRef) => {
     const device = await startDevice({
       broker: broker.url,
@@ -140,28 +135,45 @@ try {
   cleanups.push(() => floor.stop());
   configs.push({
     name: "protocol floor: no inference",
+    role: "floor",
     device: await deviceFor(floorModel),
     ...fresh(),
   });
-  for (const [label, delay] of [
-    [`offload, ddnn server (--max-delay-ms ${defaultDelay})`, defaultDelay],
-    ["offload, ddnn server --max-delay-ms 2", 2],
+  const tierName = gatewayMode ? "gateway" : "server";
+  for (const [label, delay, role] of [
+    [`offload, ddnn ${tierName} (--max-delay-ms ${defaultDelay})`, defaultDelay, "offload"],
+    [`offload, ddnn ${tierName} --max-delay-ms 2`, 2, "offload2"],
   ] as const) {
     const model = parseModelRef(`bench/rtt${configs.length}`);
-    const server = await startServerProcess({
-      bundle,
-      broker: broker.url,
-      model: `${model.namespace}/${model.name}`,
-      workers,
-      maxBatch: 32,
-      maxDelayMs: delay,
-    });
-    cleanups.push(() => server.stop());
+    // A gateway with its own pool defaults, and the server behind it for what it forwards.
+    const tier = await startMeasuredTier(
+      {
+        bundle,
+        broker: broker.url,
+        model: `${model.namespace}/${model.name}`,
+        maxDelayMs: delay,
+        ...(gatewayMode ? {} : { workers, maxBatch: 32 }),
+      },
+      gatewayMode ? { lastStage } : undefined,
+    );
+    cleanups.push(() => tier.stop());
+    const server = tier.measured;
+    const device = await deviceFor(model);
+    const forwarded: Config | undefined = gatewayMode
+      ? {
+          name: `${label}, forwarded to ddnn server`,
+          role: role === "offload" ? "forwarded" : "forwarded2",
+          device,
+          ...fresh(),
+        }
+      : undefined;
     configs.push({
-      name: label,
+      name: gatewayMode ? `${label}, answered by its exit` : label,
+      role,
       server,
-      device: await deviceFor(model),
+      device,
       maxDelayMs: delay,
+      ...(forwarded ? { forwarded } : {}),
       ...fresh(),
     });
   }
@@ -169,54 +181,37 @@ try {
   // The echo's payloads are the device's own request frames, encoded at every call by the same
   // function OffloadClient uses (features -> u8q -> deflate -> header -> frame), so the echo
   // row pays the same device-side encoding as the floor and offload rows.
-  const echoTarget = {
-    model: parseModelRef("bench/rtt1"),
-    digest: pipeline.bundle.digest,
-    replyTo: "ddnn/bench/rtt1/reply/dev-0",
-    encoding,
-  };
-  let echoCounter = 0;
-  const echoClient = plainClient(broker.url, `bench-echo-client-${process.pid}`);
-  cleanups.push(() => echoClient.endAsync());
-  await connected(echoClient);
-  await echoClient.subscribeAsync(echoOut, { qos: 1 });
-  let echoWaiting: (() => void) | undefined;
-  echoClient.on("message", (topic) => {
-    if (topic === echoOut) echoWaiting?.();
-  });
-  /** One echo: the call (encoding included) and the round trip (publish to receipt), ms. */
-  const echoOnce = (
-    o: (typeof work)[number],
-  ): Promise<{ callMs: number; rttMs: number; bytes: number }> => {
-    const called = performance.now();
-    const now = Date.now();
-    const payload = encodeRequestFrame(
-      echoTarget,
-      next.index,
-      `dev-0-0123abcd-${++echoCounter}`,
-      o.features,
-      o.dims,
-      { deadline: now + 5_000, sentAt: now },
-    );
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error("echo lost a message")), 5_000);
-      const published = performance.now();
-      echoWaiting = () => {
-        clearTimeout(t);
-        echoWaiting = undefined;
-        const end = performance.now();
-        resolve({ callMs: end - called, rttMs: end - published, bytes: payload.length });
-      };
-      echoClient.publish(echoIn, payload, { qos: 1 });
+  const echoOf = async (name: string, relays: number) => {
+    const client = await startEcho({
+      broker: broker.url,
+      name,
+      relays,
+      target: {
+        model: parseModelRef("bench/rtt1"),
+        digest: pipeline.bundle.digest,
+        replyTo: "ddnn/bench/rtt1/reply/dev-0",
+        encoding,
+      },
+      stage: next.index,
     });
+    cleanups.push(() => client.close());
+    return client;
   };
+  const echoClient = await echoOf("echo", 1);
+  // Gateway: what the gateway forwards crosses three hops (device, gateway, server, device);
+  // its baseline is the echo relayed once more, by a second echo process.
+  let relayClient: EchoClient | undefined;
+  if (gatewayMode) {
+    relayClient = await echoOf("relay", 2);
+    configs.splice(1, 0, { name: "bare MQTT echo, relayed (3 hops)", role: "relay", ...fresh() });
+  }
 
   let cursor = 0;
   const one = async (c: Config, record: boolean): Promise<void> => {
     const i = cursor++ % work.length;
     const o = work[i]!;
     if (!c.device) {
-      const e = await echoOnce(o);
+      const e = await (c.role === "relay" ? relayClient! : echoClient).once(o.features, o.dims);
       if (record) {
         c.samples.push(e.rttMs);
         c.calls.push(e.callMs);
@@ -228,12 +223,16 @@ try {
     try {
       const reply = await c.device.offload.offload(next, o.features, o.dims, Date.now() + 5_000);
       const ms = performance.now() - started;
+      // A gateway's reply says which tier answered: its own exit, or the server after it.
+      const row = c.forwarded && reply.header.tier !== "edge" ? c.forwarded : c;
       if (record) {
-        c.samples.push(reply.roundTripMs);
-        c.calls.push(ms);
-        c.serverMs.push(reply.header.timings.server ?? Number.NaN);
-        c.queueMs.push(reply.header.timings.serverQueue ?? Number.NaN);
-        c.payloadBytes.push(reply.bytesSent);
+        const t = reply.header.timings;
+        row.samples.push(reply.roundTripMs);
+        row.calls.push(ms);
+        // Every tier's compute on the way (the server's; a gateway's, and the server's after it).
+        row.serverMs.push(upstreamCompute(t));
+        row.queueMs.push((t.serverQueue ?? 0) + (t.edgeQueue ?? 0));
+        row.payloadBytes.push(reply.bytesSent);
       }
     } catch (err) {
       const key = (err as { upstreamCode?: string; reason?: string }).upstreamCode ?? "error";
@@ -241,6 +240,8 @@ try {
     }
   };
 
+  // A gateway row's forwarded replies get a row of their own, right after it.
+  const rows = configs.flatMap((c) => (c.forwarded ? [c, c.forwarded] : [c]));
   for (const c of configs)
     for (let i = 0; i < warmup && Date.now() < deadlineAt; i++) await one(c, false);
   // The stage's own cost, the physical floor of the compute: session.run alone in this process,
@@ -272,7 +273,7 @@ try {
     cpuUs: medianOf(costs.map((k) => k.idle.cpuUsPerCall)),
   };
 
-  const stats = configs.map((c) => ({
+  const stats = rows.map((c) => ({
     c,
     s: summarize(c.samples),
     call: summarize(c.calls),
@@ -280,10 +281,11 @@ try {
     queue: summarize(c.queueMs),
     bytes: c.payloadBytes.reduce((a, b) => a + b, 0) / Math.max(1, c.payloadBytes.length),
   }));
-  const echo = stats[0]!.s;
-  const floorStats = stats[1]!;
-  const zero = stats[2]!;
-  const delay2 = stats[3]!;
+  const byRole = (role: Config["role"]) => stats.find((x) => x.c.role === role)!;
+  const echo = byRole("echo").s;
+  const floorStats = byRole("floor");
+  const zero = byRole("offload");
+  const delay2 = byRole("offload2");
   const fmt = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : "-");
   console.log(
     `offload round trip through Mosquitto on loopback (one request in flight, closed loop); bundle ${manifest.name} ${manifest.version}; ` +
@@ -305,8 +307,8 @@ try {
         "p99 / echo",
         "call p50",
         "call p99",
-        "server compute p50",
-        "server queue p50",
+        "upstream compute p50",
+        "upstream queue p50",
         "errors",
       ],
       stats.map(({ c, s, call, server, queue, bytes }) => [
@@ -330,7 +332,7 @@ try {
   console.log("");
   console.log(
     "p50/p99/mean/max: publish to reply, as OffloadClient measures it (roundTripMs), and publish to receipt for the echo: the same start and end points and the same payload bytes. " +
-      "call: from the offload() call, features encoding included (the echo encodes its frames with the same function, encodeRequestFrame, at every call). server compute/queue: the reply's timings.server and timings.serverQueue, ms",
+      "call: from the offload() call, features encoding included (the echo encodes its frames with the same function, encodeRequestFrame, at every call). upstream compute/queue: the reply's timings, every tier's own entry (server; gateway edge, and server after it) and their queues, ms",
   );
   const errors = stats.reduce(
     (n, { c }) => n + [...c.errors.values()].reduce((a, b) => a + b, 0),
@@ -338,30 +340,54 @@ try {
   );
   // Both goals compare calls (features encoded, published, answered) of rows that all encode the
   // same way, so the encoding cancels out of the difference and is in both sides of the ratio.
-  const echoCall = stats[0]!.call.p50;
+  const echoCall = byRole("echo").call.p50;
   const overheadMs = zero.call.p50 - echoCall;
   const computeMs = zero.server.p50;
   const overCompute = overheadMs / computeMs;
   const floorRatio = floorStats.call.p50 / echoCall;
   console.log(
     `session.run of stage ${next.name} alone in this process, batch 1: ${fmt(runBackToBack.wallUs / 1000)} ms wall (${fmt(runBackToBack.cpuUs / 1000)} ms CPU) back-to-back, ` +
-      `${fmt(runIdle.wallUs / 1000)} ms wall (${fmt(runIdle.cpuUs / 1000)} ms CPU) after 1 ms idle; the server's reply timings (compute p50 ${fmt(computeMs)} ms) are the idle regime: one request at a time`,
+      `${fmt(runIdle.wallUs / 1000)} ms wall (${fmt(runIdle.cpuUs / 1000)} ms CPU) after 1 ms idle; the ${tierName}'s reply timings (compute p50 ${fmt(computeMs)} ms) are the idle regime: one request at a time`,
   );
   console.log(
-    `offload minus echo (call p50): ${fmt(overheadMs)} ms = ${ratio(overCompute)} the server's compute p50; protocol floor ${ratio(floorRatio)} the echo's call p50 ` +
+    `offload minus echo (call p50): ${fmt(overheadMs)} ms = ${ratio(overCompute)} the ${tierName}'s compute p50; protocol floor ${ratio(floorRatio)} the echo's call p50 ` +
       `(round trips: offload ${ratio(zero.s.p50 / echo.p50)}, floor ${ratio(floorStats.s.p50 / echo.p50)} the echo's)`,
   );
+  const forwarded = gatewayMode ? byRole("forwarded") : undefined;
+  const relay = gatewayMode ? byRole("relay") : undefined;
+  const forwardedOver =
+    forwarded && relay ? (forwarded.call.p50 - relay.call.p50) / forwarded.server.p50 : Number.NaN;
   const code = printGoals([
-    {
-      name: `1: offload call p50 minus echo call p50 at most 2.0x the server's compute p50 (server --max-delay-ms ${defaultDelay})`,
-      met: overCompute <= 2 && errors === 0 && zero.s.n > 0,
-      detail: `${ratio(overCompute)}: ${fmt(zero.call.p50)} - ${fmt(echoCall)} = ${fmt(overheadMs)} ms against compute ${fmt(computeMs)} ms${errors ? `; ${errors} requests failed` : ""}`,
-    },
-    {
-      name: "2: protocol floor call p50 at most 1.3x the echo call p50 (both encode every request)",
-      met: floorRatio <= 1.3 && floorStats.s.n > 0,
-      detail: `${ratio(floorRatio)}: ${fmt(floorStats.call.p50)} ms against ${fmt(echoCall)} ms`,
-    },
+    ...(forwarded && relay
+      ? [
+          {
+            name: `5 (gateway): an offload answered by the gateway's exit, call p50 minus echo call p50 at most 2.0x its compute p50 (gateway --max-delay-ms ${defaultDelay})`,
+            met: overCompute <= 2 && errors === 0 && zero.s.n > 0,
+            detail: `${ratio(overCompute)}: ${fmt(zero.call.p50)} - ${fmt(echoCall)} = ${fmt(overheadMs)} ms against compute ${fmt(computeMs)} ms${errors ? `; ${errors} requests failed` : ""}`,
+          },
+          {
+            name: "5 (gateway): an offload the gateway forwards to the server, call p50 minus the relayed echo's (3 hops) at most 2.0x the gateway's and server's compute p50",
+            met: forwardedOver <= 2 && errors === 0 && forwarded.s.n > 0,
+            detail: `${ratio(forwardedOver)}: ${fmt(forwarded.call.p50)} - ${fmt(relay.call.p50)} ms against compute ${fmt(forwarded.server.p50)} ms`,
+          },
+          {
+            name: "5 (gateway): protocol floor call p50 at most 1.3x the echo call p50 (the gateway bundle's features)",
+            met: floorRatio <= 1.3 && floorStats.s.n > 0,
+            detail: `${ratio(floorRatio)}: ${fmt(floorStats.call.p50)} ms against ${fmt(echoCall)} ms`,
+          },
+        ]
+      : [
+          {
+            name: `1: offload call p50 minus echo call p50 at most 2.0x the server's compute p50 (server --max-delay-ms ${defaultDelay})`,
+            met: overCompute <= 2 && errors === 0 && zero.s.n > 0,
+            detail: `${ratio(overCompute)}: ${fmt(zero.call.p50)} - ${fmt(echoCall)} = ${fmt(overheadMs)} ms against compute ${fmt(computeMs)} ms${errors ? `; ${errors} requests failed` : ""}`,
+          },
+          {
+            name: "2: protocol floor call p50 at most 1.3x the echo call p50 (both encode every request)",
+            met: floorRatio <= 1.3 && floorStats.s.n > 0,
+            detail: `${ratio(floorRatio)}: ${fmt(floorStats.call.p50)} ms against ${fmt(echoCall)} ms`,
+          },
+        ]),
   ]);
   const summary = (s: Summary) => ({
     n: s.n,
@@ -373,6 +399,7 @@ try {
   console.log(
     JSON.stringify({
       bench: "offload-rtt",
+      tier: values.tier,
       bundle: `${manifest.name}@${manifest.version}`,
       encoding: `${encoding.dtype}+${encoding.compression}`,
       payloadBytes: Math.round(zero.bytes),
@@ -401,6 +428,17 @@ try {
         afterIdle1Ms: { wallUs: round(runIdle.wallUs, 1), cpuUs: round(runIdle.cpuUs, 1) },
       },
       overheadOverCompute: round(overCompute, 3),
+      ...(forwarded && relay
+        ? {
+            relay: { ...summary(relay.s), callP50Ms: round(relay.call.p50) },
+            forwarded: {
+              ...summary(forwarded.s),
+              callP50Ms: round(forwarded.call.p50),
+              computeP50Ms: round(forwarded.server.p50),
+            },
+            forwardedOverCompute: round(forwardedOver, 3),
+          }
+        : {}),
       floorCallRatio: round(floorRatio, 3),
       ratioP50: round(zero.s.p50 / echo.p50, 3),
       ratioP99: round(zero.s.p99 / echo.p99, 3),

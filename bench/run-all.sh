@@ -3,7 +3,8 @@
 #
 #   bash bench/run-all.sh [--no-build] [NAME ...]
 #
-# NAME: wire-bytes, offload-rtt, throughput, eval (default: all four, in that order). Builds first
+# NAME: wire-bytes, offload-rtt, throughput, eval, offload-rtt:gateway, throughput:gateway, agent
+# (default: all seven, in that order; NAME:gateway runs the benchmark with --tier gateway). Builds first
 # with the project's TypeScript (tsconfig.build.json) unless --no-build. Each benchmark prints its
 # table and one JSON line and exits non-zero when one of its goals is not met; this script exits 1
 # when any did (2 when the build failed). Extra flags for one benchmark: run it alone, e.g.
@@ -17,13 +18,15 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     -h | --help)
-      sed -n '2,10p' "$0"
+      sed -n '2,11p' "$0"
       exit 0
       ;;
     *) names+=("$arg") ;;
   esac
 done
-if [ ${#names[@]} -eq 0 ]; then names=(wire-bytes offload-rtt throughput eval); fi
+if [ ${#names[@]} -eq 0 ]; then
+  names=(wire-bytes offload-rtt throughput eval offload-rtt:gateway throughput:gateway agent)
+fi
 
 if [ "$build" = 1 ]; then
   node node_modules/typescript/bin/tsc -p tsconfig.build.json || exit 2
@@ -32,7 +35,11 @@ fi
 status=0
 summary=()
 for name in "${names[@]}"; do
-  script="dist/bench/$name.js"
+  flags=()
+  case "$name" in
+    *:*) flags=(--tier "${name#*:}") ;;
+  esac
+  script="dist/bench/${name%%:*}.js"
   if [ ! -f "$script" ]; then
     echo "no benchmark $name ($script is missing)" >&2
     summary+=("$name: missing")
@@ -41,7 +48,7 @@ for name in "${names[@]}"; do
   fi
   echo "=== $name ($(date -u +%H:%M:%S) UTC, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"
   # Every benchmark bounds its own loops; this is the backstop.
-  timeout --kill-after=10 900 node "$script"
+  timeout --kill-after=10 900 node "$script" "${flags[@]}"
   rc=$?
   case $rc in
     0) summary+=("$name: goals met") ;;

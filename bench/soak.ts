@@ -25,7 +25,6 @@
  * Goals: 1. every tier's RSS and heap within --max-growth of their warm-up readings; 2. every
  * offload answered with an ok reply (none timed out, none an error reply, none left waiting).
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -111,76 +110,6 @@ function fromMetrics(metrics: () => Promise<string>): () => Promise<Reading> {
   };
 }
 
-/** `ddnn gateway` in its own process; ready when it logs "<tier> ready" with its HTTP port. */
-async function startGatewayProcess(): Promise<{
-  metrics(): Promise<string>;
-  stop(): Promise<void>;
-}> {
-  const cli = join(packageRoot(), "dist", "cli", "main.js");
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [
-      cli,
-      "gateway",
-      "--bundle",
-      bundle,
-      "--broker",
-      broker.url,
-      "--model",
-      `${model.namespace}/${model.name}`,
-      "--http-host",
-      "127.0.0.1",
-      "--http-port",
-      "0",
-      "--log-level",
-      "info",
-    ],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  let log = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once("error", reject);
-    const timer = setTimeout(
-      () => reject(new Error(`ddnn gateway not ready in 60 s:\n${log}`)),
-      60_000,
-    );
-    child.once("exit", (c) => reject(new Error(`ddnn gateway exited (${c}):\n${log}`)));
-    child.stderr?.on("data", (d: Buffer) => {
-      log = (log + d.toString()).slice(-8000);
-      for (const line of log.split("\n")) {
-        // The gateway's stage tier logs "<tier> ready" (its tier is named after its stage).
-        if (!line.includes(' ready"')) continue;
-        try {
-          const parsed = JSON.parse(line) as { msg?: string; port?: number };
-          const p = parsed.port;
-          if (parsed.msg?.endsWith(" ready") && typeof p === "number") {
-            clearTimeout(timer);
-            resolve(p);
-          }
-        } catch {
-          // not a whole log line yet
-        }
-      }
-    });
-  }).catch((err: unknown) => {
-    child.kill("SIGKILL");
-    throw err;
-  });
-  return {
-    metrics: async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text(),
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
-        child.once("exit", () => {
-          clearTimeout(kill);
-          resolve();
-        });
-        child.kill("SIGTERM");
-      }),
-  };
-}
-
 const broker = await startMosquitto();
 const cleanups: (() => Promise<unknown>)[] = [() => broker.stop()];
 let exitCode = 1;
@@ -199,7 +128,12 @@ try {
     { name: "server", read: fromMetrics(() => server.metrics()), samples: [] },
   ];
   if (withGateway) {
-    const gateway = await startGatewayProcess();
+    const gateway = await startServerProcess({
+      program: "gateway",
+      bundle,
+      broker: broker.url,
+      model: `${model.namespace}/${model.name}`,
+    });
     cleanups.push(() => gateway.stop());
     tiers.push({ name: "gateway", read: fromMetrics(() => gateway.metrics()), samples: [] });
   }

@@ -30,13 +30,16 @@
  * session.run CPU per sample at its mean batch size, measured in this process between the
  * windows; 4. its event-loop delay p99 under 5 ms in every measured window.
  */
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
+import { packageRoot } from "../cli/paths.js";
 import { renderTable } from "../cli/table.js";
 import { type Summary, summarize } from "../core/stats.js";
 import { parseModelRef } from "../core/topics.js";
 import type { Compression, WireDtype } from "../core/wire/frame.js";
 import { encodeTensor } from "../core/wire/tensor.js";
+import { gatewaySchema } from "../gateway/config.js";
 import { serverSchema } from "../server/config.js";
 import { cpuSeconds, startDevice } from "./support/devices.js";
 import type { EldReading } from "./support/eld-probe.js";
@@ -48,7 +51,7 @@ import {
   metricSum,
   type ServerProcess,
   startCanary,
-  startServerProcess,
+  startMeasuredTier,
 } from "./support/server-process.js";
 import {
   cpuUsPerSampleAt,
@@ -62,12 +65,15 @@ const { values } = parseArgs({
   options: {
     bundle: { type: "string" },
     devices: { type: "string", default: "16" },
-    workers: { type: "string", default: "2" },
+    /** Default: 2 for the server, the gateway's own default for --tier gateway. */
+    workers: { type: "string" },
+    tier: { type: "string", default: "server" },
     rounds: { type: "string", default: "2" },
     "warmup-s": { type: "string", default: "2" },
     "initial-warmup-s": { type: "string", default: "4" },
     "window-s": { type: "string", default: "6" },
-    "max-batch": { type: "string", default: "32" },
+    /** Default: 32 for the server, the gateway's own default for --tier gateway. */
+    "max-batch": { type: "string" },
     dtype: { type: "string", default: "u8q" },
     compression: { type: "string", default: "deflate" },
     "offload-client": { type: "boolean", default: false },
@@ -76,28 +82,44 @@ const { values } = parseArgs({
   },
 });
 const deviceCount = Number(values.devices);
-const workers = Number(values.workers);
+if (values.tier !== "server" && values.tier !== "gateway")
+  throw new Error(`--tier ${values.tier}: server or gateway`);
+/** The tier under test: the server, or a gateway (a middle stage) with a server behind it. */
+const gatewayMode = values.tier === "gateway";
+const tierSchema = gatewayMode ? gatewaySchema : serverSchema;
+const workers = Number(
+  values.workers ?? (gatewayMode ? tierSchema.shape.workers.parse(undefined) : 2),
+);
 const rounds = Number(values.rounds);
 const warmupMs = Number(values["warmup-s"]) * 1000;
 const initialWarmupMs = Number(values["initial-warmup-s"]) * 1000;
 const windowMs = Number(values["window-s"]) * 1000;
-const maxBatch = Number(values["max-batch"]);
+const maxBatch = Number(
+  values["max-batch"] ?? (gatewayMode ? tierSchema.shape.maxBatch.parse(undefined) : 32),
+);
 const maxRequests = Number(values["max-requests"]);
 const useOffloadClient = values["offload-client"];
 const encoding = {
   dtype: values.dtype as WireDtype,
   compression: values.compression as Compression,
 };
-const defaultDelay = serverSchema.shape.maxDelayMs.parse(undefined);
+const defaultDelay = tierSchema.shape.maxDelayMs.parse(undefined);
 const timeoutMs = 10_000;
 
-const bundle = bundlePath(values.bundle);
+const bundle = bundlePath(
+  values.bundle ?? (gatewayMode ? join(packageRoot(), "models", "fashion-3tier") : undefined),
+);
 const sample = await loadSample({ bundle, only: [0] });
 const { pipeline } = sample;
 const manifest = pipeline.manifest;
 const work = sample.offloaded;
 if (work.length === 0) throw new Error("the device exit answered every sample: nothing to offload");
 const next = { index: 1, name: manifest.stages[1]!.name };
+const lastStage = manifest.stages[manifest.stages.length - 1]!.name;
+if (gatewayMode && manifest.stages.length < 3)
+  throw new Error(
+    `--tier gateway needs a bundle of 3 or more stages; ${bundle} has ${manifest.stages.length}`,
+  );
 const digest = pipeline.bundle.digest;
 const encoded: EncodedRequest[] = work.map((o) => encodeTensor(o.features, o.dims, encoding));
 const meanBytes = encoded.reduce((n, e) => n + e.body.length, 0) / encoded.length;
@@ -148,15 +170,20 @@ try {
     ["B", "maxBatch 1", 1, undefined],
   ] as const) {
     const model = parseModelRef(`bench/tput${key.toLowerCase()}`);
-    const server = await startServerProcess({
-      bundle,
-      broker: broker.url,
-      model: `${model.namespace}/${model.name}`,
-      workers,
-      maxBatch: mb,
-      ...(delay !== undefined ? { maxDelayMs: delay } : {}),
-    });
-    cleanups.push(() => server.stop());
+    // With --tier gateway the gateway is measured; the server behind it answers what it forwards.
+    const tier = await startMeasuredTier(
+      {
+        bundle,
+        broker: broker.url,
+        model: `${model.namespace}/${model.name}`,
+        workers,
+        maxBatch: mb,
+        ...(delay !== undefined ? { maxDelayMs: delay } : {}),
+      },
+      gatewayMode ? { lastStage } : undefined,
+    );
+    cleanups.push(() => tier.stop());
+    const server = tier.measured;
     const devices: Send[] = [];
     for (let d = 0; d < deviceCount; d++) {
       const id = `dev-${d}`;
@@ -331,9 +358,9 @@ try {
   const sum = (m: Map<string, number>) => [...m.values()].reduce((x, y) => x + y, 0);
 
   console.log(
-    `server throughput through Mosquitto on loopback: bundle ${manifest.name} ${manifest.version}; ${deviceCount} devices, closed loop (one request in flight each), ` +
+    `${gatewayMode ? `gateway (stage ${next.name}; a ddnn server behind it, 2 workers, maxBatch 32, answers what it forwards)` : "server"} throughput through Mosquitto on loopback: bundle ${manifest.name} ${manifest.version}; ${deviceCount} devices, closed loop (one request in flight each), ` +
       `${useOffloadClient ? "OffloadClient (encodes every request)" : "pre-encoded bodies"}, ${encoding.dtype}+${encoding.compression} features [${work[0]!.dims.join(", ")}] (${meanBytes.toFixed(0)} B body); ` +
-      `ddnn server in its own process, ${workers} workers; ${rounds * 2} measured windows of ${windowMs / 1000} s per configuration (ABCCBA order, ${warmupMs / 1000} s warm-up each, after ${initialWarmupMs / 1000} s of load on each fresh server)`,
+      `ddnn ${values.tier} in its own process, ${workers} workers; ${rounds * 2} measured windows of ${windowMs / 1000} s per configuration (ABCCBA order, ${warmupMs / 1000} s warm-up each, after ${initialWarmupMs / 1000} s of load on each fresh server)`,
   );
   console.log("");
   console.log(
@@ -449,12 +476,12 @@ try {
   );
   const code = printGoals([
     {
-      name: `3: server CPU per answer (all threads, ${a.name}) at most 2.5x pure session.run CPU per sample at its mean batch size`,
+      name: `${gatewayMode ? "5 (gateway): gateway" : "3: server"} CPU per answer (all threads, ${a.name}) at most 2.5x pure session.run CPU per sample at its mean batch size`,
       met: overFloor(a) <= 2.5 && errors === 0,
       detail: `${ratio(overFloor(a))}: ${fmt(serverCpu(a) * 1000, 0)} us against ${fmt(floorUs(a), 1)} us at mean batch ${fmt(meanBatch(a), 2)}; ${fmt(tput(a), 0)} answers/s (${ratio(speedup)} maxBatch 1)${errors ? `; ${errors} requests failed` : ""}`,
     },
     {
-      name: "4: event-loop delay p99 of the server's MQTT thread under this load under 5 ms",
+      name: `${gatewayMode ? "5 (gateway)" : "4"}: event-loop delay p99 of the ${gatewayMode ? "gateway" : "server"}'s MQTT thread under this load under 5 ms`,
       met: eldWorst < 5,
       detail: `worst of ${a.eld.length} windows ${fmt(eldWorst)} ms (median window ${fmt(median(a.eld.map((e) => e.p99Ms)))} ms), idle canary worst ${fmt(worst(a.canary).p99Ms)} ms`,
     },
@@ -468,6 +495,7 @@ try {
   console.log(
     JSON.stringify({
       bench: "throughput",
+      tier: values.tier,
       bundle: `${manifest.name}@${manifest.version}`,
       devices: deviceCount,
       load: "closed loop, one request in flight per device",

@@ -8,6 +8,8 @@ import { packageRoot } from "../../cli/paths.js";
 
 export interface HelperProcess {
   readonly pid: number | undefined;
+  /** The helper's first IPC message (its "ready", or what it tells, such as a port). */
+  readonly ready: unknown;
   stop(): Promise<void>;
 }
 
@@ -31,12 +33,13 @@ export async function startHelper(script: string, args: readonly string[]): Prom
       });
       child.kill("SIGTERM");
     });
+  let ready: unknown;
   try {
-    await new Promise<void>((resolve, reject) => {
+    ready = await new Promise<unknown>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`${script} did not start within 15 s`)), 15_000);
-      child.once("message", () => {
+      child.once("message", (m) => {
         clearTimeout(t);
-        resolve();
+        resolve(m);
       });
       child.once("exit", (c) => {
         clearTimeout(t);
@@ -51,5 +54,5 @@ export async function startHelper(script: string, args: readonly string[]): Prom
     await stop();
     throw err;
   }
-  return { pid: child.pid, stop };
+  return { pid: child.pid, ready, stop };
 }

@@ -1,5 +1,5 @@
 /**
- * Runs `ddnn server` as its own process, as it runs in production, so that the load generator's
+ * Runs `ddnn server` (or `ddnn gateway`, `ddnn agent`) as its own process, as it runs in production, so that the load generator's
  * work does not show up in the server's event loop and the operating system schedules the two
  * like it would on separate machines. Optionally preloads the event-loop-delay probe.
  */
@@ -11,12 +11,16 @@ import { packageRoot } from "../../cli/paths.js";
 import type { EldReading } from "./eld-probe.js";
 
 export interface ServerProcessOptions {
+  /** Which tier: `ddnn server` (default) or `ddnn gateway`; both take the same pool flags. */
+  readonly program?: "server" | "gateway";
   readonly bundle: string;
   readonly broker: string;
   /** <namespace>/<name>: distinct models let several servers share one broker without mixing. */
   readonly model: string;
-  readonly workers: number;
-  readonly maxBatch: number;
+  /** Omitted: the program's default. */
+  readonly workers?: number;
+  /** Omitted: the program's default. */
+  readonly maxBatch?: number;
   /** Omitted: the server's default. */
   readonly maxDelayMs?: number;
   readonly sharedSubscriptions?: boolean;
@@ -35,35 +39,104 @@ export interface ServerProcess extends EldControls {
 }
 
 export async function startServerProcess(o: ServerProcessOptions): Promise<ServerProcess> {
-  const root = packageRoot();
-  const cli = join(root, "dist", "cli", "main.js");
-  const probe = join(root, "dist", "bench", "support", "eld-probe.js");
-  for (const f of [cli, probe])
-    if (!existsSync(f)) throw new Error(`${f} is missing: run npm run build first`);
-  const args = [
-    "server",
+  const program = o.program ?? "server";
+  return startTierProcess(program, [
     "--bundle",
     o.bundle,
     "--broker",
     o.broker,
     "--model",
     o.model,
-    "--workers",
-    String(o.workers),
-    "--max-batch",
-    String(o.maxBatch),
+    ...(o.workers !== undefined ? ["--workers", String(o.workers)] : []),
+    ...(o.maxBatch !== undefined ? ["--max-batch", String(o.maxBatch)] : []),
     ...(o.maxDelayMs !== undefined ? ["--max-delay-ms", String(o.maxDelayMs)] : []),
     ...(o.maxQueue !== undefined ? ["--max-queue", String(o.maxQueue)] : []),
     "--shared-subscriptions",
     String(o.sharedSubscriptions ?? true),
+    ...(o.extraArgs ?? []),
+  ]);
+}
+
+/**
+ * A gateway with the server behind it, both in their own processes under one model name: the
+ * server runs the bundle's last stage (`lastStage`), the gateway the middle ones with `o`'s pool
+ * settings, so what the gateway's exits do not answer goes on to the server. Returns the gateway
+ * first.
+ */
+export async function startGatewayChain(
+  o: Omit<ServerProcessOptions, "program">,
+  lastStage: string,
+): Promise<{ gateway: ServerProcess; server: ServerProcess }> {
+  const server = await startServerProcess({
+    bundle: o.bundle,
+    broker: o.broker,
+    model: o.model,
+    workers: 2,
+    maxBatch: 32,
+    extraArgs: ["--stages", lastStage],
+  });
+  try {
+    const gateway = await startServerProcess({ ...o, program: "gateway" });
+    return { gateway, server };
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+}
+
+/**
+ * The tier a benchmark measures, in its own process: `ddnn server` with `o`, or with `gateway`
+ * a gateway chain (startGatewayChain) whose gateway is measured. `stop` stops all it started.
+ */
+export async function startMeasuredTier(
+  o: Omit<ServerProcessOptions, "program">,
+  gateway: { lastStage: string } | undefined,
+): Promise<{ measured: ServerProcess; stop(): Promise<void> }> {
+  if (!gateway) {
+    const server = await startServerProcess(o);
+    return { measured: server, stop: async () => void (await server.stop()) };
+  }
+  const chain = await startGatewayChain(o, gateway.lastStage);
+  return {
+    measured: chain.gateway,
+    async stop() {
+      await chain.gateway.stop();
+      await chain.server.stop();
+    },
+  };
+}
+
+/** The log message each program writes, with its HTTP port, once it serves. */
+const readyMessages = {
+  server: "server ready",
+  gateway: "edge ready",
+  agent: "device agent ready",
+};
+
+/**
+ * Runs `ddnn <program> ...args` (plus --http-host 127.0.0.1 --http-port 0 --log-level info) with
+ * the event-loop-delay probe preloaded, and waits until its /readyz answers.
+ */
+export async function startTierProcess(
+  program: keyof typeof readyMessages,
+  programArgs: readonly string[],
+): Promise<ServerProcess> {
+  const root = packageRoot();
+  const cli = join(root, "dist", "cli", "main.js");
+  const probe = join(root, "dist", "bench", "support", "eld-probe.js");
+  for (const f of [cli, probe])
+    if (!existsSync(f)) throw new Error(`${f} is missing: run npm run build first`);
+  const args = [
+    program,
     "--http-host",
     "127.0.0.1",
     "--http-port",
     "0",
     "--log-level",
     "info",
-    ...(o.extraArgs ?? []),
+    ...programArgs,
   ];
+  const readyMessage = readyMessages[program];
   // Diagnostics, e.g. DDNN_BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
   const nodeArgs = (process.env.DDNN_BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
   const child: ChildProcess = spawn(
@@ -85,7 +158,7 @@ export async function startServerProcess(o: ServerProcessOptions): Promise<Serve
     const lines = lineBuf.split("\n");
     lineBuf = lines.pop() ?? "";
     for (const line of lines) {
-      if (httpPort || !line.includes("server ready")) continue;
+      if (httpPort || !line.includes(readyMessage)) continue;
       try {
         const parsed = JSON.parse(line) as { port?: number };
         if (typeof parsed.port === "number") {
@@ -99,7 +172,7 @@ export async function startServerProcess(o: ServerProcessOptions): Promise<Serve
   });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
   const failed = exited.then((code) => {
-    throw new Error(`ddnn server exited (${code}) before it was ready:\n${log}`);
+    throw new Error(`ddnn ${program} exited (${code}) before it was ready:\n${log}`);
   });
   failed.catch(() => {});
   const timeout = (ms: number, what: string) =>
@@ -107,12 +180,12 @@ export async function startServerProcess(o: ServerProcessOptions): Promise<Serve
       setTimeout(() => reject(new Error(`${what} within ${ms} ms:\n${log}`)), ms).unref(),
     );
   try {
-    await Promise.race([readyLine, failed, timeout(60_000, "ddnn server did not start")]);
+    await Promise.race([readyLine, failed, timeout(60_000, `ddnn ${program} did not start`)]);
     const until = Date.now() + 20_000;
     for (;;) {
       const res = await fetch(`http://127.0.0.1:${httpPort}/readyz`).catch(() => undefined);
       if (res?.ok) break;
-      if (Date.now() > until) throw new Error(`ddnn server not ready within 20 s:\n${log}`);
+      if (Date.now() > until) throw new Error(`ddnn ${program} not ready within 20 s:\n${log}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   } catch (err) {
