@@ -51,6 +51,7 @@ import {
   metricSum,
   type ServerProcess,
   startCanary,
+  startLeanServer,
   startMeasuredTier,
 } from "./support/server-process.js";
 import {
@@ -77,6 +78,8 @@ const { values } = parseArgs({
     dtype: { type: "string", default: "u8q" },
     compression: { type: "string", default: "deflate" },
     "offload-client": { type: "boolean", default: false },
+    /** Leave out the lean reference server. */
+    "no-lean": { type: "boolean", default: false },
     /** Safety bound on requests per device per window. */
     "max-requests": { type: "string", default: "100000" },
   },
@@ -164,26 +167,38 @@ try {
   const canary = await startCanary();
   cleanups.push(() => canary.stop());
   const configs: Config[] = [];
-  for (const [key, name, mb, delay] of [
+  const variants: [string, string, number, number | undefined][] = [
     ["A", `maxBatch ${maxBatch}, maxDelayMs ${defaultDelay} (default)`, maxBatch, undefined],
     ["A2", `maxBatch ${maxBatch}, maxDelayMs 2 (DDNNModel default)`, maxBatch, 2],
     ["B", "maxBatch 1", 1, undefined],
-  ] as const) {
+  ];
+  // The reference for goal 3 (a server without any framework), where the stage under test is
+  // the last one: what this protocol costs on mqtt.js on this machine.
+  if (!gatewayMode && !values["no-lean"] && manifest.stages.length === 2)
+    variants.push(["L", `reference: lean mqtt.js server, maxBatch ${maxBatch}`, maxBatch, 0]);
+  for (const [key, name, mb, delay] of variants) {
     const model = parseModelRef(`bench/tput${key.toLowerCase()}`);
-    // With --tier gateway the gateway is measured; the server behind it answers what it forwards.
-    const tier = await startMeasuredTier(
-      {
-        bundle,
-        broker: broker.url,
-        model: `${model.namespace}/${model.name}`,
-        workers,
-        maxBatch: mb,
-        ...(delay !== undefined ? { maxDelayMs: delay } : {}),
-      },
-      gatewayMode ? { lastStage } : undefined,
-    );
-    cleanups.push(() => tier.stop());
-    const server = tier.measured;
+    const modelArg = `${model.namespace}/${model.name}`;
+    let server: ServerProcess;
+    if (key === "L") {
+      server = await startLeanServer({ bundle, broker: broker.url, model: modelArg, maxBatch: mb });
+      cleanups.push(() => server.stop());
+    } else {
+      // With --tier gateway the gateway is measured; the server behind it answers what it forwards.
+      const tier = await startMeasuredTier(
+        {
+          bundle,
+          broker: broker.url,
+          model: modelArg,
+          workers,
+          maxBatch: mb,
+          ...(delay !== undefined ? { maxDelayMs: delay } : {}),
+        },
+        gatewayMode ? { lastStage } : undefined,
+      );
+      cleanups.push(() => tier.stop());
+      server = tier.measured;
+    }
     const devices: Send[] = [];
     for (let d = 0; d < deviceCount; d++) {
       const id = `dev-${d}`;
@@ -355,6 +370,7 @@ try {
   };
   const lat = configs.map((c) => summarize(c.latencies));
   const [a, a2, b] = [configs[0]!, configs[1]!, configs[2]!];
+  const lean = configs.find((c) => c.key === "L");
   const sum = (m: Map<string, number>) => [...m.values()].reduce((x, y) => x + y, 0);
 
   console.log(
@@ -478,7 +494,7 @@ try {
     {
       name: `${gatewayMode ? "5 (gateway): gateway" : "3: server"} CPU per answer (all threads, ${a.name}) at most 2.5x pure session.run CPU per sample at its mean batch size`,
       met: overFloor(a) <= 2.5 && errors === 0,
-      detail: `${ratio(overFloor(a))}: ${fmt(serverCpu(a) * 1000, 0)} us against ${fmt(floorUs(a), 1)} us at mean batch ${fmt(meanBatch(a), 2)}; ${fmt(tput(a), 0)} answers/s (${ratio(speedup)} maxBatch 1)${errors ? `; ${errors} requests failed` : ""}`,
+      detail: `${ratio(overFloor(a))}: ${fmt(serverCpu(a) * 1000, 0)} us against ${fmt(floorUs(a), 1)} us at mean batch ${fmt(meanBatch(a), 2)}; ${fmt(tput(a), 0)} answers/s (${ratio(speedup)} maxBatch 1)${lean ? `; the lean reference ${ratio(overFloor(lean))} (${fmt(serverCpu(lean) * 1000, 0)} us at mean batch ${fmt(meanBatch(lean), 2)})` : ""}${errors ? `; ${errors} requests failed` : ""}`,
     },
     {
       name: `${gatewayMode ? "5 (gateway)" : "4"}: event-loop delay p99 of the ${gatewayMode ? "gateway" : "server"}'s MQTT thread under this load under 5 ms`,
@@ -504,6 +520,7 @@ try {
       windowsPerConfig: rounds * 2,
       windowS: windowMs / 1000,
       configs: configs.map((c, i) => ({
+        name: c.name,
         maxBatch: c.maxBatch,
         maxDelayMs: c.maxDelayMs,
         answersPerS: round(tput(c), 1),

@@ -106,6 +106,52 @@ export async function startMeasuredTier(
   };
 }
 
+/**
+ * bench/support/lean-server.ts in its own process with the event-loop-delay probe, as a
+ * ServerProcess: /metrics gives its batch counts only, and `args` is empty.
+ */
+export async function startLeanServer(o: {
+  bundle: string;
+  broker: string;
+  model: string;
+  maxBatch: number;
+}): Promise<ServerProcess> {
+  const root = packageRoot();
+  const probe = join(root, "dist", "bench", "support", "eld-probe.js");
+  const script = join(root, "dist", "bench", "support", "lean-server.js");
+  const args = ["--broker", o.broker, "--bundle", o.bundle, "--model", o.model];
+  const child = spawn(
+    process.execPath,
+    ["--import", pathToFileURL(probe).href, script, ...args, "--max-batch", String(o.maxBatch)],
+    { stdio: ["ignore", "ignore", "inherit", "ipc"] },
+  );
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+  const httpPort = await new Promise<number>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("lean server did not start in 60 s")), 60_000);
+    child.on("message", (m: { type?: string; port?: number }) => {
+      if (m?.type !== "lean-ready" || typeof m.port !== "number") return;
+      clearTimeout(t);
+      resolve(m.port);
+    });
+    void exited.then((c) => {
+      clearTimeout(t);
+      reject(new Error(`lean server exited (${c}) before it was ready`));
+    });
+  }).catch((err: unknown) => {
+    child.kill("SIGKILL");
+    throw err;
+  });
+  const controls = probeControls(child);
+  return {
+    pid: child.pid ?? -1,
+    httpPort,
+    args: [],
+    ...controls,
+    metrics: async () => (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text(),
+    stop: () => stopChild(child, exited),
+  };
+}
+
 /** The log message each program writes, with its HTTP port, once it serves. */
 const readyMessages = {
   server: "server ready",
@@ -204,15 +250,18 @@ export async function startTierProcess(
       const res = await fetch(`http://127.0.0.1:${httpPort}/metrics`);
       return res.text();
     },
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-      const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
-      child.kill("SIGTERM");
-      const code = await exited;
-      clearTimeout(kill);
-      return code;
-    },
+    stop: () => stopChild(child, exited),
   };
+}
+
+/** SIGTERM (a tier answers what it holds, then exits), SIGKILL after 10 s; the exit code. */
+async function stopChild(child: ChildProcess, exited: Promise<number | null>) {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  child.kill("SIGTERM");
+  const code = await exited;
+  clearTimeout(kill);
+  return code;
 }
 
 export interface EldControls {
