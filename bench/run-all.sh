@@ -3,8 +3,9 @@
 #
 #   bash bench/run-all.sh [--no-build] [NAME ...]
 #
-# NAME: wire-bytes, offload-rtt, throughput, eval, offload-rtt:gateway, throughput:gateway, agent
-# (default: all seven, in that order; NAME:gateway runs the benchmark with --tier gateway). Builds first
+# NAME: wire-bytes, offload-rtt, throughput, eval, offload-rtt:gateway, throughput:gateway, agent,
+# steps (default: all eight, in that order; NAME:gateway runs the benchmark with --tier gateway;
+# steps has no goal, it prints the per-step costs). Builds first
 # with the project's TypeScript (tsconfig.build.json) unless --no-build. Each benchmark prints its
 # table and one JSON line and exits non-zero when one of its goals is not met; this script exits 1
 # when any did (2 when the build failed). Extra flags for one benchmark: run it alone, e.g.
@@ -18,14 +19,14 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     -h | --help)
-      sed -n '2,11p' "$0"
+      sed -n '2,12p' "$0"
       exit 0
       ;;
     *) names+=("$arg") ;;
   esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-  names=(wire-bytes offload-rtt throughput eval offload-rtt:gateway throughput:gateway agent)
+  names=(wire-bytes offload-rtt throughput eval offload-rtt:gateway throughput:gateway agent steps)
 fi
 
 if [ "$build" = 1 ]; then
