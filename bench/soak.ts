@@ -11,14 +11,16 @@
  * runs, its middle stage in a `ddnn gateway` process that forwards what its exit does not answer
  * to the server.
  *
- * Memory, sampled every --sample-ms once the first --warmup offloads are answered: RSS and V8 heap
+ * Memory, sampled every --sample-ms once the first --warmup offloads are answered and at least
+ * --warmup-s seconds have passed (a fast machine answers 20,000 offloads in seconds, before V8 has
+ * grown its old generation to its working size): RSS and V8 heap
  * used of each tier (the server's and gateway's from their /metrics, the devices' from this
  * process, the broker's RSS from /proc). The readings of the first quarter of the measured part are
  * compared with those of the last quarter: for RSS their medians, for the heap their minima (the
  * heap is a saw-tooth between collections; its low points are what stays alive). A leak of even
  * a few bytes per request shows over 180,000 requests; garbage between two collections does not.
  *
- *   node dist/bench/soak.js [--offloads 200000] [--warmup 20000] [--devices 16] [--gateway]
+ *   node dist/bench/soak.js [--offloads 200000] [--warmup 20000] [--warmup-s 30] [--devices 16] [--gateway]
  *                           [--bundle DIR] [--sample-ms 1000] [--max-growth 0.10]
  *                           [--dtype u8q] [--compression deflate] [--timeout-ms 30000]
  *
@@ -44,6 +46,7 @@ const { values } = parseArgs({
     bundle: { type: "string" },
     offloads: { type: "string", default: "200000" },
     warmup: { type: "string", default: "20000" },
+    "warmup-s": { type: "string", default: "30" },
     devices: { type: "string", default: "16" },
     gateway: { type: "boolean", default: false },
     "sample-ms": { type: "string", default: "1000" },
@@ -56,6 +59,7 @@ const { values } = parseArgs({
 });
 const total = Number(values.offloads);
 const warmup = Number(values.warmup);
+const warmupMs = Number(values["warmup-s"]) * 1000;
 const deviceCount = Number(values.devices);
 const sampleMs = Number(values["sample-ms"]);
 const maxGrowth = Number(values["max-growth"]);
@@ -193,7 +197,7 @@ try {
   while (!done) {
     await Promise.race([all, new Promise((r) => setTimeout(r, sampleMs))]);
     if (done) break;
-    if (answered() >= warmup) {
+    if (answered() >= warmup && performance.now() - started >= warmupMs) {
       if (Number.isNaN(warmedAt)) warmedAt = performance.now();
       for (const t of tiers) t.samples.push(await t.read());
     }
@@ -257,7 +261,7 @@ try {
     });
   }
   console.log(
-    `soak: ${total} offloads (${warmup} warm-up) from ${deviceCount} devices through Mosquitto into ${withGateway ? "a gateway and a server" : "a server"}, ${bundle}, ${encoding.dtype}+${encoding.compression}; ${wallS.toFixed(0)} s, ${(total / wallS).toFixed(0)} offloads/s; memory sampled every ${sampleMs} ms over the last ${measuredS.toFixed(0)} s`,
+    `soak: ${total} offloads (warm-up: ${warmup} and ${warmupMs / 1000} s) from ${deviceCount} devices through Mosquitto into ${withGateway ? "a gateway and a server" : "a server"}, ${bundle}, ${encoding.dtype}+${encoding.compression}; ${wallS.toFixed(0)} s, ${(total / wallS).toFixed(0)} offloads/s; memory sampled every ${sampleMs} ms over the last ${measuredS.toFixed(0)} s`,
   );
   console.log(
     renderTable(
@@ -297,6 +301,7 @@ try {
       bench: "soak",
       offloads: total,
       warmup,
+      warmupS: warmupMs / 1000,
       devices: deviceCount,
       gateway: withGateway,
       ok,
