@@ -129,19 +129,20 @@ export class StageService {
     const { client, log } = this.o;
     client.on("message", (topic, payload) => {
       if (topic !== this.topic || this.stopped) return;
-      if (!this.slicing) {
+      let handled: Promise<void>;
+      if (this.slicing) {
+        handled = new Promise<void>((resolve) => {
+          this.arrived.push({ payload, resolve });
+        });
+      } else {
         // The first request of a read is handled now, so a lone request waits for no later
         // turn (its reply can even leave with the PUBACK); the rest of the read, a burst,
         // goes to the slices.
         this.slicing = true;
         setImmediate(this.slice);
-        const task = this.handle(payload).finally(() => this.inFlight.delete(task));
-        this.inFlight.add(task);
-        return;
+        handled = this.handle(payload);
       }
-      const task = new Promise<void>((resolve) => {
-        this.arrived.push({ payload, resolve });
-      }).finally(() => this.inFlight.delete(task));
+      const task = handled.finally(() => this.inFlight.delete(task));
       this.inFlight.add(task);
     });
     const subscribe = () => {
