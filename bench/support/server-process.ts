@@ -116,14 +116,20 @@ export async function startLeanServer(o: {
   model: string;
   maxBatch: number;
 }): Promise<ServerProcess> {
-  const root = packageRoot();
-  const probe = join(root, "dist", "bench", "support", "eld-probe.js");
-  const script = join(root, "dist", "bench", "support", "lean-server.js");
-  const args = ["--broker", o.broker, "--bundle", o.bundle, "--model", o.model];
-  const child = spawn(
-    process.execPath,
-    ["--import", pathToFileURL(probe).href, script, ...args, "--max-batch", String(o.maxBatch)],
-    { stdio: ["ignore", "ignore", "inherit", "ipc"] },
+  const script = join(packageRoot(), "dist", "bench", "support", "lean-server.js");
+  const child = spawnWithProbe(
+    script,
+    [
+      "--broker",
+      o.broker,
+      "--bundle",
+      o.bundle,
+      "--model",
+      o.model,
+      "--max-batch",
+      String(o.maxBatch),
+    ],
+    "inherit",
   );
   const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
   const httpPort = await new Promise<number>((resolve, reject) => {
@@ -167,11 +173,7 @@ export async function startTierProcess(
   program: keyof typeof readyMessages,
   programArgs: readonly string[],
 ): Promise<ServerProcess> {
-  const root = packageRoot();
-  const cli = join(root, "dist", "cli", "main.js");
-  const probe = join(root, "dist", "bench", "support", "eld-probe.js");
-  for (const f of [cli, probe])
-    if (!existsSync(f)) throw new Error(`${f} is missing: run npm run build first`);
+  const cli = join(packageRoot(), "dist", "cli", "main.js");
   const args = [
     program,
     "--http-host",
@@ -183,13 +185,7 @@ export async function startTierProcess(
     ...programArgs,
   ];
   const readyMessage = readyMessages[program];
-  // Diagnostics, e.g. DDNN_BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
-  const nodeArgs = (process.env.DDNN_BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [...nodeArgs, "--import", pathToFileURL(probe).href, cli, ...args],
-    { stdio: ["ignore", "ignore", "pipe", "ipc"], env: { ...process.env } },
-  );
+  const child = spawnWithProbe(cli, args, "pipe");
   let log = "";
   let httpPort = 0;
   let lineBuf = "";
@@ -252,6 +248,29 @@ export async function startTierProcess(
     },
     stop: () => stopChild(child, exited),
   };
+}
+
+/**
+ * `node [DDNN_BENCH_SERVER_NODE_ARGS] --import eld-probe.js <script> ...args` with an IPC channel
+ * (the probe's), stdout ignored and stderr as given.
+ */
+function spawnWithProbe(
+  script: string,
+  args: readonly string[],
+  stderr: "pipe" | "inherit",
+): ChildProcess {
+  const probe = join(packageRoot(), "dist", "bench", "support", "eld-probe.js");
+  for (const f of [script, probe])
+    if (!existsSync(f)) throw new Error(`${f} is missing: run npm run build first`);
+  // Diagnostics, e.g. DDNN_BENCH_SERVER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof".
+  const nodeArgs = (process.env.DDNN_BENCH_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  return spawn(
+    process.execPath,
+    [...nodeArgs, "--import", pathToFileURL(probe).href, script, ...args],
+    {
+      stdio: ["ignore", "ignore", stderr, "ipc"],
+    },
+  );
 }
 
 /** SIGTERM (a tier answers what it holds, then exits), SIGKILL after 10 s; the exit code. */
