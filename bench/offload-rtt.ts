@@ -19,10 +19,8 @@
  *      its default max delay (0: a lone request is dispatched at once);
  *   2. protocol floor <= 1.3 x echo.
  */
-import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
-import { packageRoot } from "../cli/paths.js";
 import { renderTable } from "../cli/table.js";
 import { type Summary, summarize } from "../core/stats.js";
 import { type ModelRef, parseModelRef } from "../core/topics.js";
@@ -35,7 +33,7 @@ import { startHelper } from "./support/helper-process.js";
 import { startMosquitto } from "./support/mosquitto.js";
 import { printGoals, ratio, round } from "./support/report.js";
 import { roundOptions, roundSettings } from "./support/rounds.js";
-import { bundlePath, loadSample } from "./support/sample.js";
+import { lastStageOf, loadSample, tierUnderTest } from "./support/sample.js";
 import { type ServerProcess, startMeasuredTier } from "./support/server-process.js";
 import { sessionCostMeter } from "./support/session-cost.js";
 
@@ -48,26 +46,16 @@ const { values } = parseArgs({
 });
 const { requests, rounds, warmup, encoding, deadlineAt } = roundSettings(values);
 const workers = Number(values.workers);
-if (values.tier !== "server" && values.tier !== "gateway")
-  throw new Error(`--tier ${values.tier}: server or gateway`);
-/** The tier under test: the server (the stage after the device's is the last) or a gateway. */
-const gatewayMode = values.tier === "gateway";
+const { gatewayMode, bundle } = tierUnderTest(values.tier, values.bundle);
 const defaultDelay = (gatewayMode ? gatewaySchema : serverSchema).shape.maxDelayMs.parse(undefined);
 
-const bundle = bundlePath(
-  values.bundle ?? (gatewayMode ? join(packageRoot(), "models", "fashion-3tier") : undefined),
-);
 const sample = await loadSample({ bundle, only: [0] });
 const { pipeline } = sample;
 const manifest = pipeline.manifest;
 const work = sample.offloaded.slice(0, 512);
 if (work.length === 0) throw new Error("the device exit answered every sample: nothing to offload");
 const next = { index: 1, name: manifest.stages[1]!.name };
-const lastStage = manifest.stages[manifest.stages.length - 1]!.name;
-if (gatewayMode && manifest.stages.length < 3)
-  throw new Error(
-    `--tier gateway needs a bundle of 3 or more stages; ${bundle} has ${manifest.stages.length}`,
-  );
+const lastStage = lastStageOf(pipeline, gatewayMode);
 await pipeline.release();
 
 const broker = await startMosquitto();
@@ -289,7 +277,10 @@ try {
   const fmt = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : "-");
   console.log(
     `offload round trip through Mosquitto on loopback (one request in flight, closed loop); bundle ${manifest.name} ${manifest.version}; ` +
-      `features [${work[0]!.dims.join(", ")}] as ${encoding.dtype}+${encoding.compression}; server: own process, ${workers} workers, maxBatch 32; ` +
+      `features [${work[0]!.dims.join(", ")}] as ${encoding.dtype}+${encoding.compression}; ` +
+      (gatewayMode
+        ? `ddnn gateway (own process, its pool defaults) on stage ${next.name}, ddnn server (own process, 2 workers, maxBatch 32) on stage ${lastStage}; `
+        : `server: own process, ${workers} workers, maxBatch 32; `) +
       `${roundsDone} interleaved rounds of ${requests} requests per row after ${warmup} warm-up requests`,
   );
   console.log("");

@@ -30,10 +30,8 @@
  * session.run CPU per sample at its mean batch size, measured in this process between the
  * windows; 4. its event-loop delay p99 under 5 ms in every measured window.
  */
-import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
-import { packageRoot } from "../cli/paths.js";
 import { renderTable } from "../cli/table.js";
 import { type Summary, summarize } from "../core/stats.js";
 import { parseModelRef } from "../core/topics.js";
@@ -46,7 +44,7 @@ import type { EldReading } from "./support/eld-probe.js";
 import { type EncodedRequest, startFrameDevice } from "./support/frame-device.js";
 import { startMosquitto } from "./support/mosquitto.js";
 import { printGoals, ratio, round } from "./support/report.js";
-import { bundlePath, loadSample } from "./support/sample.js";
+import { lastStageOf, loadSample, tierUnderTest } from "./support/sample.js";
 import {
   metricSum,
   type ServerProcess,
@@ -85,10 +83,7 @@ const { values } = parseArgs({
   },
 });
 const deviceCount = Number(values.devices);
-if (values.tier !== "server" && values.tier !== "gateway")
-  throw new Error(`--tier ${values.tier}: server or gateway`);
-/** The tier under test: the server, or a gateway (a middle stage) with a server behind it. */
-const gatewayMode = values.tier === "gateway";
+const { gatewayMode, bundle } = tierUnderTest(values.tier, values.bundle);
 const tierSchema = gatewayMode ? gatewaySchema : serverSchema;
 const workers = Number(
   values.workers ?? (gatewayMode ? tierSchema.shape.workers.parse(undefined) : 2),
@@ -109,20 +104,13 @@ const encoding = {
 const defaultDelay = tierSchema.shape.maxDelayMs.parse(undefined);
 const timeoutMs = 10_000;
 
-const bundle = bundlePath(
-  values.bundle ?? (gatewayMode ? join(packageRoot(), "models", "fashion-3tier") : undefined),
-);
 const sample = await loadSample({ bundle, only: [0] });
 const { pipeline } = sample;
 const manifest = pipeline.manifest;
 const work = sample.offloaded;
 if (work.length === 0) throw new Error("the device exit answered every sample: nothing to offload");
 const next = { index: 1, name: manifest.stages[1]!.name };
-const lastStage = manifest.stages[manifest.stages.length - 1]!.name;
-if (gatewayMode && manifest.stages.length < 3)
-  throw new Error(
-    `--tier gateway needs a bundle of 3 or more stages; ${bundle} has ${manifest.stages.length}`,
-  );
+const lastStage = lastStageOf(pipeline, gatewayMode);
 const digest = pipeline.bundle.digest;
 const encoded: EncodedRequest[] = work.map((o) => encodeTensor(o.features, o.dims, encoding));
 const meanBytes = encoded.reduce((n, e) => n + e.body.length, 0) / encoded.length;

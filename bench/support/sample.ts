@@ -4,7 +4,7 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { shipped } from "../../cli/paths.js";
+import { packageRoot, shipped } from "../../cli/paths.js";
 import { readIdx } from "../../core/dataset/idx.js";
 import { isForward, Pipeline } from "../../core/pipeline.js";
 
@@ -34,6 +34,34 @@ export function bundlePath(flag: string | undefined): string {
       `bundle ${path} does not exist (the shipped one is trained by: /usr/bin/python3 -m trainer train --arch deep --epochs 10 --feature-hoyer 1.5 --out models/fashion-deep); pass --bundle DIR`,
     );
   return path;
+}
+
+/**
+ * The `--tier` flag of offload-rtt and throughput: the server (default) or a gateway, whose
+ * benchmarks default to the three-stage `models/fashion-3tier`. `bundle` is --bundle's value.
+ */
+export function tierUnderTest(
+  tier: string,
+  bundle: string | undefined,
+): { gatewayMode: boolean; bundle: string } {
+  if (tier !== "server" && tier !== "gateway") throw new Error(`--tier ${tier}: server or gateway`);
+  const gatewayMode = tier === "gateway";
+  return {
+    gatewayMode,
+    bundle: bundlePath(
+      bundle ?? (gatewayMode ? join(packageRoot(), "models", "fashion-3tier") : undefined),
+    ),
+  };
+}
+
+/** The name of the bundle's last stage; a gateway needs a middle stage before it. */
+export function lastStageOf(pipeline: Pipeline, gatewayMode: boolean): string {
+  const stages = pipeline.manifest.stages;
+  if (gatewayMode && stages.length < 3)
+    throw new Error(
+      `--tier gateway needs a bundle of 3 or more stages; ${pipeline.bundle.manifest.name} has ${stages.length}`,
+    );
+  return stages[stages.length - 1]!.name;
 }
 
 export async function loadSample(options: {
